@@ -1,0 +1,48 @@
+"""headprobe: per-head scores, causal checks and interventions for transformer attention heads.
+
+Importing headprobe loads no model and changes no global state. Start with::
+
+    from headprobe import load_model, scan
+    model, spec = load_model("smollm2-135m-instruct")
+    table = scan(model, "induction")
+    table.top(5); table.heatmap(); table.save("runs/induction")
+"""
+
+from headprobe.arch import ModelSpec
+from headprobe.errors import (
+    ContextLengthError,
+    EmptyPromptsError,
+    HeadIndexError,
+    HeadprobeError,
+    ModelUnavailableError,
+    NonCausalModelError,
+    OutputPathError,
+    UnknownModelError,
+    UnknownScorerError,
+)
+from headprobe.headtable import HeadTable
+from headprobe.models import available_models, describe_model, load_model
+from headprobe.registry import get_scorer, list_scorers, scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContextLengthError",
+    "EmptyPromptsError",
+    "HeadIndexError",
+    "HeadTable",
+    "HeadprobeError",
+    "ModelSpec",
+    "ModelUnavailableError",
+    "NonCausalModelError",
+    "OutputPathError",
+    "UnknownModelError",
+    "UnknownScorerError",
+    "__version__",
+    "available_models",
+    "describe_model",
+    "get_scorer",
+    "list_scorers",
+    "load_model",
+    "scan",
+]

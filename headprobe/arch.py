@@ -1,0 +1,226 @@
+"""Architecture facts, kept as data in one place.
+
+Everything headprobe needs to know about a model family (how its heads are grouped, which
+norm it uses, whether it normalises queries after their projection, where the Hugging Face
+modules live, which TransformerLens hook names to use) is read from the tables here. Code
+elsewhere asks :class:`ModelSpec` instead of testing ``model_type`` strings.
+
+Notation used across the package: ``L`` layers, ``H`` query heads per layer, ``H_kv``
+key/value heads (grouped-query attention when ``H_kv < H``: query head ``h`` reads kv head
+``h // (H // H_kv)``), ``T`` tokens, ``B`` batch size, ``N`` prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from headprobe.errors import HeadIndexError
+
+NormKind = Literal["rmsnorm", "layernorm"]
+
+
+@dataclass(frozen=True)
+class HookNames:
+    """TransformerLens ``TransformerBridge`` hook-name templates (``{layer}`` is filled in).
+
+    Shapes (bridge conventions): ``pattern`` [B, H, T_q, T_k]; ``z`` [B, T, H, d_head];
+    ``q`` [B, T, H, d_head]; ``k``/``v`` [B, T, H_kv, d_head]; ``resid_pre`` /
+    ``resid_post`` [B, T, d_model].
+    """
+
+    pattern: str = "blocks.{layer}.attn.hook_pattern"
+    attn_scores: str = "blocks.{layer}.attn.hook_attn_scores"
+    z: str = "blocks.{layer}.attn.hook_z"
+    q: str = "blocks.{layer}.attn.hook_q"
+    k: str = "blocks.{layer}.attn.hook_k"
+    v: str = "blocks.{layer}.attn.hook_v"
+    attn_out: str = "blocks.{layer}.hook_attn_out"
+    mlp_out: str = "blocks.{layer}.hook_mlp_out"
+    resid_pre: str = "blocks.{layer}.hook_resid_pre"
+    resid_mid: str = "blocks.{layer}.hook_resid_mid"
+    resid_post: str = "blocks.{layer}.hook_resid_post"
+    final_norm_scale: str = "ln_final.hook_scale"
+
+    def at(self, kind: str, layer: int) -> str:
+        """The hook name of ``kind`` (a field name) at ``layer``."""
+        return getattr(self, kind).format(layer=layer)
+
+
+@dataclass(frozen=True)
+class ArchitectureFacts:
+    """Facts about one Hugging Face ``model_type`` that headprobe relies on.
+
+    Module paths are relative to the Hugging Face model (``bridge.original_model``).
+    """
+
+    family: str
+    norm: NormKind
+    causal: bool = True
+    has_qk_norm: bool = False
+    has_post_attention_norm: bool = False
+    layers_path: str = "model.layers"
+    attention_module: str = "self_attn"
+    q_proj: str = "q_proj"
+    k_proj: str = "k_proj"
+    v_proj: str = "v_proj"
+    o_proj: str = "o_proj"
+    q_norm: str | None = None
+    post_attention_norm: str | None = None
+    hooks: HookNames = field(default_factory=HookNames)
+
+
+ARCHITECTURES: dict[str, ArchitectureFacts] = {
+    "llama": ArchitectureFacts(family="llama", norm="rmsnorm"),
+    "mistral": ArchitectureFacts(family="llama", norm="rmsnorm"),
+    "qwen2": ArchitectureFacts(family="llama", norm="rmsnorm"),
+    "gemma3_text": ArchitectureFacts(
+        family="gemma3",
+        norm="rmsnorm",
+        has_qk_norm=True,
+        has_post_attention_norm=True,
+        q_norm="q_norm",
+        post_attention_norm="post_attention_layernorm",
+    ),
+    "gpt2": ArchitectureFacts(
+        family="gpt2",
+        norm="layernorm",
+        layers_path="transformer.h",
+        attention_module="attn",
+        q_proj="c_attn",
+        k_proj="c_attn",
+        v_proj="c_attn",
+        o_proj="c_proj",
+    ),
+    "bert": ArchitectureFacts(
+        family="bert",
+        norm="layernorm",
+        causal=False,
+        layers_path="bert.encoder.layer",
+        attention_module="attention.self",
+        q_proj="query",
+        k_proj="key",
+        v_proj="value",
+        o_proj="output.dense",
+    ),
+}
+
+
+def architecture_facts(model_type: str) -> ArchitectureFacts:
+    """Facts for ``model_type``; unknown types get generic causal pre-norm facts."""
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    return ArchitectureFacts(family=model_type, norm="rmsnorm")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A small record of the loaded model's shape and the facts scorers need.
+
+    Attributes:
+        name: the spec the model was loaded from (packaged name, path or hub name).
+        model_type: Hugging Face ``config.model_type`` (e.g. ``llama``, ``gemma3_text``).
+        n_layers, n_heads, n_kv_heads, d_head, d_model, d_vocab: sizes.
+        n_ctx: context length the model accepts.
+        facts: the :class:`ArchitectureFacts` of the family.
+        bos_token_id, pad_token_id: special tokens (``None`` when the tokenizer has none).
+    """
+
+    name: str
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int
+    facts: ArchitectureFacts
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    @property
+    def norm(self) -> NormKind:
+        return self.facts.norm
+
+    @property
+    def causal(self) -> bool:
+        return self.facts.causal
+
+    @property
+    def hooks(self) -> HookNames:
+        return self.facts.hooks
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per kv head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def n_total_heads(self) -> int:
+        return self.n_layers * self.n_heads
+
+    def kv_head(self, head: int) -> int:
+        """The kv head that query head ``head`` reads."""
+        return head // self.group_size
+
+    def check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
+            raise HeadIndexError(
+                f"layer {layer!r} is out of range: {self.name} has layers 0..{self.n_layers - 1}"
+            )
+        return layer
+
+    def check_head(self, layer: int, head: int) -> tuple[int, int]:
+        """Validate a (layer, head) pair and return it; raises :class:`HeadIndexError`."""
+        self.check_layer(layer)
+        if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < self.n_heads:
+            raise HeadIndexError(
+                f"head {head!r} is out of range: {self.name} has heads 0..{self.n_heads - 1} "
+                f"in each layer (asked for layer {layer} head {head})"
+            )
+        return layer, head
+
+    def all_heads(self) -> list[tuple[int, int]]:
+        return [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["facts"] = {k: v for k, v in out["facts"].items() if k != "hooks"}
+        out["group_size"] = self.group_size
+        return out
+
+
+def spec_from_hf_config(
+    name: str, config: Any, *, bos_token_id: int | None = None, pad_token_id: int | None = None
+) -> ModelSpec:
+    """Build a :class:`ModelSpec` from a Hugging Face config (text config for VLMs)."""
+    config = getattr(config, "text_config", None) or config
+    model_type = config.model_type
+    n_heads = _first_attr(config, ("num_attention_heads", "n_head"))
+    d_model = _first_attr(config, ("hidden_size", "n_embd"))
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    d_head = getattr(config, "head_dim", None) or d_model // n_heads
+    n_ctx = _first_attr(config, ("max_position_embeddings", "n_positions"))
+    return ModelSpec(
+        name=name,
+        model_type=model_type,
+        n_layers=_first_attr(config, ("num_hidden_layers", "n_layer")),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        d_head=d_head,
+        d_model=d_model,
+        d_vocab=config.vocab_size,
+        n_ctx=n_ctx,
+        facts=architecture_facts(model_type),
+        bos_token_id=bos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
+def _first_attr(config: Any, names: tuple[str, ...]) -> Any:
+    for attr in names:
+        value = getattr(config, attr, None)
+        if value is not None:
+            return value
+    raise AttributeError(f"config of type {type(config).__name__} has none of {names}")

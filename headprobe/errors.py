@@ -1,0 +1,52 @@
+"""Errors that headprobe raises for bad input.
+
+Every error a user can cause by passing something wrong is a subclass of
+:class:`HeadprobeError`, so that notebooks and the CLI can show one clear line instead of
+a stack trace from deep inside torch. They also subclass the matching builtin (``ValueError``,
+``KeyError``, ``IndexError``...) so that generic ``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class HeadprobeError(Exception):
+    """Base class of every error caused by input that headprobe cannot use."""
+
+
+class UnknownModelError(HeadprobeError, ValueError):
+    """The model spec names no packaged model, local file, local directory or hub model."""
+
+
+class ModelUnavailableError(HeadprobeError, RuntimeError):
+    """The model spec is known but cannot be loaded here (package missing, offline hub)."""
+
+
+class UnknownScorerError(HeadprobeError, KeyError):
+    """No scorer is registered under the given name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0]) if self.args else ""
+
+
+class HeadIndexError(HeadprobeError, IndexError):
+    """A layer or head index lies outside the model."""
+
+
+class EmptyPromptsError(HeadprobeError, ValueError):
+    """A prompt set with no prompts (or a prompt with no tokens) was given."""
+
+
+class ContextLengthError(HeadprobeError, ValueError):
+    """A prompt is longer than the model's context window."""
+
+
+class NonCausalModelError(HeadprobeError, ValueError):
+    """A scorer that needs a causal (decoder) model was given an encoder."""
+
+
+class OutputPathError(HeadprobeError, ValueError):
+    """An output directory cannot be used (it is a file, or cannot be created)."""
+
+
+class RecipeError(HeadprobeError, ValueError):
+    """A recipe file is malformed."""

@@ -1,0 +1,249 @@
+"""``HeadTable``: the one result type every scorer returns.
+
+A HeadTable wraps a long pandas DataFrame with one row per (layer, head): columns ``layer``,
+``head``, ``kv_head`` (the key/value head the query head reads under grouped-query
+attention), ``score`` and any scorer-specific columns. Metadata (model, scorer, parameters,
+data fingerprint, seed, headprobe version, timings) lives in ``DataFrame.attrs`` and is
+written to a ``meta.json`` sidecar by :meth:`HeadTable.save`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from headprobe.arch import ModelSpec
+from headprobe.errors import OutputPathError
+
+REQUIRED_COLUMNS = ("layer", "head", "kv_head", "score")
+
+
+class HeadTable:
+    """Per-(layer, head) scores with metadata.
+
+    Attributes:
+        data: the long DataFrame (``layer``, ``head``, ``kv_head``, ``score``, ...), sorted by
+            layer then head; ``data.attrs`` holds the metadata.
+    """
+
+    def __init__(self, data: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in data.columns]
+        if missing:
+            raise ValueError(f"a HeadTable needs columns {REQUIRED_COLUMNS}; missing {missing}")
+        data = data.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
+        data.attrs = dict(meta if meta is not None else data.attrs)
+        self.data = data
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_grid(
+        cls,
+        scores: Any,
+        spec: ModelSpec,
+        *,
+        columns: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> HeadTable:
+        """Build from an [L, H] score grid (tensor or array) plus [L, H] extra columns."""
+        grid = _as_grid(scores, spec)
+        layers, heads = np.meshgrid(np.arange(spec.n_layers), np.arange(spec.n_heads),
+                                    indexing="ij")
+        frame = pd.DataFrame(
+            {
+                "layer": layers.ravel(),
+                "head": heads.ravel(),
+                "kv_head": heads.ravel() // spec.group_size,
+                "score": grid.ravel(),
+            }
+        )
+        for name, values in (columns or {}).items():
+            frame[name] = _as_grid(values, spec).ravel()
+        return cls(frame, meta)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.data.attrs
+
+    @property
+    def scorer(self) -> str:
+        return str(self.meta.get("scorer", "score"))
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model", ""))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, column: str) -> pd.Series:
+        return self.data[column]
+
+    def __repr__(self) -> str:
+        top = self.top(5)[["layer", "head", "score"]].to_string(index=False)
+        return f"HeadTable({self.scorer}, model={self.model!r}, {len(self)} heads)\ntop 5:\n{top}"
+
+    def _repr_html_(self) -> str:
+        title = f"<b>HeadTable</b> {self.scorer} &middot; {self.model} &middot; {len(self)} heads"
+        return title + self.top(10).to_html(index=False)
+
+    def to_frame(self) -> pd.DataFrame:
+        """A copy of the long DataFrame (metadata in ``attrs``)."""
+        out = self.data.copy()
+        out.attrs = dict(self.meta)
+        return out
+
+    def top(self, k: int = 10, by: str = "score", ascending: bool = False) -> pd.DataFrame:
+        """The ``k`` best heads by ``by`` (highest first unless ``ascending``)."""
+        return self.data.sort_values(by, ascending=ascending, kind="stable").head(k).reset_index(
+            drop=True
+        )
+
+    def heads(self, k: int | None = None, threshold: float | None = None) -> list[tuple[int, int]]:
+        """Top heads as ``(layer, head)`` pairs: the ``k`` best and/or those above threshold."""
+        frame = self.data.sort_values("score", ascending=False, kind="stable")
+        if threshold is not None:
+            frame = frame[frame["score"] > threshold]
+        if k is not None:
+            frame = frame.head(k)
+        return [(int(r.layer), int(r.head)) for r in frame.itertuples()]
+
+    def pivot(self, value: str = "score") -> pd.DataFrame:
+        """An L x H grid of ``value`` (index ``layer``, columns ``head``)."""
+        return self.data.pivot(index="layer", columns="head", values=value)
+
+    def heatmap(self, value: str = "score", title: str | None = None, **imshow_kwargs: Any) -> Any:
+        """A plotly heatmap of ``value`` over layers x heads (returned, never shown)."""
+        import plotly.express as px
+
+        grid = self.pivot(value)
+        figure = px.imshow(
+            grid,
+            labels={"x": "head", "y": "layer", "color": value},
+            aspect="auto",
+            color_continuous_scale=imshow_kwargs.pop("color_continuous_scale", "Viridis"),
+            title=title or f"{self.scorer} — {self.model}",
+            **imshow_kwargs,
+        )
+        figure.update_layout(height=max(300, 18 * grid.shape[0] + 120))
+        return figure
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``<scorer>.parquet``, ``.csv``, ``.html`` (heatmap) and ``meta.json``.
+
+        Each file is written under a temporary name in the same folder and renamed into
+        place, so a run that dies never leaves a half-written result.
+        """
+        folder = ensure_output_dir(directory)
+        name = self.scorer
+        frame = self.to_frame()
+        frame.attrs = {}  # parquet would embed attrs; meta.json is the one place for them
+        atomic_write(folder / f"{name}.parquet", lambda p: frame.to_parquet(p, index=False))
+        atomic_write(folder / f"{name}.csv", lambda p: frame.to_csv(p, index=False))
+        figure = self.heatmap()
+        atomic_write(folder / f"{name}.html",
+                     lambda p: figure.write_html(p, include_plotlyjs="cdn", full_html=True))
+        write_json(folder / "meta.json", self.meta)
+        return folder
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], scorer: str | None = None) -> HeadTable:
+        """Read a table written by :meth:`save`."""
+        folder = Path(directory)
+        meta_path = folder / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        name = scorer or meta.get("scorer")
+        if name is None:
+            found = sorted(folder.glob("*.parquet"))
+            if len(found) != 1:
+                raise FileNotFoundError(f"{folder}: say which scorer to load; found {found}")
+            name = found[0].stem
+        path = folder / f"{name}.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        return cls(pd.read_parquet(path), meta)
+
+    # ------------------------------------------------------------------ combining
+    @staticmethod
+    def join(tables: Sequence[HeadTable], value: str = "score") -> pd.DataFrame:
+        """One wide table: ``layer``, ``head``, ``kv_head`` and one column per scorer."""
+        if not tables:
+            raise ValueError("join needs at least one HeadTable")
+        keys = ["layer", "head", "kv_head"]
+        wide = tables[0].data[keys].copy()
+        for table in tables:
+            column = table.data[[*keys, value]].rename(columns={value: table.scorer})
+            wide = wide.merge(column, on=keys, how="outer")
+        wide.attrs = {"tables": {t.scorer: t.meta for t in tables}}
+        return wide
+
+    @staticmethod
+    def correlations(tables: Sequence[HeadTable], method: str = "spearman") -> pd.DataFrame:
+        """Scorer-by-scorer correlation of head scores (Spearman by default)."""
+        wide = HeadTable.join(tables)
+        return wide[[t.scorer for t in tables]].corr(method=method)
+
+
+def _as_grid(values: Any, spec: ModelSpec) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    grid = np.asarray(values)
+    if grid.shape != (spec.n_layers, spec.n_heads):
+        raise ValueError(
+            f"expected an [n_layers, n_heads] = [{spec.n_layers}, {spec.n_heads}] grid, "
+            f"got shape {grid.shape}"
+        )
+    return grid
+
+
+def ensure_output_dir(directory: str | os.PathLike[str]) -> Path:
+    """Create ``directory`` if needed; :class:`OutputPathError` if it is a file or unusable."""
+    folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"output directory {folder} is a file; give a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputPathError(f"cannot create output directory {folder}: {error}") from error
+    return folder
+
+
+def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it into place."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn numpy / torch scalars, tuples and paths into JSON-safe values."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    text = json.dumps(to_jsonable(payload), indent=2, sort_keys=True)
+    atomic_write(path, lambda p: Path(p).write_text(text + "\n"))

