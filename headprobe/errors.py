@@ -50,3 +50,22 @@ class OutputPathError(HeadprobeError, ValueError):
 
 class RecipeError(HeadprobeError, ValueError):
     """A recipe file is malformed."""
+
+
+class UnknownTaskError(HeadprobeError, KeyError):
+    """No task is registered under the given name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TaskError(HeadprobeError, ValueError):
+    """A task cannot be used as asked (no prompts, answers that are not single tokens...)."""
+
+
+class PromptPairError(HeadprobeError, ValueError):
+    """Clean and corrupt prompts that cannot be paired (different token lengths...)."""
+
+
+class MetricError(HeadprobeError, ValueError):
+    """A metric came out NaN or infinite; the message names the prompt."""
