@@ -41,6 +41,9 @@ class HookNames:
     resid_mid: str = "blocks.{layer}.hook_resid_mid"
     resid_post: str = "blocks.{layer}.hook_resid_post"
     final_norm_scale: str = "ln_final.hook_scale"
+    embed: str = "hook_embed"
+    pos_embed: str = "hook_pos_embed"
+    post_attention_norm_scale: str = "blocks.{layer}.ln1_post.hook_scale"
 
     def at(self, kind: str, layer: int) -> str:
         """The hook name of ``kind`` (a field name) at ``layer``."""
@@ -52,6 +55,10 @@ class ArchitectureFacts:
     """Facts about one Hugging Face ``model_type`` that headprobe relies on.
 
     Module paths are relative to the Hugging Face model (``bridge.original_model``).
+    ``learned_pos_embed``: a learned absolute position embedding is added to the residual
+    (GPT-2), seen at ``hooks.pos_embed``. ``norm_weight_offset``: RMSNorm multiplies by
+    ``offset + weight`` (Gemma: ``1 + weight``). ``final_norm`` / ``unembed``: module paths
+    of the final norm and the unembedding (``lm_head``).
     """
 
     family: str
@@ -67,6 +74,10 @@ class ArchitectureFacts:
     o_proj: str = "o_proj"
     q_norm: str | None = None
     post_attention_norm: str | None = None
+    learned_pos_embed: bool = False
+    norm_weight_offset: float = 0.0
+    final_norm: str = "model.norm"
+    unembed: str = "lm_head"
     hooks: HookNames = field(default_factory=HookNames)
 
 
@@ -81,6 +92,7 @@ ARCHITECTURES: dict[str, ArchitectureFacts] = {
         has_post_attention_norm=True,
         q_norm="q_norm",
         post_attention_norm="post_attention_layernorm",
+        norm_weight_offset=1.0,
     ),
     "gpt2": ArchitectureFacts(
         family="gpt2",
@@ -91,6 +103,8 @@ ARCHITECTURES: dict[str, ArchitectureFacts] = {
         k_proj="c_attn",
         v_proj="c_attn",
         o_proj="c_proj",
+        learned_pos_embed=True,
+        final_norm="transformer.ln_f",
     ),
     "bert": ArchitectureFacts(
         family="bert",

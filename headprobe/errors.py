@@ -69,3 +69,7 @@ class PromptPairError(HeadprobeError, ValueError):
 
 class MetricError(HeadprobeError, ValueError):
     """A metric came out NaN or infinite; the message names the prompt."""
+
+
+class InterventionError(HeadprobeError, ValueError):
+    """An intervention cannot be applied as asked (no heads, bad pattern, unknown method...)."""

@@ -151,7 +151,7 @@ class HeadTable:
         atomic_write(folder / f"{name}.csv", lambda p: frame.to_csv(p, index=False))
         figure = self.heatmap()
         atomic_write(folder / f"{name}.html",
-                     lambda p: figure.write_html(p, include_plotlyjs="cdn", full_html=True))
+                     lambda p: figure.write_html(p, include_plotlyjs="directory", full_html=True))
         write_json(folder / "meta.json", self.meta)
         return folder
 
@@ -223,6 +223,7 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

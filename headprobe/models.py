@@ -83,6 +83,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_PREFIX = "tiny:"  # "tiny:llama-gqa" etc.: random-weight test models, see headprobe.tiny
 
 # GGUF configs of some families lack `architectures`, which the bridge needs to pick an adapter.
 _ARCHITECTURES_BY_MODEL_TYPE = {
@@ -136,7 +137,8 @@ def load_model(
 
     Args:
         spec: a packaged model name (``smollm2-135m-instruct``, ``gemma3-270m``), a local
-            ``.gguf`` file, a local Hugging Face model folder, or a hub name (online only).
+            ``.gguf`` file, a local Hugging Face model folder, a hub name (online only), or
+            ``tiny:<kind>`` for a random-weight test model (:mod:`headprobe.tiny`).
         device: torch device; ``None`` picks CUDA when available, else CPU.
         dtype: parameter dtype (fp32 by default, as the scores are checked in fp32).
         use_cache: reuse / write the dequantized safetensors copy of a GGUF file.
@@ -149,6 +151,13 @@ def load_model(
         ModelUnavailableError: the spec is known but cannot be loaded here.
     """
     name = str(spec)
+    if name.startswith(TINY_PREFIX):
+        from headprobe.tiny import TINY_KINDS, tiny_model
+
+        kind = name[len(TINY_PREFIX):]
+        if kind not in TINY_KINDS:
+            raise UnknownModelError(f"unknown tiny model {name!r}; kinds: {', '.join(TINY_KINDS)}")
+        return tiny_model(kind)
     hf_model, tokenizer, hf_name = _load_hf(name, dtype=dtype, use_cache=use_cache)
     return wrap_hf_model(hf_model, tokenizer, name=name, hf_name=hf_name, device=device)
 

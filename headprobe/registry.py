@@ -18,6 +18,7 @@ SCORER_MODULES: dict[str, str] = {
     "duplicate_token": "headprobe.scorers.duplicate_token",
     "induction": "headprobe.scorers.induction",
     "sink": "headprobe.scorers.sink",
+    "dla": "headprobe.scorers.dla",
 }
 
 

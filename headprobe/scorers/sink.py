@@ -92,7 +92,8 @@ def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, An
                 n_prompts += batch.size
 
         stream_reduce(model, spec, token_lists, {"pattern": on_pattern, "z": on_z},
-                      batch_size=batch_size, progress=progress, desc=f"sink[{domain}]")
+                      batch_size=batch_size, padding_side=params["padding_side"],
+                      progress=progress, desc=f"sink[{domain}]")
         sink_share = sink_sum / n_prompts
         out_norm = norm_sum / n_prompts
         dormant = (sink_share >= params["dormant_sink"]) & (
@@ -125,6 +126,6 @@ SCORER = Scorer(
     reference="Xiao et al. 2023 (attention sinks); Guo et al. 2024, Active-Dormant Attention Heads",
     prepare=_prepare,
     compute=_compute,
-    defaults={"dormant_sink": 0.9, "dormant_norm_ratio": 0.5},
+    defaults={"dormant_sink": 0.9, "dormant_norm_ratio": 0.5, "padding_side": "right"},
     default_n=8,
 )

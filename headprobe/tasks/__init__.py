@@ -11,7 +11,11 @@ from typing import Any
 
 from headprobe.tasks.base import Task, TaskItem
 
-TASK_MODULES: dict[str, str] = {}
+TASK_MODULES: dict[str, str] = {
+    "facts": "headprobe.tasks.facts",
+    "induction_copy": "headprobe.tasks.induction_copy",
+    "ioi": "headprobe.tasks.ioi",
+}
 
 
 def list_tasks() -> list[str]:

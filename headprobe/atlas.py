@@ -1,0 +1,136 @@
+"""The atlas: every CPU-cheap scorer on one model, in one self-contained HTML report.
+
+The report holds each scorer's L x H heatmap, its top heads, and the scorer-to-scorer
+Spearman correlations of head scores. plotly.js is embedded once, so the file opens offline.
+Each table is also saved under ``<out>/tables/<scorer>/`` as soon as it is computed, so a run
+that dies keeps the finished scorers.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from headprobe.errors import HeadprobeError
+from headprobe.headtable import HeadTable, atomic_write, ensure_output_dir, write_json
+from headprobe.models import describe_model
+from headprobe.registry import get_scorer, list_scorers
+
+
+@dataclass
+class AtlasResult:
+    """What :func:`build_atlas` produced."""
+
+    tables: list[HeadTable]
+    report: Path
+    seconds: float
+    skipped: dict[str, str]
+
+
+def cheap_scorers() -> list[str]:
+    """Registered scorers marked cheap enough to run on a CPU in the atlas."""
+    return [name for name in list_scorers() if get_scorer(name).cheap]
+
+
+def build_atlas(
+    model: Any,
+    out_dir: str | Path,
+    *,
+    scorers: Sequence[str] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> AtlasResult:
+    """Run ``scorers`` (default: every cheap one) and write ``<out_dir>/atlas.html``."""
+    folder = ensure_output_dir(out_dir)
+    names = list(scorers) if scorers is not None else cheap_scorers()
+    started = time.perf_counter()
+    tables = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        scorer = get_scorer(name)
+        try:
+            table = scorer(model, n=n, seed=seed, batch_size=batch_size, progress=progress)
+        except HeadprobeError as error:  # e.g. a task this model's tokenizer cannot express
+            skipped[name] = str(error)
+            continue
+        table.save(folder / "tables" / name)
+        tables.append(table)
+    seconds = time.perf_counter() - started
+    spec = describe_model(model)
+    report = folder / "atlas.html"
+    page = render_atlas(tables, title=f"headprobe atlas — {spec.name}", seconds=seconds,
+                        model_facts=spec.to_dict(), skipped=skipped)
+    atomic_write(report, lambda p: Path(p).write_text(page, encoding="utf-8"))
+    write_json(folder / "meta.json", {
+        "model": spec.name,
+        "scorers": names,
+        "skipped": skipped,
+        "seconds": round(seconds, 2),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tables": {t.scorer: t.meta for t in tables},
+    })
+    return AtlasResult(tables=tables, report=report, seconds=seconds, skipped=skipped)
+
+
+def render_atlas(tables: Sequence[HeadTable], *, title: str, seconds: float,
+                 model_facts: dict[str, Any], skipped: dict[str, str] | None = None) -> str:
+    """The atlas HTML page (plotly.js embedded once)."""
+    import plotly.express as px
+
+    skipped_html = "".join(
+        f"<li><b>{html.escape(name)}</b>: {html.escape(reason)}</li>"
+        for name, reason in (skipped or {}).items())
+    if skipped_html:
+        skipped_html = f"<section><h2>skipped scorers</h2><ul>{skipped_html}</ul></section>"
+
+    sections = []
+    first = True
+    for table in tables:
+        figure = table.heatmap()
+        div = figure.to_html(full_html=False, include_plotlyjs=first)
+        first = False
+        top = table.top(10)
+        keep = [c for c in top.columns if c in ("layer", "head", "kv_head", "score", "score_std",
+                                                 "status")]
+        timing = table.meta.get("timings_s", {}).get("total", "?")
+        sections.append(
+            f"<section><h2>{html.escape(table.scorer)}</h2>"
+            f"<p>{html.escape(str(table.meta.get('description', '')))}<br>"
+            f"<small>reference: {html.escape(str(table.meta.get('reference', '')))}; "
+            f"data: {html.escape(str(table.meta.get('data', '')))}; "
+            f"{timing} s</small></p>{div}"
+            f"<h3>top heads</h3>{top[keep].to_html(index=False, float_format='%.3f')}</section>"
+        )
+    correlation_html = ""
+    if len(tables) > 1:
+        correlations = HeadTable.correlations(tables)
+        figure = px.imshow(correlations, text_auto=".2f", zmin=-1, zmax=1,
+                           color_continuous_scale="RdBu_r",
+                           title="Spearman correlation of head scores between scorers")
+        correlation_html = (
+            "<section><h2>scorer-to-scorer correlations</h2>"
+            + figure.to_html(full_html=False, include_plotlyjs=False)
+            + correlations.to_html(float_format="%.3f") + "</section>"
+        )
+    facts = pd.Series({k: v for k, v in model_facts.items() if not isinstance(v, dict)})
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{padding:2px 8px;"
+        "border-bottom:1px solid #ddd}section{margin-bottom:2.5em}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p>{len(tables)} scorers in {seconds:.1f} s; generated "
+        f"{datetime.now(UTC).isoformat(timespec='seconds')}</p>"
+        f"<details><summary>model</summary>{facts.to_frame('value').to_html()}</details>"
+        + "".join(sections) + correlation_html + skipped_html + "</body></html>"
+    )
