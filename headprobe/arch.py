@@ -26,7 +26,9 @@ class HookNames:
 
     Shapes (bridge conventions): ``pattern`` [B, H, T_q, T_k]; ``z`` [B, T, H, d_head];
     ``q`` [B, T, H, d_head]; ``k``/``v`` [B, T, H_kv, d_head]; ``resid_pre`` /
-    ``resid_post`` [B, T, d_model].
+    ``resid_post`` [B, T, d_model]. ``rot_q`` [B, T, H, d_head]: queries after rotary (and
+    after a pre-rotary q norm), rotary models only; ``q_normed`` [B, H, T, d_head]: queries
+    after the q norm, models with one (Gemma 3).
     """
 
     pattern: str = "blocks.{layer}.attn.hook_pattern"
@@ -35,6 +37,8 @@ class HookNames:
     q: str = "blocks.{layer}.attn.hook_q"
     k: str = "blocks.{layer}.attn.hook_k"
     v: str = "blocks.{layer}.attn.hook_v"
+    rot_q: str = "blocks.{layer}.attn.hook_rot_q"
+    q_normed: str = "blocks.{layer}.attn.hook_q_normed"
     attn_out: str = "blocks.{layer}.hook_attn_out"
     mlp_out: str = "blocks.{layer}.hook_mlp_out"
     resid_pre: str = "blocks.{layer}.hook_resid_pre"

@@ -1,8 +1,9 @@
 """The ``headprobe`` command line.
 
-Subcommands: ``models`` (what can be loaded here), ``scorers``, ``scan``, ``atlas`` and
-``recipe``. Errors caused by input (unknown model or scorer, bad output path...) print one
-line and exit with status 2; ``--quiet`` turns progress bars off.
+Subcommands: ``models`` (what can be loaded here), ``scorers``, ``scan``, ``atlas``,
+``ablate`` (ablation experiment against random heads) and ``recipe``. Errors caused by
+input (unknown model or scorer, bad output path...) print one line and exit with status 2;
+``--quiet`` turns progress bars off.
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     atlas.add_argument("--batch-size", type=int, default=8)
     atlas.add_argument("--quiet", action="store_true")
     atlas.set_defaults(func=cmd_atlas)
+
+    from headprobe.experiments_cli import add_ablate_parser
+
+    add_ablate_parser(sub)
 
     recipe = sub.add_parser("recipe", help="run a head-discovery recipe (TOML)")
     recipe.add_argument("path")

@@ -125,6 +125,10 @@ class HeadTable:
         import plotly.express as px
 
         grid = self.pivot(value)
+        signed = bool((grid.to_numpy() < 0).any() and (grid.to_numpy() > 0).any())
+        if signed:  # effects and attributions: diverging colours, white at zero
+            imshow_kwargs.setdefault("color_continuous_scale", "RdBu_r")
+            imshow_kwargs.setdefault("color_continuous_midpoint", 0.0)
         figure = px.imshow(
             grid,
             labels={"x": "head", "y": "layer", "color": value},

@@ -118,7 +118,7 @@ def available_models() -> list[dict[str, Any]]:
             {
                 "name": packaged.name,
                 "installed": installed,
-                "cached": installed and _find_cached(packaged.name) is not None,
+                "cached": installed and any((cache_dir() / "models").glob(f"{packaged.name}-*")),
                 "description": packaged.description,
                 "install": "" if installed else packaged.install_hint,
             }

@@ -1,0 +1,622 @@
+"""All-head scans that reuse the unchanged prefix of the forward pass.
+
+Activation patching per head (Meng et al. 2022, "Locating and Editing Factual Associations in
+GPT"; TransformerLens ``patching.get_act_patch_attn_head_out_all_pos``) and head ablation run
+one full forward pass per (layer, head): ``L * H`` passes of ``L`` layers each. An
+intervention at layer ``k`` leaves layers ``0..k-1`` unchanged, so this module
+
+1. runs the base input once and caches the residual stream entering every layer
+   (``hook_resid_pre``, [B, T, d_model]);
+2. for layer ``k`` starts from that cached residual and runs only layers ``k..L-1``
+   (:func:`run_from_layer`), reading out only the scored position;
+3. batches the heads of a layer along the batch dimension: the prompts are repeated ``c``
+   times and copy ``i`` intervenes on head ``heads[i]`` only.
+
+The numbers equal the plain loop of full forward passes (:func:`loop_scan`, kept as the
+reference and as the fallback for architectures :func:`run_from_layer` does not support) to
+float32 round-off.
+
+Interventions on ``hook_z`` ([B, T, H, d_head], every position):
+
+- ``patch``: denoising activation patching: the corrupt run with head ``h``'s ``z`` replaced by
+  its value on the clean prompt (``direction="noise"`` swaps the roles: the clean run with the
+  corrupt ``z``);
+- ``zero``: the base (clean) run with head ``h``'s ``z`` set to 0;
+- ``mean``: the base (clean) run with head ``h``'s ``z`` set to its mean over every real token
+  of every prompt in the set ([d_head] per head).
+
+Metrics (:mod:`headprobe.metrics`, at each prompt's last real token):
+
+- ``logit_diff``: score = mean over prompts of ``LD(intervened) - LD(base)``, where
+  ``LD = logit[answer] - logit[distractor]``;
+- ``normalized_logit_diff``: score = mean of ``(LD(intervened) - LD_corrupt) /
+  (LD_clean - LD_corrupt)``: 1 = clean behaviour, 0 = corrupt behaviour (for ablation without
+  corrupt prompts ``LD_corrupt`` is 0, i.e. ``LD(ablated) / LD_clean``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from headprobe.arch import ModelSpec
+from headprobe.batching import TokenBatch, fingerprint, iter_batches, tokenize_prompts
+from headprobe.caching import attached, model_device
+from headprobe.errors import PromptPairError, TaskError
+from headprobe.headtable import HeadTable
+from headprobe.metrics import check_finite, final_logits, logit_difference
+from headprobe.models import describe_model
+from headprobe.tasks.base import Task, TaskItem, single_token_id
+
+Method = Literal["patch", "zero", "mean"]
+Metric = Literal["logit_diff", "normalized_logit_diff"]
+Direction = Literal["denoise", "noise"]
+Hook = tuple[str, Callable[..., Any]]
+
+SUPPORTED_FAMILIES = ("llama", "gemma3")
+
+_FALLBACK = (
+    "use headprobe.fastscan.loop_scan (one full forward pass per head; same numbers, slower)"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefix reuse: run layers k..L-1 of the Hugging Face decoder from a cached residual stream
+
+
+@dataclass
+class LayerInputs:
+    """What every decoder layer needs besides the residual stream, built once per batch shape.
+
+    Attributes:
+        masks: ``{layer_type: mask}``: the 4-D attention masks the HF layers expect
+            ([B, 1, T, T] additive, or ``None`` where HF skips the mask), one per layer type
+            (``full_attention``, ``sliding_attention``).
+        position_embeddings: ``{layer_type: (cos, sin)}`` rotary tables, each [B, T, d_rot].
+        position_ids: [B, T].
+        layer_types: the type of every layer (``full_attention`` for plain Llama).
+    """
+
+    masks: dict[str, Any]
+    position_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    position_ids: torch.Tensor
+    layer_types: list[str]
+
+
+def check_supported(model: Any) -> ModelSpec:
+    """The model's spec; :class:`NotImplementedError` if :func:`run_from_layer` cannot run it."""
+    spec = describe_model(model)
+    if spec.facts.family not in SUPPORTED_FAMILIES or not spec.causal:
+        raise NotImplementedError(
+            f"prefix reuse (headprobe.fastscan.run_from_layer) supports the "
+            f"{', '.join(SUPPORTED_FAMILIES)} families (rotary, pre-norm decoders); "
+            f"{spec.name} is {spec.model_type!r} (family {spec.facts.family!r}). "
+            f"Instead, {_FALLBACK}."
+        )
+    return spec
+
+
+def _decoder(model: Any) -> Any:
+    """The HF decoder that owns ``layers``, ``norm`` and ``rotary_emb`` (``model.model``)."""
+    return model.original_model.model
+
+
+def build_layer_inputs(
+    model: Any,
+    resid: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> LayerInputs:
+    """Masks and rotary tables for a batch, built exactly as the HF decoder's forward builds them.
+
+    Args:
+        model: a bridge over a supported model.
+        resid: [B, T, d_model] (only its shape, dtype and device are used).
+        attention_mask: [B, T], 1/True on real tokens (``None``: no padding).
+        position_ids: [B, T] (``None``: ``0..T-1``).
+    """
+    from transformers.masking_utils import (
+        create_causal_mask,
+        create_sliding_window_causal_mask,
+    )
+
+    check_supported(model)
+    decoder = _decoder(model)
+    config = decoder.config
+    batch, seq = resid.shape[:2]
+    if position_ids is None:
+        position_ids = torch.arange(seq, device=resid.device).unsqueeze(0).expand(batch, -1)
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(resid.device).long()
+    layer_types = list(getattr(config, "layer_types", None) or
+                       ["full_attention"] * config.num_hidden_layers)
+    kwargs = {"config": config, "inputs_embeds": resid, "attention_mask": attention_mask,
+              "past_key_values": None, "position_ids": position_ids}
+    masks: dict[str, Any] = {}
+    position_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    rotary_takes_type = _rotary_takes_layer_type(decoder.rotary_emb)
+    for layer_type in sorted(set(layer_types)):
+        if layer_type == "sliding_attention":
+            masks[layer_type] = create_sliding_window_causal_mask(**kwargs)
+        elif layer_type == "full_attention":
+            masks[layer_type] = create_causal_mask(**kwargs)
+        else:
+            raise NotImplementedError(
+                f"layer type {layer_type!r} is not supported by run_from_layer; {_FALLBACK}")
+        if rotary_takes_type:
+            position_embeddings[layer_type] = decoder.rotary_emb(resid, position_ids, layer_type)
+        else:
+            position_embeddings[layer_type] = decoder.rotary_emb(resid, position_ids)
+    return LayerInputs(masks, position_embeddings, position_ids, layer_types)
+
+
+def _rotary_takes_layer_type(rotary: Any) -> bool:
+    target = getattr(rotary, "original_component", None) or rotary
+    try:
+        return "layer_type" in inspect.signature(target.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def run_from_layer(
+    model: Any,
+    resid: torch.Tensor,
+    layer: int,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    hooks: Sequence[Hook] = (),
+    *,
+    positions: torch.Tensor | None = None,
+    layer_inputs: LayerInputs | None = None,
+) -> torch.Tensor:
+    """Run decoder layers ``layer..L-1``, the final norm and the unembedding from a residual.
+
+    The layers are the bridge's own block modules inside the HF model, so bridge hooks at or
+    after ``layer`` (``hook_z``, ``hook_q``, ``hook_resid_pre``...) fire as in a full forward
+    pass; hooks below ``layer`` do not fire (those layers do not run).
+
+    Args:
+        model: a bridge over a llama-family or Gemma 3 model.
+        resid: [B, T, d_model] the residual stream entering ``layer`` (``hook_resid_pre``);
+            for ``layer=0`` the (scaled, for Gemma) token embeddings.
+        layer: first layer to run, ``0 <= layer <= L`` (``L``: only the final norm and head).
+        attention_mask: [B, T], 1/True on real tokens; ``None`` for no padding.
+        position_ids: [B, T]; ``None`` for ``0..T-1``.
+        hooks: ``(hook name, fn)`` forward hooks attached for this run only.
+        positions: optional [B] position per row: return [B, V] logits at those positions
+            only (skips the unembedding of every other position).
+        layer_inputs: masks / rotary tables from :func:`build_layer_inputs` for this batch
+            shape, to skip rebuilding them.
+
+    Returns:
+        [B, T, V] logits, or [B, V] with ``positions``; equal to the full forward's logits.
+
+    Raises:
+        NotImplementedError: the architecture is not supported (names the fallback).
+    """
+    spec = check_supported(model)
+    if not 0 <= layer <= spec.n_layers:
+        spec.check_layer(layer)
+    if layer_inputs is None:
+        layer_inputs = build_layer_inputs(model, resid, attention_mask, position_ids)
+    decoder = _decoder(model)
+    hf_model = model.original_model
+    hidden = resid
+    with attached(model, hooks):
+        for index in range(layer, spec.n_layers):
+            layer_type = layer_inputs.layer_types[index]
+            out = decoder.layers[index](
+                hidden,
+                attention_mask=layer_inputs.masks[layer_type],
+                position_embeddings=layer_inputs.position_embeddings[layer_type],
+                position_ids=layer_inputs.position_ids,
+            )
+            hidden = out[0] if isinstance(out, tuple) else out
+        if positions is not None:
+            hidden = final_logits(hidden, positions)
+        logits = hf_model.lm_head(decoder.norm(hidden))
+    softcap = getattr(hf_model.config, "final_logit_softcapping", None)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt pairs
+
+
+@dataclass
+class ScanData:
+    """A tokenized task for scans.
+
+    Attributes:
+        clean: N 1-D token tensors (the task's prompts).
+        corrupt: N 1-D token tensors of the same lengths, or None.
+        answers, distractors: [N] token ids.
+        name: task name for metadata.
+    """
+
+    clean: list[torch.Tensor]
+    corrupt: list[torch.Tensor] | None
+    answers: torch.Tensor
+    distractors: torch.Tensor
+    name: str
+
+
+def prepare_scan_data(model: Any, task: Task | Sequence[TaskItem], *,
+                      need_corrupt: bool) -> ScanData:
+    """Tokenize a task's prompts (and corrupt prompts) and its single-token answers.
+
+    Raises:
+        TaskError: an item lacks a distractor (or a corrupt prompt when ``need_corrupt``),
+            or an answer is not one token.
+        PromptPairError: a clean and corrupt prompt differ in token length.
+    """
+    spec = describe_model(model)
+    items = list(task.items) if isinstance(task, Task) else list(task)
+    name = task.name if isinstance(task, Task) else "items"
+    if not items:
+        raise TaskError("the task has no items")
+    for index, item in enumerate(items):
+        if item.distractor is None:
+            raise TaskError(f"item {index} has no distractor; logit differences need one")
+        if need_corrupt and item.corrupt_prompt is None:
+            raise TaskError(f"item {index} has no corrupt_prompt; patching needs one for "
+                            "every item (or use method='zero' / 'mean')")
+    clean = tokenize_prompts(model, [item.prompt for item in items], spec)
+    corrupt = None
+    if all(item.corrupt_prompt is not None for item in items):
+        corrupt = tokenize_prompts(model, [str(item.corrupt_prompt) for item in items], spec)
+        for index, (a, b) in enumerate(zip(clean, corrupt, strict=True)):
+            if a.numel() != b.numel():
+                raise PromptPairError(
+                    f"item {index}: clean prompt has {a.numel()} tokens but the corrupt prompt "
+                    f"has {b.numel()}; patching needs pairs of equal token length")
+    answers = torch.tensor([single_token_id(model, it.answer, what=f"item {i} answer")
+                            for i, it in enumerate(items)])
+    distractors = torch.tensor([single_token_id(model, str(it.distractor),
+                                                what=f"item {i} distractor")
+                                for i, it in enumerate(items)])
+    return ScanData(clean, corrupt, answers, distractors, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scans
+
+
+def _z_replace_hook(heads: Sequence[int], replacement: torch.Tensor,
+                    copies: int) -> Callable[..., torch.Tensor]:
+    """Hook on ``hook_z`` [c*B, T, H, d_head]: copy ``i`` gets ``replacement[i]`` on head
+    ``heads[i]``; ``replacement`` is [c, B, T, d_head] (or broadcastable to it)."""
+    head_index = torch.as_tensor(list(heads))
+    copy_index = torch.arange(len(heads))
+
+    def hook(z: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        total, seq, n_heads, d_head = z.shape
+        out = z.clone().reshape(copies, total // copies, seq, n_heads, d_head)
+        idx = head_index.to(z.device)
+        out[copy_index.to(z.device), :, :, idx] = replacement.to(z.dtype).expand(
+            len(heads), total // copies, seq, d_head)
+        return out.reshape(total, seq, n_heads, d_head)
+
+    return hook
+
+
+@dataclass
+class _BatchRuns:
+    """Per-batch base data: base tokens, cached residuals, replacement z, reference LDs."""
+
+    base: TokenBatch
+    resid: dict[int, torch.Tensor]
+    source_z: dict[int, torch.Tensor] | None
+    ld_base: torch.Tensor
+    ld_clean: torch.Tensor
+    ld_corrupt: torch.Tensor
+
+
+def _batches(token_lists: Sequence[torch.Tensor], batch_size: int, spec: ModelSpec,
+             device: torch.device) -> list[TokenBatch]:
+    pad = spec.pad_token_id if spec.pad_token_id is not None else 0
+    return list(iter_batches(token_lists, batch_size, pad_token_id=pad, device=device))
+
+
+def _ld(logits: torch.Tensor, batch: TokenBatch, answers: torch.Tensor,
+        distractors: torch.Tensor) -> torch.Tensor:
+    last = final_logits(logits, batch.last) if logits.ndim == 3 else logits
+    return logit_difference(last, answers, distractors).float()
+
+
+def _run_capture(model: Any, batch: TokenBatch, spec: ModelSpec, kinds: Sequence[str],
+                 layers: Sequence[int]) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
+    """One full forward pass; returns logits and ``{kind: {layer: activation}}`` clones."""
+    store: dict[str, dict[int, torch.Tensor]] = {kind: {} for kind in kinds}
+
+    def make(kind: str, layer: int) -> Callable[..., None]:
+        def hook(act: torch.Tensor, hook: Any = None) -> None:
+            store[kind][layer] = act.detach().clone()
+        return hook
+
+    hooks = [(spec.hooks.at(kind, layer), make(kind, layer)) for kind in kinds for layer in layers]
+    with attached(model, hooks):
+        logits = model(batch.tokens, **batch.forward_kwargs())
+    return logits, store
+
+
+def _mean_z(model: Any, spec: ModelSpec, batches: Sequence[TokenBatch],
+            layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """{layer: [H, d_head]} mean of z over every real token of every prompt."""
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+    for batch in batches:
+        _, store = _run_capture(model, batch, spec, ["z"], layers)
+        mask = batch.attention_mask[:, :, None, None].to(torch.float64)
+        for layer in layers:
+            total = (store["z"][layer].double() * mask).sum((0, 1))
+            sums[layer] = sums.get(layer, 0) + total
+        count += int(batch.attention_mask.sum())
+    return {layer: (value / count).float() for layer, value in sums.items()}
+
+
+def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
+                  direction: Direction, batch_size: int, layers: Sequence[int],
+                  need_resid: bool) -> list[_BatchRuns]:
+    device = model_device(model)
+    clean_batches = _batches(data.clean, batch_size, spec, device)
+    corrupt_batches = (_batches(data.corrupt, batch_size, spec, device)
+                       if data.corrupt is not None else None)
+    mean_z = _mean_z(model, spec, clean_batches, layers) if method == "mean" else None
+    runs = []
+    for index, clean in enumerate(clean_batches):
+        rows = clean.indices.cpu()
+        answers, distractors = data.answers[rows], data.distractors[rows]
+        clean_logits, clean_store = _run_capture(
+            model, clean, spec, ["resid_pre", "z"] if need_resid else ["z"], layers)
+        ld_clean = _ld(clean_logits, clean, answers, distractors)
+        corrupt = corrupt_batches[index] if corrupt_batches is not None else None
+        corrupt_store: dict[str, dict[int, torch.Tensor]] = {}
+        if corrupt is not None:
+            corrupt_logits, corrupt_store = _run_capture(
+                model, corrupt, spec, ["resid_pre", "z"] if need_resid else ["z"], layers)
+            ld_corrupt = _ld(corrupt_logits, corrupt, answers, distractors)
+        else:
+            ld_corrupt = torch.zeros_like(ld_clean)
+        source_z: dict[int, torch.Tensor] | None
+        if method == "patch":
+            assert corrupt is not None
+            if direction == "denoise":
+                base, base_store, source_z, ld_base = corrupt, corrupt_store, clean_store["z"], \
+                    ld_corrupt
+            else:
+                base, base_store, source_z, ld_base = clean, clean_store, corrupt_store["z"], \
+                    ld_clean
+        else:
+            base, base_store, ld_base = clean, clean_store, ld_clean
+            if method == "zero":
+                source_z = None
+            else:
+                assert mean_z is not None
+                source_z = {layer: mean_z[layer][None, None].expand(
+                    clean.size, clean.seq_len, -1, -1) for layer in layers}
+        resid = base_store.get("resid_pre", {}) if need_resid else {}
+        runs.append(_BatchRuns(base, resid, source_z, ld_base, ld_clean, ld_corrupt))
+    return runs
+
+
+def _replacement(run: _BatchRuns, layer: int, heads: Sequence[int]) -> torch.Tensor:
+    """[c, B, T, d_head] replacement z for copies of ``heads`` (zeros for zero ablation)."""
+    if run.source_z is None:  # zero ablation: broadcast by the hook
+        return torch.zeros(1, 1, 1, 1, device=run.base.tokens.device)
+    source = run.source_z[layer]  # [B, T, H, d_head]
+    return source[:, :, list(heads)].permute(2, 0, 1, 3)
+
+
+def _score(values: torch.Tensor, run: _BatchRuns, metric: Metric) -> torch.Tensor:
+    """[..., B] intervened LDs -> [..., B] per-prompt effects."""
+    if metric == "logit_diff":
+        return values - run.ld_base
+    return (values - run.ld_corrupt) / (run.ld_clean - run.ld_corrupt)
+
+
+def _check_args(method: str, metric: str, direction: str) -> None:
+    if method not in ("patch", "zero", "mean"):
+        raise ValueError(f"method must be 'patch', 'zero' or 'mean', got {method!r}")
+    if metric not in ("logit_diff", "normalized_logit_diff"):
+        raise ValueError(
+            f"metric must be 'logit_diff' or 'normalized_logit_diff', got {metric!r}")
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+
+
+def _layer_list(spec: ModelSpec, layers: Sequence[int] | None) -> list[int]:
+    layer_list = list(range(spec.n_layers)) if layers is None else sorted(set(layers))
+    for layer in layer_list:
+        spec.check_layer(layer)
+    return layer_list
+
+
+def _scan(
+    model: Any,
+    task: Task | Sequence[TaskItem],
+    *,
+    method: Method,
+    metric: Metric,
+    direction: Direction,
+    layers: Sequence[int] | None,
+    batch_size: int,
+    heads_per_pass: int | None,
+    progress: bool,
+    fast: bool,
+) -> HeadTable:
+    _check_args(method, metric, direction)
+    spec = check_supported(model) if fast else describe_model(model)
+    layer_list = _layer_list(spec, layers)
+    started = time.perf_counter()
+    data = prepare_scan_data(model, task, need_corrupt=method == "patch")
+    chunk = spec.n_heads if heads_per_pass is None else max(1, min(heads_per_pass, spec.n_heads))
+    sums = torch.zeros(spec.n_layers, spec.n_heads, dtype=torch.float64)
+    sq_sums = torch.zeros_like(sums)
+    values_sum = torch.zeros_like(sums)
+    totals = {"ld_clean": 0.0, "ld_corrupt": 0.0, "ld_base": 0.0}
+    with torch.inference_mode():
+        runs = _prepare_runs(model, spec, data, method, direction, batch_size, layer_list,
+                             need_resid=fast)
+        steps = len(runs) * len(layer_list)
+        bar = tqdm(total=steps, desc="fastscan" if fast else "loop scan",
+                   disable=not progress, leave=False)
+        try:
+            for run in runs:
+                rows = run.base.indices.cpu()
+                answers, distractors = data.answers[rows], data.distractors[rows]
+                for key in totals:
+                    totals[key] += float(getattr(run, key).double().sum())
+                for layer in layer_list:
+                    for first in range(0, spec.n_heads, chunk):
+                        heads = list(range(first, min(first + chunk, spec.n_heads)))
+                        if fast:
+                            values = _fast_values(model, spec, run, layer, heads, answers,
+                                                  distractors)
+                        else:
+                            values = _loop_values(model, spec, run, layer, heads, answers,
+                                                  distractors)
+                        check_finite(values, f"intervened logit difference at layer {layer}")
+                        effects = _score(values, run, metric).double().cpu()  # [c, B]
+                        sums[layer, heads] += effects.sum(1)
+                        sq_sums[layer, heads] += (effects ** 2).sum(1)
+                        values_sum[layer, heads] += values.double().cpu().sum(1)
+                    bar.update(1)
+        finally:
+            bar.close()
+    n = len(data.clean)
+    mean = sums / n
+    std = (sq_sums / n - mean ** 2).clamp_min(0).sqrt()
+    scanned = torch.zeros(spec.n_layers, dtype=torch.bool)
+    scanned[layer_list] = True
+    nan = torch.full_like(mean, float("nan"))
+    mean = torch.where(scanned[:, None], mean, nan)
+    finished = time.perf_counter()
+    meta = {
+        "scorer": f"{'patch' if method == 'patch' else method + '_ablation'}_{metric}",
+        "description": f"all-head {method} scan of hook_z (all positions), {metric}",
+        "reference": "activation patching: Meng et al. 2022 (ROME); Wang et al. 2022 (IOI); "
+                     "TransformerLens patching.get_act_patch_attn_head_out_all_pos",
+        "model": spec.name,
+        "model_spec": spec.to_dict(),
+        "params": {"method": method, "metric": metric, "direction": direction,
+                   "layers": layer_list, "heads_per_pass": chunk, "engine":
+                   "fastscan" if fast else "loop"},
+        "task": data.name,
+        "n_prompts": n,
+        "batch_size": batch_size,
+        "data_fingerprint": fingerprint(data.clean + (data.corrupt or [])),
+        "mean_ld_clean": totals["ld_clean"] / n,
+        "mean_ld_corrupt": totals["ld_corrupt"] / n if data.corrupt is not None else None,
+        "mean_ld_base": totals["ld_base"] / n,
+        "headprobe_version": _version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "timings_s": {"total": round(finished - started, 3)},
+    }
+    return HeadTable.from_grid(
+        mean.float(), spec,
+        columns={"std": torch.where(scanned[:, None], std, nan).float(),
+                 "mean_ld": torch.where(scanned[:, None], values_sum / n, nan).float()},
+        meta=meta)
+
+
+def _fast_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads: list[int],
+                 answers: torch.Tensor, distractors: torch.Tensor) -> torch.Tensor:
+    """[c, B] intervened LDs for ``heads`` at ``layer`` from the cached residual."""
+    copies = len(heads)
+    batch = run.base
+    resid = run.resid[layer].repeat(copies, 1, 1)
+    mask = batch.attention_mask.repeat(copies, 1)
+    position_ids = batch.position_ids.repeat(copies, 1)
+    hook = _z_replace_hook(heads, _replacement(run, layer, heads), copies)
+    logits = run_from_layer(model, resid, layer, mask, position_ids,
+                            [(spec.hooks.at("z", layer), hook)],
+                            positions=batch.last.repeat(copies))
+    ld = logit_difference(logits, answers.repeat(copies), distractors.repeat(copies))
+    return ld.float().reshape(copies, batch.size)
+
+
+def _loop_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads: list[int],
+                 answers: torch.Tensor, distractors: torch.Tensor) -> torch.Tensor:
+    """[c, B] intervened LDs: one full forward pass per head."""
+    batch = run.base
+    out = []
+    for head in heads:
+        hook = _z_replace_hook([head], _replacement(run, layer, [head]), 1)
+        with attached(model, [(spec.hooks.at("z", layer), hook)]):
+            logits = model(batch.tokens, **batch.forward_kwargs())
+        out.append(_ld(logits, batch, answers, distractors))
+    return torch.stack(out)
+
+
+def scan_heads(
+    model: Any,
+    task: Task | Sequence[TaskItem],
+    *,
+    method: Method = "patch",
+    metric: Metric = "normalized_logit_diff",
+    direction: Direction = "denoise",
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    heads_per_pass: int | None = None,
+    progress: bool = True,
+) -> HeadTable:
+    """Patch or ablate every (layer, head)'s ``z`` at all positions, with prefix reuse.
+
+    Args:
+        model: a bridge over a llama-family or Gemma 3 model.
+        task: a :class:`Task` (or its items): prompts, single-token answers and distractors,
+            and for ``method="patch"`` corrupt prompts of equal token length.
+        method: ``patch`` (clean z into the corrupt run), ``zero`` or ``mean`` ablation.
+        metric: ``logit_diff`` (mean change of the logit difference) or
+            ``normalized_logit_diff`` (mean of (LD - LD_corrupt) / (LD_clean - LD_corrupt)).
+        direction: ``denoise`` (clean into corrupt) or ``noise`` (corrupt into clean).
+        layers: layers to scan (default all); other layers get NaN.
+        batch_size: prompts per batch; each pass runs ``batch_size * heads_per_pass`` rows.
+        heads_per_pass: heads intervened on in one batched pass (default: all H heads).
+        progress: tqdm bar over (batch, layer) steps.
+
+    Returns:
+        A :class:`HeadTable` (``score``: mean effect over prompts; ``std``: its standard
+        deviation; ``mean_ld``: mean intervened logit difference) with metadata.
+
+    Raises:
+        NotImplementedError: unsupported architecture (use :func:`loop_scan`).
+    """
+    return _scan(model, task, method=method, metric=metric, direction=direction, layers=layers,
+                 batch_size=batch_size, heads_per_pass=heads_per_pass, progress=progress,
+                 fast=True)
+
+
+def loop_scan(
+    model: Any,
+    task: Task | Sequence[TaskItem],
+    *,
+    method: Method = "patch",
+    metric: Metric = "normalized_logit_diff",
+    direction: Direction = "denoise",
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> HeadTable:
+    """The plain reference: one full forward pass (``model.hooks``) per (layer, head).
+
+    Same arguments and result as :func:`scan_heads`; works on any bridge architecture.
+    """
+    return _scan(model, task, method=method, metric=metric, direction=direction, layers=layers,
+                 batch_size=batch_size, heads_per_pass=1, progress=progress, fast=False)
+
+
+def _version() -> str:
+    from headprobe import __version__
+
+    return __version__
