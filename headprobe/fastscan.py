@@ -10,7 +10,20 @@ intervention at layer ``k`` leaves layers ``0..k-1`` unchanged, so this module
 2. for layer ``k`` starts from that cached residual and runs only layers ``k..L-1``
    (:func:`run_from_layer`), reading out only the scored position;
 3. batches the heads of a layer along the batch dimension: the prompts are repeated ``c``
-   times and copy ``i`` intervenes on head ``heads[i]`` only.
+   times and copy ``i`` intervenes on head ``heads[i]`` only;
+4. for ``method="patch"`` also skips the positions the clean and corrupt prompts share. Let
+   ``P`` be the first position where a clean and its corrupt prompt differ (the minimum over
+   the prompts of a batch, and at most each prompt's last real token; prompts are right-padded
+   so they all start at position 0). In a causal model every activation at a position
+   ``p < P`` is the same in the clean, the corrupt and every patched run, so patching ``z``
+   there changes nothing and the residual at ``p < P`` stays the base run's at every layer.
+   Layers ``k..L-1`` then run on positions ``P..T-1`` of the cached residual only; the keys and
+   values of positions ``0..P-1`` at every layer (after rotary and q/k norms, per kv head, as
+   the attention uses them) are recorded once per batch from the base prompts
+   (:func:`record_kv`) and handed to the attention as a past cache (:class:`PrefixKV`); the
+   masks and rotary tables are the full-sequence ones cut to query rows ``P..T-1``, so the
+   causal, padding and Gemma 3 sliding-window masks stay exact. Zero and mean ablation change
+   every position (``P = 0``): they take the full-sequence path.
 
 The numbers equal the plain loop of full forward passes (:func:`loop_scan`, kept as the
 reference and as the fallback for architectures :func:`run_from_layer` does not support) to
@@ -29,9 +42,11 @@ Metrics (:mod:`headprobe.metrics`, at each prompt's last real token):
 
 - ``logit_diff``: score = mean over prompts of ``LD(intervened) - LD(base)``, where
   ``LD = logit[answer] - logit[distractor]``;
-- ``normalized_logit_diff``: score = mean of ``(LD(intervened) - LD_corrupt) /
-  (LD_clean - LD_corrupt)``: 1 = clean behaviour, 0 = corrupt behaviour (for ablation without
-  corrupt prompts ``LD_corrupt`` is 0, i.e. ``LD(ablated) / LD_clean``).
+- ``normalized_logit_diff``: score = ``(mean LD(intervened) - mean LD_corrupt) /
+  (mean LD_clean - mean LD_corrupt)``, normalised on the means as in
+  :func:`headprobe.patching.aggregate_metric`: 1 = clean behaviour, 0 = corrupt behaviour (for
+  ablation without corrupt prompts ``LD_corrupt`` is 0, i.e. ``mean LD(ablated) / mean
+  LD_clean``); the ``std`` column is the spread of the per-prompt ratios.
 """
 
 from __future__ import annotations
@@ -39,7 +54,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -49,7 +64,7 @@ from tqdm.auto import tqdm
 from headprobe.arch import ModelSpec
 from headprobe.batching import TokenBatch, fingerprint, iter_batches, tokenize_prompts
 from headprobe.caching import attached, model_device
-from headprobe.errors import PromptPairError, TaskError
+from headprobe.errors import MetricError, PromptPairError, TaskError
 from headprobe.headtable import HeadTable
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
@@ -69,6 +84,59 @@ _FALLBACK = (
 
 # ---------------------------------------------------------------------------------------------
 # Prefix reuse: run layers k..L-1 of the Hugging Face decoder from a cached residual stream
+
+
+@dataclass
+class PrefixKV:
+    """Keys and values of the first ``length`` positions at every layer, as attention uses them.
+
+    Attributes:
+        keys: ``{layer: [B, n_kv_heads, P, d_head]}`` keys after q/k norms and rotary.
+        values: ``{layer: [B, n_kv_heads, P, d_head]}``.
+    """
+
+    keys: dict[int, torch.Tensor]
+    values: dict[int, torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        """``P``, the number of prefix positions."""
+        return int(next(iter(self.keys.values())).shape[-2]) if self.keys else 0
+
+    @property
+    def batch(self) -> int:
+        """``B``, the number of rows."""
+        return int(next(iter(self.keys.values())).shape[0]) if self.keys else 0
+
+
+class _PrefixCache:
+    """The slice of the HF ``Cache`` interface the attention uses (``update``): puts a layer's
+    prefix keys/values (rows repeated ``copies`` times, copy-major) before the new ones."""
+
+    def __init__(self, prefix: PrefixKV, copies: int) -> None:
+        self.prefix = prefix
+        self.copies = copies
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """[c*B, n_kv, S, d_head] new keys/values -> [c*B, n_kv, P + S, d_head]."""
+        old_key = self.prefix.keys[layer_idx].to(key.dtype).repeat(self.copies, 1, 1, 1)
+        old_value = self.prefix.values[layer_idx].to(value.dtype).repeat(self.copies, 1, 1, 1)
+        return torch.cat([old_key, key], dim=-2), torch.cat([old_value, value], dim=-2)
+
+
+class _RecordingCache:
+    """An HF ``Cache`` stand-in that records each layer's keys/values and changes nothing."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys[layer_idx] = key.detach().clone()
+        self.values[layer_idx] = value.detach().clone()
+        return key, value
 
 
 @dataclass
@@ -175,6 +243,7 @@ def run_from_layer(
     *,
     positions: torch.Tensor | None = None,
     layer_inputs: LayerInputs | None = None,
+    prefix: PrefixKV | None = None,
 ) -> torch.Tensor:
     """Run decoder layers ``layer..L-1``, the final norm and the unembedding from a residual.
 
@@ -182,21 +251,33 @@ def run_from_layer(
     after ``layer`` (``hook_z``, ``hook_q``, ``hook_resid_pre``...) fire as in a full forward
     pass; hooks below ``layer`` do not fire (those layers do not run).
 
+    With ``prefix`` only the positions after the prefix run: ``resid`` holds positions
+    ``P..T-1`` (``P = prefix.length``), the prefix positions enter only as the keys/values of
+    every layer in ``prefix`` (from :func:`record_kv`), and hooks see ``P..T-1`` only. The
+    result equals the full run as long as nothing that runs here changes positions ``< P``.
+
     Args:
         model: a bridge over a llama-family or Gemma 3 model.
         resid: [B, T, d_model] the residual stream entering ``layer`` (``hook_resid_pre``);
-            for ``layer=0`` the (scaled, for Gemma) token embeddings.
+            for ``layer=0`` the (scaled, for Gemma) token embeddings. With ``prefix``:
+            [B, T - P, d_model], positions ``P..T-1``.
         layer: first layer to run, ``0 <= layer <= L`` (``L``: only the final norm and head).
-        attention_mask: [B, T], 1/True on real tokens; ``None`` for no padding.
-        position_ids: [B, T]; ``None`` for ``0..T-1``.
+        attention_mask: [B, T], 1/True on real tokens; ``None`` for no padding (always the
+            full sequence, also with ``prefix``).
+        position_ids: [B, T]; ``None`` for ``0..T-1`` (full sequence, also with ``prefix``).
         hooks: ``(hook name, fn)`` forward hooks attached for this run only.
-        positions: optional [B] position per row: return [B, V] logits at those positions
-            only (skips the unembedding of every other position).
-        layer_inputs: masks / rotary tables from :func:`build_layer_inputs` for this batch
-            shape, to skip rebuilding them.
+        positions: optional [B] position per row (in ``0..T-1``; ``>= P`` with ``prefix``):
+            return [B, V] logits at those positions only (skips the unembedding of every
+            other position).
+        layer_inputs: masks / rotary tables from :func:`build_layer_inputs` for this batch's
+            full sequence ([B, T]), to skip rebuilding them.
+        prefix: keys/values of positions ``0..P-1`` at every layer ``>= layer`` for ``B0``
+            rows, ``B`` a multiple of ``B0``: row ``i`` of ``resid`` continues prefix row
+            ``i % B0`` (the layout of ``Tensor.repeat`` on the batch dimension).
 
     Returns:
-        [B, T, V] logits, or [B, V] with ``positions``; equal to the full forward's logits.
+        [B, T, V] logits ([B, T - P, V] with ``prefix``), or [B, V] with ``positions``; equal
+        to the full forward's logits.
 
     Raises:
         NotImplementedError: the architecture is not supported (names the fallback).
@@ -204,28 +285,103 @@ def run_from_layer(
     spec = check_supported(model)
     if not 0 <= layer <= spec.n_layers:
         spec.check_layer(layer)
+    start = prefix.length if prefix is not None else 0
+    cache = None
+    if prefix is not None and start:
+        if resid.shape[0] % prefix.batch:
+            raise ValueError(f"resid has {resid.shape[0]} rows, not a multiple of the "
+                             f"prefix's {prefix.batch}")
+        cache = _PrefixCache(prefix, resid.shape[0] // prefix.batch)
     if layer_inputs is None:
-        layer_inputs = build_layer_inputs(model, resid, attention_mask, position_ids)
-    decoder = _decoder(model)
+        full = resid[:, :1].expand(resid.shape[0], resid.shape[1] + start, resid.shape[2])
+        layer_inputs = build_layer_inputs(model, full, attention_mask, position_ids)
+    if start:
+        layer_inputs = _query_rows(layer_inputs, start)
     hf_model = model.original_model
-    hidden = resid
     with attached(model, hooks):
-        for index in range(layer, spec.n_layers):
-            layer_type = layer_inputs.layer_types[index]
-            out = decoder.layers[index](
-                hidden,
-                attention_mask=layer_inputs.masks[layer_type],
-                position_embeddings=layer_inputs.position_embeddings[layer_type],
-                position_ids=layer_inputs.position_ids,
-            )
-            hidden = out[0] if isinstance(out, tuple) else out
+        hidden = _run_layers(model, spec, resid, layer, layer_inputs, cache)
         if positions is not None:
-            hidden = final_logits(hidden, positions)
-        logits = hf_model.lm_head(decoder.norm(hidden))
+            hidden = final_logits(hidden, positions.to(hidden.device) - start)
+        logits = hf_model.lm_head(_decoder(model).norm(hidden))
     softcap = getattr(hf_model.config, "final_logit_softcapping", None)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
+
+
+def _run_layers(model: Any, spec: ModelSpec, hidden: torch.Tensor, layer: int,
+                layer_inputs: LayerInputs, cache: Any) -> torch.Tensor:
+    """[B, S, d_model] residual entering ``layer`` -> [B, S, d_model] after the last layer;
+    ``cache`` (if not ``None``) is passed to every attention as ``past_key_values``."""
+    decoder = _decoder(model)
+    extra = {} if cache is None else {"past_key_values": cache}
+    for index in range(layer, spec.n_layers):
+        layer_type = layer_inputs.layer_types[index]
+        out = decoder.layers[index](
+            hidden,
+            attention_mask=layer_inputs.masks[layer_type],
+            position_embeddings=layer_inputs.position_embeddings[layer_type],
+            position_ids=layer_inputs.position_ids,
+            **extra,
+        )
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def _rows_sliceable(inputs: LayerInputs) -> bool:
+    """Whether every mask is ``None`` or a [B, 1, T, T] tensor (so its query rows can be cut)."""
+    return all(mask is None or (isinstance(mask, torch.Tensor) and mask.ndim == 4)
+               for mask in inputs.masks.values())
+
+
+def _query_rows(inputs: LayerInputs, start: int) -> LayerInputs:
+    """Full-sequence layer inputs cut to the query positions ``start..T-1`` (every key kept).
+
+    A ``None`` mask stays ``None``: the attention then applies a causal mask aligned to the
+    last keys, which is the same cut.
+    """
+    if not _rows_sliceable(inputs):
+        raise NotImplementedError(
+            "prefix reuse needs attention masks that are None or 4-D tensors; run without a "
+            "prefix")
+    masks = {layer_type: None if mask is None else mask[:, :, start:]
+             for layer_type, mask in inputs.masks.items()}
+    tables = {layer_type: (cos[:, start:], sin[:, start:])
+              for layer_type, (cos, sin) in inputs.position_embeddings.items()}
+    return LayerInputs(masks, tables, inputs.position_ids[:, start:], inputs.layer_types)
+
+
+def record_kv(
+    model: Any,
+    resid: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> PrefixKV:
+    """Keys and values of every layer's attention for a residual entering layer 0.
+
+    In a causal model the keys/values of positions ``0..P-1`` depend on those positions only,
+    so calling this on the first ``P`` positions gives the ``prefix`` of
+    :func:`run_from_layer`.
+
+    Args:
+        model: a bridge over a llama-family or Gemma 3 model.
+        resid: [B, P, d_model] the residual entering layer 0 (``hook_resid_pre`` of layer 0).
+        attention_mask: [B, P], 1/True on real tokens (``None``: no padding).
+        position_ids: [B, P] (``None``: ``0..P-1``).
+
+    Returns:
+        :class:`PrefixKV` with [B, n_kv_heads, P, d_head] keys (after q/k norms and rotary)
+        and values for every layer.
+    """
+    spec = check_supported(model)
+    layer_inputs = build_layer_inputs(model, resid, attention_mask, position_ids)
+    cache = _RecordingCache()
+    _run_layers(model, spec, resid, 0, layer_inputs, cache)
+    if len(cache.keys) != spec.n_layers:
+        raise NotImplementedError(
+            f"the attention of {spec.name} does not use past_key_values (recorded "
+            f"{len(cache.keys)} of {spec.n_layers} layers); {_FALLBACK}")
+    return PrefixKV(cache.keys, cache.values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +467,9 @@ def _z_replace_hook(heads: Sequence[int], replacement: torch.Tensor,
 
 @dataclass
 class _BatchRuns:
-    """Per-batch base data: base tokens, cached residuals, replacement z, reference LDs."""
+    """Per-batch base data: base tokens, cached residuals, replacement z, reference LDs, and
+    the shared prefix (``prefix``: base keys/values of the ``prefix.length`` leading positions
+    where the clean and corrupt prompts agree; ``None``: no shared prefix is skipped)."""
 
     base: TokenBatch
     resid: dict[int, torch.Tensor]
@@ -319,6 +477,13 @@ class _BatchRuns:
     ld_base: torch.Tensor
     ld_clean: torch.Tensor
     ld_corrupt: torch.Tensor
+    prefix: PrefixKV | None = None
+    layer_inputs: dict[int, LayerInputs] = field(default_factory=dict)
+
+    @property
+    def start(self) -> int:
+        """First position that is run (``P``; 0 without a prefix)."""
+        return self.prefix.length if self.prefix is not None else 0
 
 
 def _batches(token_lists: Sequence[torch.Tensor], batch_size: int, spec: ModelSpec,
@@ -373,17 +538,19 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                        if data.corrupt is not None else None)
     mean_z = _mean_z(model, spec, clean_batches, layers) if method == "mean" else None
     runs = []
+    # record_kv starts from the residual entering layer 0, also when layer 0 is not scanned
+    captured = sorted(set(layers) | {0}) if need_resid else list(layers)
     for index, clean in enumerate(clean_batches):
         rows = clean.indices.cpu()
         answers, distractors = data.answers[rows], data.distractors[rows]
         clean_logits, clean_store = _run_capture(
-            model, clean, spec, ["resid_pre", "z"] if need_resid else ["z"], layers)
+            model, clean, spec, ["resid_pre", "z"] if need_resid else ["z"], captured)
         ld_clean = _ld(clean_logits, clean, answers, distractors)
         corrupt = corrupt_batches[index] if corrupt_batches is not None else None
         corrupt_store: dict[str, dict[int, torch.Tensor]] = {}
         if corrupt is not None:
             corrupt_logits, corrupt_store = _run_capture(
-                model, corrupt, spec, ["resid_pre", "z"] if need_resid else ["z"], layers)
+                model, corrupt, spec, ["resid_pre", "z"] if need_resid else ["z"], captured)
             ld_corrupt = _ld(corrupt_logits, corrupt, answers, distractors)
         else:
             ld_corrupt = torch.zeros_like(ld_clean)
@@ -405,16 +572,48 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                 source_z = {layer: mean_z[layer][None, None].expand(
                     clean.size, clean.seq_len, -1, -1) for layer in layers}
         resid = base_store.get("resid_pre", {}) if need_resid else {}
-        runs.append(_BatchRuns(base, resid, source_z, ld_base, ld_clean, ld_corrupt))
+        prefix = None
+        if need_resid and corrupt is not None and method == "patch":
+            length = shared_prefix_length(clean, corrupt)
+            if length > 0:
+                try:
+                    prefix = record_kv(model, base_store["resid_pre"][0][:, :length],
+                                       base.attention_mask[:, :length],
+                                       base.position_ids[:, :length])
+                except NotImplementedError:  # attention ignores past_key_values: full path
+                    prefix = None
+        runs.append(_BatchRuns(base, resid, source_z, ld_base, ld_clean, ld_corrupt, prefix))
     return runs
 
 
-def _replacement(run: _BatchRuns, layer: int, heads: Sequence[int]) -> torch.Tensor:
-    """[c, B, T, d_head] replacement z for copies of ``heads`` (zeros for zero ablation)."""
+def shared_prefix_length(clean: TokenBatch, corrupt: TokenBatch) -> int:
+    """``P``: positions ``0..P-1`` hold the same real tokens in every clean/corrupt pair.
+
+    The first position where a pair's tokens differ, minimum over the batch, capped at each
+    prompt's last real token (whose logits are read; an identical pair caps ``P`` there), and
+    0 unless both batches are right-padded (every prompt starts at position 0).
+
+    Args:
+        clean, corrupt: batches of the same prompts' pairs (equal lengths), [B, T] tokens.
+    """
+    if (clean.tokens.shape != corrupt.tokens.shape or bool((clean.start != 0).any())
+            or bool((corrupt.start != 0).any())):
+        return 0
+    differs = (clean.tokens != corrupt.tokens) & clean.attention_mask.bool()
+    seq = torch.arange(clean.seq_len, device=differs.device)
+    first = torch.where(differs, seq, clean.seq_len).min(dim=1).values  # [B]
+    first = torch.minimum(first, clean.last.to(first.device))
+    return int(first.min())
+
+
+def _replacement(run: _BatchRuns, layer: int, heads: Sequence[int],
+                 start: int = 0) -> torch.Tensor:
+    """[c, B, T - start, d_head] replacement z for copies of ``heads`` at positions
+    ``start..T-1`` (zeros for zero ablation)."""
     if run.source_z is None:  # zero ablation: broadcast by the hook
         return torch.zeros(1, 1, 1, 1, device=run.base.tokens.device)
     source = run.source_z[layer]  # [B, T, H, d_head]
-    return source[:, :, list(heads)].permute(2, 0, 1, 3)
+    return source[:, start:, list(heads)].permute(2, 0, 1, 3)
 
 
 def _score(values: torch.Tensor, run: _BatchRuns, metric: Metric) -> torch.Tensor:
@@ -493,9 +692,21 @@ def _scan(
                     bar.update(1)
         finally:
             bar.close()
+    prefix_lengths = [run.start for run in runs]  # positions skipped, per batch
     n = len(data.clean)
     mean = sums / n
     std = (sq_sums / n - mean ** 2).clamp_min(0).sqrt()
+    if metric == "normalized_logit_diff":
+        # normalise on the means, as headprobe.patching.aggregate_metric does (Heimersheim &
+        # Nanda 2024): per-prompt ratios explode where a prompt's clean-corrupt gap is small.
+        # `std` stays the spread of the per-prompt ratios.
+        clean_mean = totals["ld_clean"] / n
+        corrupt_mean = totals["ld_corrupt"] / n if data.corrupt is not None else 0.0
+        if abs(clean_mean - corrupt_mean) < 1e-9:
+            raise MetricError(
+                f"mean clean and corrupt logit differences are equal ({clean_mean:.4g}): the "
+                "normalised logit difference is undefined; use metric='logit_diff'")
+        mean = (values_sum / n - corrupt_mean) / (clean_mean - corrupt_mean)
     scanned = torch.zeros(spec.n_layers, dtype=torch.bool)
     scanned[layer_list] = True
     nan = torch.full_like(mean, float("nan"))
@@ -518,6 +729,7 @@ def _scan(
         "mean_ld_clean": totals["ld_clean"] / n,
         "mean_ld_corrupt": totals["ld_corrupt"] / n if data.corrupt is not None else None,
         "mean_ld_base": totals["ld_base"] / n,
+        "shared_prefix_lengths": prefix_lengths,
         "headprobe_version": _version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "timings_s": {"total": round(finished - started, 3)},
@@ -531,16 +743,25 @@ def _scan(
 
 def _fast_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads: list[int],
                  answers: torch.Tensor, distractors: torch.Tensor) -> torch.Tensor:
-    """[c, B] intervened LDs for ``heads`` at ``layer`` from the cached residual."""
+    """[c, B] intervened LDs for ``heads`` at ``layer`` from the cached residual (positions
+    ``run.start..T-1`` only, the shared prefix entering as keys/values)."""
     copies = len(heads)
     batch = run.base
-    resid = run.resid[layer].repeat(copies, 1, 1)
     mask = batch.attention_mask.repeat(copies, 1)
     position_ids = batch.position_ids.repeat(copies, 1)
-    hook = _z_replace_hook(heads, _replacement(run, layer, heads), copies)
+    if copies not in run.layer_inputs:  # full-sequence masks / rotary for c*B rows
+        full = run.resid[layer][:1, :1].expand(copies * batch.size, batch.seq_len, -1)
+        run.layer_inputs[copies] = build_layer_inputs(model, full, mask, position_ids)
+        if not _rows_sliceable(run.layer_inputs[copies]):  # e.g. flex-attention block masks
+            run.prefix = None
+    start = run.start
+    resid = run.resid[layer][:, start:].repeat(copies, 1, 1)
+    hook = _z_replace_hook(heads, _replacement(run, layer, heads, start), copies)
     logits = run_from_layer(model, resid, layer, mask, position_ids,
                             [(spec.hooks.at("z", layer), hook)],
-                            positions=batch.last.repeat(copies))
+                            positions=batch.last.repeat(copies),
+                            layer_inputs=run.layer_inputs[copies],
+                            prefix=run.prefix)
     ld = logit_difference(logits, answers.repeat(copies), distractors.repeat(copies))
     return ld.float().reshape(copies, batch.size)
 
@@ -572,13 +793,19 @@ def scan_heads(
 ) -> HeadTable:
     """Patch or ablate every (layer, head)'s ``z`` at all positions, with prefix reuse.
 
+    Layer ``k`` runs from the cached residual entering it; for ``method="patch"`` only the
+    positions from the first token where a batch's clean and corrupt prompts differ are
+    rerun, the shared prefix entering as cached keys/values (module docstring, step 4;
+    ``meta["shared_prefix_lengths"]`` gives the number of skipped positions per batch).
+
     Args:
         model: a bridge over a llama-family or Gemma 3 model.
         task: a :class:`Task` (or its items): prompts, single-token answers and distractors,
             and for ``method="patch"`` corrupt prompts of equal token length.
         method: ``patch`` (clean z into the corrupt run), ``zero`` or ``mean`` ablation.
         metric: ``logit_diff`` (mean change of the logit difference) or
-            ``normalized_logit_diff`` (mean of (LD - LD_corrupt) / (LD_clean - LD_corrupt)).
+            ``normalized_logit_diff`` ((mean LD - mean LD_corrupt) / (mean LD_clean - mean
+            LD_corrupt)).
         direction: ``denoise`` (clean into corrupt) or ``noise`` (corrupt into clean).
         layers: layers to scan (default all); other layers get NaN.
         batch_size: prompts per batch; each pass runs ``batch_size * heads_per_pass`` rows.

@@ -7,7 +7,13 @@ import torch
 
 from headprobe.batching import iter_batches, tokenize_prompts
 from headprobe.errors import PromptPairError, TaskError
-from headprobe.fastscan import loop_scan, run_from_layer, scan_heads
+from headprobe.fastscan import (
+    loop_scan,
+    record_kv,
+    run_from_layer,
+    scan_heads,
+    shared_prefix_length,
+)
 from headprobe.tasks.base import TaskItem
 
 TINY_ITEMS = [
@@ -159,4 +165,150 @@ def test_scan_equals_loop_smol(smol):
     kwargs = {"metric": "normalized_logit_diff", "layers": [1, 28], "progress": False}
     fast = scan_heads(model, SMOL_ITEMS, **kwargs)
     loop = loop_scan(model, SMOL_ITEMS, **kwargs)
+    assert (fast["score"] - loop["score"]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("metric", ["logit_diff", "normalized_logit_diff"])
+def test_fastscan_agrees_with_the_patching_engine(tiny_llama, metric):
+    """Two independent implementations of denoising head patching give the same table."""
+    from headprobe.patching import PatchingEngine, activation_patch_heads
+
+    model, _ = tiny_llama
+    items = [item for item in TINY_ITEMS if len(item.prompt) == len(item.corrupt_prompt)]
+    fast = scan_heads(model, items, method="patch", metric=metric, direction="denoise",
+                      progress=False)
+    engine = PatchingEngine(model, [i.prompt for i in items], [i.corrupt_prompt for i in items],
+                            [i.answer for i in items], [i.distractor for i in items])
+    reference = activation_patch_heads(engine, metric=metric, direction="denoising",
+                                       progress=False)
+    column = "effect" if metric == "logit_diff" else "score"
+    torch.testing.assert_close(torch.tensor(fast["score"].to_numpy(), dtype=torch.float64),
+                               torch.tensor(reference[column].to_numpy(), dtype=torch.float64),
+                               atol=1e-4, rtol=1e-4)
+
+
+# Pairs that differ late: with the <s> token, "the cat " fills positions 0..8, so the scan
+# reruns only the last few positions. Uneven lengths (padding); batch_size=3 gives batches of
+# 3 and 2 prompts; the last pair is identical, which caps its batch's prefix at that prompt's
+# last token.
+LATE_ITEMS = [
+    TaskItem("the cat sat on", "e", "x", "the cat sat in"),  # differs at position 13
+    TaskItem("the cat ran far", "r", "x", "the cat ran for"),  # 14
+    TaskItem("the cat is", "n", "x", "the cat it"),  # 10 (shortest of its batch)
+    TaskItem("the cat hid under", "a", "x", "the cat hid undid"),  # 16
+    TaskItem("the cat ate", "m", "x", "the cat ate"),  # identical: last token is 11
+]
+LATE_PREFIX_LENGTHS = [10, 11]
+
+
+@pytest.fixture(scope="module")
+def tiny_sliding_gemma():
+    """Gemma 3 with sliding-window layers (window 4, shorter than the prompts) around a full
+    one; 4 query heads over 2 kv heads."""
+    import transformers as tf
+
+    from headprobe.models import wrap_hf_model
+    from headprobe.tiny import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    config = tf.Gemma3TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        architectures=["Gemma3ForCausalLM"])
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng():  # the global RNG is restored afterwards
+        torch.manual_seed(1)
+        hf_model = tf.AutoModelForCausalLM.from_config(config)
+        with torch.no_grad():
+            for name, param in hf_model.named_parameters():
+                if param.ndim >= 2:
+                    param.normal_(0.0, 0.08)
+                elif "norm" in name:
+                    param.add_(0.3 * torch.randn_like(param))
+    return wrap_hf_model(hf_model, tokenizer, name="tiny-gemma3-sliding",
+                         hf_name="tiny-gemma3-sliding", device="cpu")
+
+
+def _late_batches(model, spec, batch_size):
+    clean = tokenize_prompts(model, [it.prompt for it in LATE_ITEMS], spec)
+    corrupt = tokenize_prompts(model, [it.corrupt_prompt for it in LATE_ITEMS], spec)
+    pad = spec.pad_token_id or 0
+    return list(zip(iter_batches(clean, batch_size, pad_token_id=pad),
+                    iter_batches(corrupt, batch_size, pad_token_id=pad), strict=True))
+
+
+def test_shared_prefix_length(tiny_llama):
+    model, spec = tiny_llama
+    lengths = [shared_prefix_length(clean, corrupt)
+               for clean, corrupt in _late_batches(model, spec, 3)]
+    assert lengths == LATE_PREFIX_LENGTHS
+    clean, corrupt = _late_batches(model, spec, 5)[0]
+    assert shared_prefix_length(clean, corrupt) == 10
+    assert shared_prefix_length(clean, clean) == int(clean.last.min())  # identical: last token
+    left = next(iter_batches(tokenize_prompts(model, ["ab", "abc"], spec), 2,
+                             padding_side="left"))
+    assert shared_prefix_length(left, left) == 0  # prompts do not all start at position 0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma", "tiny_sliding_gemma"])
+def test_run_from_layer_with_prefix_reproduces_forward(fixture, request):
+    """Running positions P..T-1 with the prefix's keys/values equals the full forward there."""
+    model, spec = request.getfixturevalue(fixture)
+    clean, _ = _late_batches(model, spec, 3)[0]
+    start = 10
+    store = {}
+    hooks = [(spec.hooks.at("resid_pre", layer),
+              lambda act, hook, layer=layer: store.__setitem__(layer, act.clone()))
+             for layer in range(spec.n_layers)]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        reference = model(clean.tokens, **clean.forward_kwargs())
+    with torch.inference_mode():
+        prefix = record_kv(model, store[0][:, :start], clean.attention_mask[:, :start],
+                           clean.position_ids[:, :start])
+        assert prefix.length == start and prefix.batch == clean.size
+        assert set(prefix.keys) == set(range(spec.n_layers))
+        for layer in range(spec.n_layers):
+            logits = run_from_layer(model, store[layer][:, start:], layer, clean.attention_mask,
+                                    clean.position_ids, prefix=prefix)
+            real = clean.attention_mask[:, start:]
+            assert (logits - reference[:, start:])[real].abs().max() <= 1e-5, layer
+            # rows repeated twice (copy-major) continue the same prefix rows
+            last = run_from_layer(model, store[layer][:, start:].repeat(2, 1, 1), layer,
+                                  clean.attention_mask.repeat(2, 1),
+                                  clean.position_ids.repeat(2, 1),
+                                  positions=clean.last.repeat(2), prefix=prefix)
+            expected = reference[torch.arange(clean.size), clean.last].repeat(2, 1)
+            assert (last - expected).abs().max() <= 1e-4, layer
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma", "tiny_sliding_gemma"])
+@pytest.mark.parametrize("metric,direction", [
+    ("normalized_logit_diff", "denoise"),
+    ("logit_diff", "noise"),
+])
+def test_scan_with_shared_prefix_equals_loop(fixture, metric, direction, request):
+    """Pairs that differ late: the scan skips the shared prefix and still equals the loop."""
+    model, _ = request.getfixturevalue(fixture)
+    kwargs = {"method": "patch", "metric": metric, "direction": direction, "batch_size": 3,
+              "progress": False}
+    fast = scan_heads(model, LATE_ITEMS, heads_per_pass=3, **kwargs)
+    loop = loop_scan(model, LATE_ITEMS, **kwargs)
+    assert fast.meta["shared_prefix_lengths"] == LATE_PREFIX_LENGTHS
+    assert loop.meta["shared_prefix_lengths"] == [0, 0]
+    assert (fast["score"] - loop["score"]).abs().max() <= 1e-4
+    assert fast["score"].abs().max() > 1e-3
+    assert (fast["mean_ld"] - loop["mean_ld"]).abs().max() <= 1e-4
+
+
+def test_prefix_reuse_with_a_layer_subset(tiny_llama):
+    """Scanning layers that exclude layer 0 still records the shared prefix from layer 0."""
+    model, _ = tiny_llama
+    fast = scan_heads(model, LATE_ITEMS, method="patch", metric="logit_diff", layers=[1, 2],
+                      progress=False)
+    loop = loop_scan(model, LATE_ITEMS, method="patch", metric="logit_diff", layers=[1, 2],
+                     progress=False)
+    assert fast.meta["shared_prefix_lengths"] and max(fast.meta["shared_prefix_lengths"]) > 0
+    assert fast["score"].isna().sum() == 4  # layer 0 not scanned
     assert (fast["score"] - loop["score"]).abs().max() <= 1e-4
