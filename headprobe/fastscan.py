@@ -653,6 +653,8 @@ def _scan(
     progress: bool,
     fast: bool,
 ) -> HeadTable:
+    # the patching engine spells these "denoising" / "noising": accept both
+    direction = {"denoising": "denoise", "noising": "noise"}.get(direction, direction)  # type: ignore[assignment]
     _check_args(method, metric, direction)
     spec = check_supported(model) if fast else describe_model(model)
     layer_list = _layer_list(spec, layers)

@@ -597,7 +597,9 @@ def _check_which(value: str, what: str) -> None:
 
 
 def _direction(direction: str) -> tuple[Which, Which]:
-    """(target, source) runs of a direction."""
+    """(target, source) runs of a direction (``denoise`` / ``noise`` are accepted too, the
+    spelling :mod:`headprobe.fastscan` uses)."""
+    direction = {"denoise": "denoising", "noise": "noising"}.get(direction, direction)
     if direction == "denoising":
         return "corrupt", "clean"
     if direction == "noising":

@@ -312,3 +312,12 @@ def test_prefix_reuse_with_a_layer_subset(tiny_llama):
     assert fast.meta["shared_prefix_lengths"] and max(fast.meta["shared_prefix_lengths"]) > 0
     assert fast["score"].isna().sum() == 4  # layer 0 not scanned
     assert (fast["score"] - loop["score"]).abs().max() <= 1e-4
+
+
+def test_direction_spellings_are_shared_with_the_patching_engine(tiny_llama):
+    model, _ = tiny_llama
+    short = scan_heads(model, LATE_ITEMS, method="patch", direction="noise", progress=False,
+                       metric="logit_diff", layers=[2])
+    long = scan_heads(model, LATE_ITEMS, method="patch", direction="noising", progress=False,
+                      metric="logit_diff", layers=[2])
+    assert short["score"].equals(long["score"])
