@@ -12,6 +12,7 @@ key/value heads (grouped-query attention when ``H_kv < H``: query head ``h`` rea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -198,6 +199,13 @@ class ModelSpec:
                 f"in each layer (asked for layer {layer} head {head})"
             )
         return layer, head
+
+    def check_layers(self, layers: Sequence[int] | None) -> list[int]:
+        """``layers`` validated (all layers when None), in the given order."""
+        chosen = list(range(self.n_layers)) if layers is None else list(layers)
+        for layer in chosen:
+            self.check_layer(layer)
+        return chosen
 
     def all_heads(self) -> list[tuple[int, int]]:
         return [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]

@@ -70,6 +70,7 @@ from headprobe.headtable import HeadTable
 from headprobe.metrics import final_logits, logit_difference
 from headprobe.models import describe_model
 from headprobe.tasks.base import Task, TaskItem
+from headprobe.weights import head_output_weights
 
 MIN_IG_STEPS, MAX_IG_STEPS = 5, 100
 
@@ -136,12 +137,6 @@ class _Upstream:
     ld: torch.Tensor
 
 
-def _o_weight(model: Any, layer: int, spec: ModelSpec) -> torch.Tensor:
-    """[d_model, H, d_head] output projection of ``layer``."""
-    weight = model.blocks[layer].attn.o.original_component.weight
-    return weight.reshape(spec.d_model, spec.n_heads, spec.d_head)
-
-
 def _post_norm(model: Any, layer: int, spec: ModelSpec) -> Any | None:
     name = spec.facts.post_attention_norm
     if not spec.facts.has_post_attention_norm or name is None:
@@ -152,7 +147,8 @@ def _post_norm(model: Any, layer: int, spec: ModelSpec) -> Any | None:
 def _head_writes(model: Any, spec: ModelSpec, layer: int, z: torch.Tensor,
                  attn_out: torch.Tensor) -> torch.Tensor:
     """[H, B, T, d_model] each head's write into the residual stream (see module docstring)."""
-    per_head = torch.einsum("bthd,mhd->hbtm", z, _o_weight(model, layer, spec).to(z.dtype))
+    w_o = head_output_weights(model, spec, layer).to(z.dtype)  # [H, d_head, d_model]
+    per_head = torch.einsum("bthd,hdm->hbtm", z, w_o)
     norm = _post_norm(model, layer, spec)
     if norm is None:
         return per_head

@@ -68,6 +68,7 @@ from headprobe.errors import MetricError, PromptPairError, TaskError
 from headprobe.headtable import HeadTable
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
+from headprobe.scorers.base import headprobe_version
 from headprobe.tasks.base import Task, TaskItem, single_token_id
 
 Method = Literal["patch", "zero", "mean"]
@@ -633,13 +634,6 @@ def _check_args(method: str, metric: str, direction: str) -> None:
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
 
 
-def _layer_list(spec: ModelSpec, layers: Sequence[int] | None) -> list[int]:
-    layer_list = list(range(spec.n_layers)) if layers is None else sorted(set(layers))
-    for layer in layer_list:
-        spec.check_layer(layer)
-    return layer_list
-
-
 def _scan(
     model: Any,
     task: Task | Sequence[TaskItem],
@@ -657,7 +651,7 @@ def _scan(
     direction = {"denoising": "denoise", "noising": "noise"}.get(direction, direction)  # type: ignore[assignment]
     _check_args(method, metric, direction)
     spec = check_supported(model) if fast else describe_model(model)
-    layer_list = _layer_list(spec, layers)
+    layer_list = sorted(set(spec.check_layers(layers)))
     started = time.perf_counter()
     data = prepare_scan_data(model, task, need_corrupt=method == "patch")
     chunk = spec.n_heads if heads_per_pass is None else max(1, min(heads_per_pass, spec.n_heads))
@@ -732,7 +726,7 @@ def _scan(
         "mean_ld_corrupt": totals["ld_corrupt"] / n if data.corrupt is not None else None,
         "mean_ld_base": totals["ld_base"] / n,
         "shared_prefix_lengths": prefix_lengths,
-        "headprobe_version": _version(),
+        "headprobe_version": headprobe_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "timings_s": {"total": round(finished - started, 3)},
     }
@@ -845,7 +839,4 @@ def loop_scan(
                  batch_size=batch_size, heads_per_pass=1, progress=progress, fast=False)
 
 
-def _version() -> str:
-    from headprobe import __version__
 
-    return __version__

@@ -64,6 +64,7 @@ from headprobe.batching import Prompts, tokenize_prompts
 from headprobe.caching import attached, model_device, stream_reduce
 from headprobe.errors import InterventionError
 from headprobe.models import describe_model
+from headprobe.weights import head_output_weights
 
 Head = tuple[int, int]
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
@@ -416,26 +417,11 @@ def resample_ablation(
 
 
 def head_output_matrix(model: Any, layer: int, head: int) -> torch.Tensor:
-    """``W_O^h`` [d_head, d_model]: head ``h``'s block of the output projection.
-
-    Read off the projection module by applying it to basis vectors (so it works for
-    ``nn.Linear`` and GPT-2's ``Conv1D`` alike); the bias is subtracted.
-    """
+    """``W_O^h`` [d_head, d_model]: head ``h``'s block of the output projection (see
+    :func:`headprobe.weights.head_output_weights`)."""
     spec = describe_model(model)
     spec.check_head(layer, head)
-    try:
-        module = model.blocks[layer].attn.o.original_component
-    except AttributeError as error:
-        raise InterventionError(
-            "cannot find the attention output projection (blocks[L].attn.o)") from error
-    weight = next(module.parameters())
-    width = spec.n_heads * spec.d_head
-    basis = torch.zeros(spec.d_head + 1, width, dtype=weight.dtype, device=weight.device)
-    start = head * spec.d_head
-    basis[1:, start:start + spec.d_head] = torch.eye(spec.d_head, dtype=weight.dtype)
-    with torch.no_grad():
-        out = module(basis)
-    return (out[1:] - out[0]).detach()
+    return head_output_weights(model, spec, layer)[head]
 
 
 def add_to_output(

@@ -612,13 +612,6 @@ def _check_metric(metric: str) -> None:
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 
-def _layers(spec: ModelSpec, layers: Sequence[int] | None) -> list[int]:
-    chosen = list(range(spec.n_layers)) if layers is None else list(layers)
-    for layer in chosen:
-        spec.check_layer(layer)
-    return chosen
-
-
 def _meta(engine: PatchingEngine, kind: str, name: str, metric: str, direction: str,
           started: float, **extra: Any) -> dict[str, Any]:
     from headprobe import __version__
@@ -669,7 +662,7 @@ def activation_patch_heads(
         raise ValueError(f"component must be 'z' or 'q', got {component!r}")
     target, source = _direction(direction)
     spec = engine.spec
-    chosen = _layers(spec, layers)
+    chosen = spec.check_layers(layers)
     started = time.perf_counter()
     engine.cache(source, [spec.hooks.at(component, layer) for layer in chosen])
     grid = np.full((spec.n_layers, spec.n_heads), np.nan)
@@ -717,7 +710,7 @@ def activation_patch_heads_by_position(
             f"per-position patching needs all prompts to have the same token length; got "
             f"lengths {sorted(lengths)}. Use prompts of one template (e.g. ioi template=0)")
     n_tokens = lengths.pop()
-    chosen = _layers(spec, layers)
+    chosen = spec.check_layers(layers)
     pos_list = list(range(n_tokens)) if positions is None else list(positions)
     for pos in pos_list:
         if not 0 <= pos < n_tokens:
@@ -921,7 +914,7 @@ def path_patch_senders(
     _check_metric(metric)
     spec = engine.spec
     chosen_receivers = _receivers(receivers)
-    chosen = _layers(spec, layers)
+    chosen = spec.check_layers(layers)
     started = time.perf_counter()
     target, _ = _direction(direction)
     unpatched = engine.baseline(metric)[target]

@@ -127,7 +127,7 @@ class Scorer:
             "n_prompts": data.n_prompts,
             "data": data.description,
             "data_fingerprint": data.fingerprint,
-            "headprobe_version": _version(),
+            "headprobe_version": headprobe_version(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "timings_s": {
                 "prepare": round(prepared - started, 3),
@@ -139,7 +139,8 @@ class Scorer:
         return HeadTable.from_grid(result.score, spec, columns=result.columns, meta=meta)
 
 
-def _version() -> str:
+def headprobe_version() -> str:
+    """The installed headprobe version, for result metadata."""
     from headprobe import __version__
 
     return __version__

@@ -43,6 +43,7 @@ from headprobe.metrics import final_logits
 from headprobe.models import describe_model
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
 from headprobe.tasks.base import Task, TaskItem, answer_token_ids
+from headprobe.weights import head_output_weights
 
 REFERENCE = ("Elhage et al. 2021, A Mathematical Framework for Transformer Circuits; "
              "nostalgebraist 2020, the logit lens; METHODS.md section 7")
@@ -273,10 +274,7 @@ class _Weights:
 
 def _weights(model: Any, spec: ModelSpec) -> _Weights:
     facts = spec.facts
-    w_o = model.W_O.detach().double()
-    expected = (spec.n_layers, spec.n_heads, spec.d_head, spec.d_model)
-    if tuple(w_o.shape) != expected:
-        raise RuntimeError(f"bridge W_O has shape {tuple(w_o.shape)}, expected {expected}")
+    w_o = head_output_weights(model, spec).double()
     unembed = _hf_module(model, facts.unembed)
     final = _hf_module(model, facts.final_norm)
     layers = [f"{facts.layers_path}.{layer}" for layer in range(spec.n_layers)]

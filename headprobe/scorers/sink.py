@@ -28,6 +28,7 @@ from headprobe.caching import stream_reduce
 from headprobe.errors import EmptyPromptsError
 from headprobe.prompts import load_resource, repeated_random_tokens
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.weights import head_output_weights
 
 
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
@@ -51,18 +52,9 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
     return ScorerData(domains, fingerprint(everything), len(everything), description)
 
 
-def _output_weights(model: Any, spec: ModelSpec) -> torch.Tensor:
-    """[L, H, d_head, d_model] per-head output matrices W_O."""
-    weights = model.W_O.detach()
-    expected = (spec.n_layers, spec.n_heads, spec.d_head, spec.d_model)
-    if tuple(weights.shape) != expected:
-        raise RuntimeError(f"bridge W_O has shape {tuple(weights.shape)}, expected {expected}")
-    return weights
-
-
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
              batch_size: int, progress: bool) -> ScoreResult:
-    w_o = _output_weights(model, spec).float()
+    w_o = head_output_weights(model, spec).float()
     columns: dict[str, torch.Tensor] = {}
     dormant_count = torch.zeros(spec.n_layers, spec.n_heads)
     sink_shares = []
