@@ -81,8 +81,13 @@ class ArchitectureFacts:
     post_attention_norm: str | None = None
     learned_pos_embed: bool = False
     norm_weight_offset: float = 0.0
+    decoder: str = "model"
     final_norm: str = "model.norm"
     unembed: str = "lm_head"
+    rotary: str | None = "model.rotary_emb"
+    layer_runner: bool = True
+    final_softcap_attr: str = "final_logit_softcapping"
+    attn_softcap_attr: str = "attn_logit_softcapping"
     hooks: HookNames = field(default_factory=HookNames)
 
 
@@ -109,7 +114,10 @@ ARCHITECTURES: dict[str, ArchitectureFacts] = {
         v_proj="c_attn",
         o_proj="c_proj",
         learned_pos_embed=True,
+        decoder="transformer",
         final_norm="transformer.ln_f",
+        rotary=None,
+        layer_runner=False,
     ),
     "bert": ArchitectureFacts(
         family="bert",
@@ -121,6 +129,11 @@ ARCHITECTURES: dict[str, ArchitectureFacts] = {
         k_proj="key",
         v_proj="value",
         o_proj="output.dense",
+        decoder="bert.encoder",
+        final_norm="cls.predictions.transform.LayerNorm",
+        unembed="cls.predictions.decoder",
+        rotary=None,
+        layer_runner=False,
     ),
 }
 
@@ -129,7 +142,7 @@ def architecture_facts(model_type: str) -> ArchitectureFacts:
     """Facts for ``model_type``; unknown types get generic causal pre-norm facts."""
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
-    return ArchitectureFacts(family=model_type, norm="rmsnorm")
+    return ArchitectureFacts(family=model_type, norm="rmsnorm", layer_runner=False)
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,13 @@ class ModelSpec:
         n_ctx: context length the model accepts.
         facts: the :class:`ArchitectureFacts` of the family.
         bos_token_id, pad_token_id: special tokens (``None`` when the tokenizer has none).
+        layer_types: the attention type of every layer (``full_attention``,
+            ``sliding_attention``), from the config (all ``full_attention`` when it says none).
+        sliding_window: the window of sliding layers, or None.
+        final_logit_softcap, attn_logit_softcap: soft-caps (``cap * tanh(x / cap)``) of the
+            logits and of the attention scores, or None.
+        dtype: the parameter dtype (``"float32"``, ``"bfloat16"``, ...); device: where the
+            model lives (``"cpu"``, ``"cuda:0"``).
     """
 
     name: str
@@ -157,6 +177,12 @@ class ModelSpec:
     facts: ArchitectureFacts
     bos_token_id: int | None = None
     pad_token_id: int | None = None
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    final_logit_softcap: float | None = None
+    attn_logit_softcap: float | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
 
     @property
     def norm(self) -> NormKind:
@@ -218,7 +244,13 @@ class ModelSpec:
 
 
 def spec_from_hf_config(
-    name: str, config: Any, *, bos_token_id: int | None = None, pad_token_id: int | None = None
+    name: str,
+    config: Any,
+    *,
+    bos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
 ) -> ModelSpec:
     """Build a :class:`ModelSpec` from a Hugging Face config (text config for VLMs)."""
     config = getattr(config, "text_config", None) or config
@@ -228,19 +260,29 @@ def spec_from_hf_config(
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
     n_ctx = _first_attr(config, ("max_position_embeddings", "n_positions"))
+    facts = architecture_facts(model_type)
+    n_layers = _first_attr(config, ("num_hidden_layers", "n_layer"))
+    layer_types = tuple(getattr(config, "layer_types", None) or ["full_attention"] * n_layers)
     return ModelSpec(
         name=name,
         model_type=model_type,
-        n_layers=_first_attr(config, ("num_hidden_layers", "n_layer")),
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv,
         d_head=d_head,
         d_model=d_model,
         d_vocab=config.vocab_size,
         n_ctx=n_ctx,
-        facts=architecture_facts(model_type),
+        facts=facts,
         bos_token_id=bos_token_id,
         pad_token_id=pad_token_id,
+        layer_types=layer_types,
+        sliding_window=(getattr(config, "sliding_window", None)
+                        if "sliding_attention" in layer_types else None),
+        final_logit_softcap=getattr(config, facts.final_softcap_attr, None),
+        attn_logit_softcap=getattr(config, facts.attn_softcap_attr, None),
+        dtype=dtype,
+        device=device,
     )
 
 

@@ -62,13 +62,13 @@ import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import TokenBatch, fingerprint, iter_batches
-from headprobe.caching import attached, model_device
 from headprobe.errors import TaskError
 from headprobe.fastscan import ScanData, prepare_scan_data
 from headprobe.headtable import HeadTable
+from headprobe.inputs import Batch, fingerprint, iter_batches
 from headprobe.metrics import final_logits, logit_difference
 from headprobe.models import describe_model
+from headprobe.runtime.hooks import attached, model_device
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.weights import head_output_weights
 
@@ -163,7 +163,7 @@ def _head_writes(model: Any, spec: ModelSpec, layer: int, z: torch.Tensor,
     return per_head * w * scale
 
 
-def _collect_upstream(model: Any, spec: ModelSpec, batch: TokenBatch, answers: torch.Tensor,
+def _collect_upstream(model: Any, spec: ModelSpec, batch: Batch, answers: torch.Tensor,
                       distractors: torch.Tensor) -> _Upstream:
     store: dict[str, dict[int, torch.Tensor]] = {"z": {}, "resid_pre": {}, "resid_mid": {},
                                                  "resid_post": {}}
@@ -232,7 +232,7 @@ _GRAD_HOOKS = {
 }
 
 
-def _integrated_grads(model: Any, spec: ModelSpec, batch: TokenBatch, clean_embed: torch.Tensor,
+def _integrated_grads(model: Any, spec: ModelSpec, batch: Batch, clean_embed: torch.Tensor,
                       corrupt_embed: torch.Tensor, answers: torch.Tensor,
                       distractors: torch.Tensor, alphas: Sequence[float]) -> _Grads:
     """Average gradients of sum_b LD_b over the inputs ``e_corrupt + alpha (e_clean - e_corrupt)``.

@@ -73,3 +73,7 @@ class MetricError(HeadprobeError, ValueError):
 
 class InterventionError(HeadprobeError, ValueError):
     """An intervention cannot be applied as asked (no heads, bad pattern, unknown method...)."""
+
+
+class ReducerError(HeadprobeError, RuntimeError):
+    """A reducer edited the activation it was given (reducers must only read)."""

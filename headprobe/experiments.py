@@ -10,7 +10,7 @@ Judging (see :mod:`headprobe.tasks.base`):
 
 - ``next_token``: greedy next token at the prompt's last position == the answer's first
   token. Prompts are right-padded into batches with an attention mask and position ids
-  (:mod:`headprobe.batching`), so a padded prompt computes what it computes alone.
+  (:mod:`headprobe.inputs`), so a padded prompt computes what it computes alone.
 - ``contains`` / ``function``: a greedy continuation of ``task.max_new_tokens`` tokens
   (a plain batched loop without KV cache, so every hook sees every step), then
   ``answer.strip() in continuation`` or ``judge_fn(continuation, item)``.
@@ -37,10 +37,9 @@ import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import fingerprint, iter_batches, tokenize_prompts
-from headprobe.caching import attached, model_device
 from headprobe.errors import InterventionError, TaskError
 from headprobe.headtable import HeadTable, atomic_write, ensure_output_dir, write_json
+from headprobe.inputs import fingerprint, iter_batches, tokenize_prompts
 from headprobe.interventions import (
     Head,
     HookList,
@@ -52,6 +51,7 @@ from headprobe.interventions import (
 )
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
+from headprobe.runtime.hooks import attached, model_device
 from headprobe.tasks.base import Task
 
 RandomFrom = Literal["same_layers", "uniform"]

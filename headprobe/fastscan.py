@@ -51,7 +51,6 @@ Metrics (:mod:`headprobe.metrics`, at each prompt's last real token):
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,12 +61,21 @@ import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import TokenBatch, fingerprint, iter_batches, tokenize_prompts
-from headprobe.caching import attached, model_device
 from headprobe.errors import MetricError, PromptPairError, TaskError
 from headprobe.headtable import HeadTable
+from headprobe.inputs import Batch, fingerprint, iter_batches, tokenize_prompts
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
+from headprobe.runtime.hooks import attached, model_device
+from headprobe.runtime.layers import (
+    LayerInputs,
+    PrefixKV,
+    build_layer_inputs,
+    check_supported,
+    record_kv,
+    rows_sliceable,
+    run_from_layer,
+)
 from headprobe.scorers.base import headprobe_version
 from headprobe.tasks.base import Task, TaskItem, single_token_id
 
@@ -76,313 +84,6 @@ Metric = Literal["logit_diff", "normalized_logit_diff"]
 Direction = Literal["denoise", "noise"]
 Hook = tuple[str, Callable[..., Any]]
 
-SUPPORTED_FAMILIES = ("llama", "gemma3")
-
-_FALLBACK = (
-    "use headprobe.fastscan.loop_scan (one full forward pass per head; same numbers, slower)"
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prefix reuse: run layers k..L-1 of the Hugging Face decoder from a cached residual stream
-
-
-@dataclass
-class PrefixKV:
-    """Keys and values of the first ``length`` positions at every layer, as attention uses them.
-
-    Attributes:
-        keys: ``{layer: [B, n_kv_heads, P, d_head]}`` keys after q/k norms and rotary.
-        values: ``{layer: [B, n_kv_heads, P, d_head]}``.
-    """
-
-    keys: dict[int, torch.Tensor]
-    values: dict[int, torch.Tensor]
-
-    @property
-    def length(self) -> int:
-        """``P``, the number of prefix positions."""
-        return int(next(iter(self.keys.values())).shape[-2]) if self.keys else 0
-
-    @property
-    def batch(self) -> int:
-        """``B``, the number of rows."""
-        return int(next(iter(self.keys.values())).shape[0]) if self.keys else 0
-
-
-class _PrefixCache:
-    """The slice of the HF ``Cache`` interface the attention uses (``update``): puts a layer's
-    prefix keys/values (rows repeated ``copies`` times, copy-major) before the new ones."""
-
-    def __init__(self, prefix: PrefixKV, copies: int) -> None:
-        self.prefix = prefix
-        self.copies = copies
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int,
-               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """[c*B, n_kv, S, d_head] new keys/values -> [c*B, n_kv, P + S, d_head]."""
-        old_key = self.prefix.keys[layer_idx].to(key.dtype).repeat(self.copies, 1, 1, 1)
-        old_value = self.prefix.values[layer_idx].to(value.dtype).repeat(self.copies, 1, 1, 1)
-        return torch.cat([old_key, key], dim=-2), torch.cat([old_value, value], dim=-2)
-
-
-class _RecordingCache:
-    """An HF ``Cache`` stand-in that records each layer's keys/values and changes nothing."""
-
-    def __init__(self) -> None:
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int,
-               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys[layer_idx] = key.detach().clone()
-        self.values[layer_idx] = value.detach().clone()
-        return key, value
-
-
-@dataclass
-class LayerInputs:
-    """What every decoder layer needs besides the residual stream, built once per batch shape.
-
-    Attributes:
-        masks: ``{layer_type: mask}``: the 4-D attention masks the HF layers expect
-            ([B, 1, T, T] additive, or ``None`` where HF skips the mask), one per layer type
-            (``full_attention``, ``sliding_attention``).
-        position_embeddings: ``{layer_type: (cos, sin)}`` rotary tables, each [B, T, d_rot].
-        position_ids: [B, T].
-        layer_types: the type of every layer (``full_attention`` for plain Llama).
-    """
-
-    masks: dict[str, Any]
-    position_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    position_ids: torch.Tensor
-    layer_types: list[str]
-
-
-def check_supported(model: Any) -> ModelSpec:
-    """The model's spec; :class:`NotImplementedError` if :func:`run_from_layer` cannot run it."""
-    spec = describe_model(model)
-    if spec.facts.family not in SUPPORTED_FAMILIES or not spec.causal:
-        raise NotImplementedError(
-            f"prefix reuse (headprobe.fastscan.run_from_layer) supports the "
-            f"{', '.join(SUPPORTED_FAMILIES)} families (rotary, pre-norm decoders); "
-            f"{spec.name} is {spec.model_type!r} (family {spec.facts.family!r}). "
-            f"Instead, {_FALLBACK}."
-        )
-    return spec
-
-
-def _decoder(model: Any) -> Any:
-    """The HF decoder that owns ``layers``, ``norm`` and ``rotary_emb`` (``model.model``)."""
-    return model.original_model.model
-
-
-def build_layer_inputs(
-    model: Any,
-    resid: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    position_ids: torch.Tensor | None = None,
-) -> LayerInputs:
-    """Masks and rotary tables for a batch, built exactly as the HF decoder's forward builds them.
-
-    Args:
-        model: a bridge over a supported model.
-        resid: [B, T, d_model] (only its shape, dtype and device are used).
-        attention_mask: [B, T], 1/True on real tokens (``None``: no padding).
-        position_ids: [B, T] (``None``: ``0..T-1``).
-    """
-    from transformers.masking_utils import (
-        create_causal_mask,
-        create_sliding_window_causal_mask,
-    )
-
-    check_supported(model)
-    decoder = _decoder(model)
-    config = decoder.config
-    batch, seq = resid.shape[:2]
-    if position_ids is None:
-        position_ids = torch.arange(seq, device=resid.device).unsqueeze(0).expand(batch, -1)
-    if attention_mask is not None:
-        attention_mask = attention_mask.to(resid.device).long()
-    layer_types = list(getattr(config, "layer_types", None) or
-                       ["full_attention"] * config.num_hidden_layers)
-    kwargs = {"config": config, "inputs_embeds": resid, "attention_mask": attention_mask,
-              "past_key_values": None, "position_ids": position_ids}
-    masks: dict[str, Any] = {}
-    position_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    rotary_takes_type = _rotary_takes_layer_type(decoder.rotary_emb)
-    for layer_type in sorted(set(layer_types)):
-        if layer_type == "sliding_attention":
-            masks[layer_type] = create_sliding_window_causal_mask(**kwargs)
-        elif layer_type == "full_attention":
-            masks[layer_type] = create_causal_mask(**kwargs)
-        else:
-            raise NotImplementedError(
-                f"layer type {layer_type!r} is not supported by run_from_layer; {_FALLBACK}")
-        if rotary_takes_type:
-            position_embeddings[layer_type] = decoder.rotary_emb(resid, position_ids, layer_type)
-        else:
-            position_embeddings[layer_type] = decoder.rotary_emb(resid, position_ids)
-    return LayerInputs(masks, position_embeddings, position_ids, layer_types)
-
-
-def _rotary_takes_layer_type(rotary: Any) -> bool:
-    target = getattr(rotary, "original_component", None) or rotary
-    try:
-        return "layer_type" in inspect.signature(target.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def run_from_layer(
-    model: Any,
-    resid: torch.Tensor,
-    layer: int,
-    attention_mask: torch.Tensor | None = None,
-    position_ids: torch.Tensor | None = None,
-    hooks: Sequence[Hook] = (),
-    *,
-    positions: torch.Tensor | None = None,
-    layer_inputs: LayerInputs | None = None,
-    prefix: PrefixKV | None = None,
-) -> torch.Tensor:
-    """Run decoder layers ``layer..L-1``, the final norm and the unembedding from a residual.
-
-    The layers are the bridge's own block modules inside the HF model, so bridge hooks at or
-    after ``layer`` (``hook_z``, ``hook_q``, ``hook_resid_pre``...) fire as in a full forward
-    pass; hooks below ``layer`` do not fire (those layers do not run).
-
-    With ``prefix`` only the positions after the prefix run: ``resid`` holds positions
-    ``P..T-1`` (``P = prefix.length``), the prefix positions enter only as the keys/values of
-    every layer in ``prefix`` (from :func:`record_kv`), and hooks see ``P..T-1`` only. The
-    result equals the full run as long as nothing that runs here changes positions ``< P``.
-
-    Args:
-        model: a bridge over a llama-family or Gemma 3 model.
-        resid: [B, T, d_model] the residual stream entering ``layer`` (``hook_resid_pre``);
-            for ``layer=0`` the (scaled, for Gemma) token embeddings. With ``prefix``:
-            [B, T - P, d_model], positions ``P..T-1``.
-        layer: first layer to run, ``0 <= layer <= L`` (``L``: only the final norm and head).
-        attention_mask: [B, T], 1/True on real tokens; ``None`` for no padding (always the
-            full sequence, also with ``prefix``).
-        position_ids: [B, T]; ``None`` for ``0..T-1`` (full sequence, also with ``prefix``).
-        hooks: ``(hook name, fn)`` forward hooks attached for this run only.
-        positions: optional [B] position per row (in ``0..T-1``; ``>= P`` with ``prefix``):
-            return [B, V] logits at those positions only (skips the unembedding of every
-            other position).
-        layer_inputs: masks / rotary tables from :func:`build_layer_inputs` for this batch's
-            full sequence ([B, T]), to skip rebuilding them.
-        prefix: keys/values of positions ``0..P-1`` at every layer ``>= layer`` for ``B0``
-            rows, ``B`` a multiple of ``B0``: row ``i`` of ``resid`` continues prefix row
-            ``i % B0`` (the layout of ``Tensor.repeat`` on the batch dimension).
-
-    Returns:
-        [B, T, V] logits ([B, T - P, V] with ``prefix``), or [B, V] with ``positions``; equal
-        to the full forward's logits.
-
-    Raises:
-        NotImplementedError: the architecture is not supported (names the fallback).
-    """
-    spec = check_supported(model)
-    if not 0 <= layer <= spec.n_layers:
-        spec.check_layer(layer)
-    start = prefix.length if prefix is not None else 0
-    cache = None
-    if prefix is not None and start:
-        if resid.shape[0] % prefix.batch:
-            raise ValueError(f"resid has {resid.shape[0]} rows, not a multiple of the "
-                             f"prefix's {prefix.batch}")
-        cache = _PrefixCache(prefix, resid.shape[0] // prefix.batch)
-    if layer_inputs is None:
-        full = resid[:, :1].expand(resid.shape[0], resid.shape[1] + start, resid.shape[2])
-        layer_inputs = build_layer_inputs(model, full, attention_mask, position_ids)
-    if start:
-        layer_inputs = _query_rows(layer_inputs, start)
-    hf_model = model.original_model
-    with attached(model, hooks):
-        hidden = _run_layers(model, spec, resid, layer, layer_inputs, cache)
-        if positions is not None:
-            hidden = final_logits(hidden, positions.to(hidden.device) - start)
-        logits = hf_model.lm_head(_decoder(model).norm(hidden))
-    softcap = getattr(hf_model.config, "final_logit_softcapping", None)
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
-
-
-def _run_layers(model: Any, spec: ModelSpec, hidden: torch.Tensor, layer: int,
-                layer_inputs: LayerInputs, cache: Any) -> torch.Tensor:
-    """[B, S, d_model] residual entering ``layer`` -> [B, S, d_model] after the last layer;
-    ``cache`` (if not ``None``) is passed to every attention as ``past_key_values``."""
-    decoder = _decoder(model)
-    extra = {} if cache is None else {"past_key_values": cache}
-    for index in range(layer, spec.n_layers):
-        layer_type = layer_inputs.layer_types[index]
-        out = decoder.layers[index](
-            hidden,
-            attention_mask=layer_inputs.masks[layer_type],
-            position_embeddings=layer_inputs.position_embeddings[layer_type],
-            position_ids=layer_inputs.position_ids,
-            **extra,
-        )
-        hidden = out[0] if isinstance(out, tuple) else out
-    return hidden
-
-
-def _rows_sliceable(inputs: LayerInputs) -> bool:
-    """Whether every mask is ``None`` or a [B, 1, T, T] tensor (so its query rows can be cut)."""
-    return all(mask is None or (isinstance(mask, torch.Tensor) and mask.ndim == 4)
-               for mask in inputs.masks.values())
-
-
-def _query_rows(inputs: LayerInputs, start: int) -> LayerInputs:
-    """Full-sequence layer inputs cut to the query positions ``start..T-1`` (every key kept).
-
-    A ``None`` mask stays ``None``: the attention then applies a causal mask aligned to the
-    last keys, which is the same cut.
-    """
-    if not _rows_sliceable(inputs):
-        raise NotImplementedError(
-            "prefix reuse needs attention masks that are None or 4-D tensors; run without a "
-            "prefix")
-    masks = {layer_type: None if mask is None else mask[:, :, start:]
-             for layer_type, mask in inputs.masks.items()}
-    tables = {layer_type: (cos[:, start:], sin[:, start:])
-              for layer_type, (cos, sin) in inputs.position_embeddings.items()}
-    return LayerInputs(masks, tables, inputs.position_ids[:, start:], inputs.layer_types)
-
-
-def record_kv(
-    model: Any,
-    resid: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    position_ids: torch.Tensor | None = None,
-) -> PrefixKV:
-    """Keys and values of every layer's attention for a residual entering layer 0.
-
-    In a causal model the keys/values of positions ``0..P-1`` depend on those positions only,
-    so calling this on the first ``P`` positions gives the ``prefix`` of
-    :func:`run_from_layer`.
-
-    Args:
-        model: a bridge over a llama-family or Gemma 3 model.
-        resid: [B, P, d_model] the residual entering layer 0 (``hook_resid_pre`` of layer 0).
-        attention_mask: [B, P], 1/True on real tokens (``None``: no padding).
-        position_ids: [B, P] (``None``: ``0..P-1``).
-
-    Returns:
-        :class:`PrefixKV` with [B, n_kv_heads, P, d_head] keys (after q/k norms and rotary)
-        and values for every layer.
-    """
-    spec = check_supported(model)
-    layer_inputs = build_layer_inputs(model, resid, attention_mask, position_ids)
-    cache = _RecordingCache()
-    _run_layers(model, spec, resid, 0, layer_inputs, cache)
-    if len(cache.keys) != spec.n_layers:
-        raise NotImplementedError(
-            f"the attention of {spec.name} does not use past_key_values (recorded "
-            f"{len(cache.keys)} of {spec.n_layers} layers); {_FALLBACK}")
-    return PrefixKV(cache.keys, cache.values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +173,7 @@ class _BatchRuns:
     the shared prefix (``prefix``: base keys/values of the ``prefix.length`` leading positions
     where the clean and corrupt prompts agree; ``None``: no shared prefix is skipped)."""
 
-    base: TokenBatch
+    base: Batch
     resid: dict[int, torch.Tensor]
     source_z: dict[int, torch.Tensor] | None
     ld_base: torch.Tensor
@@ -488,18 +189,18 @@ class _BatchRuns:
 
 
 def _batches(token_lists: Sequence[torch.Tensor], batch_size: int, spec: ModelSpec,
-             device: torch.device) -> list[TokenBatch]:
+             device: torch.device) -> list[Batch]:
     pad = spec.pad_token_id if spec.pad_token_id is not None else 0
     return list(iter_batches(token_lists, batch_size, pad_token_id=pad, device=device))
 
 
-def _ld(logits: torch.Tensor, batch: TokenBatch, answers: torch.Tensor,
+def _ld(logits: torch.Tensor, batch: Batch, answers: torch.Tensor,
         distractors: torch.Tensor) -> torch.Tensor:
     last = final_logits(logits, batch.last) if logits.ndim == 3 else logits
     return logit_difference(last, answers, distractors).float()
 
 
-def _run_capture(model: Any, batch: TokenBatch, spec: ModelSpec, kinds: Sequence[str],
+def _run_capture(model: Any, batch: Batch, spec: ModelSpec, kinds: Sequence[str],
                  layers: Sequence[int]) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
     """One full forward pass; returns logits and ``{kind: {layer: activation}}`` clones."""
     store: dict[str, dict[int, torch.Tensor]] = {kind: {} for kind in kinds}
@@ -515,7 +216,7 @@ def _run_capture(model: Any, batch: TokenBatch, spec: ModelSpec, kinds: Sequence
     return logits, store
 
 
-def _mean_z(model: Any, spec: ModelSpec, batches: Sequence[TokenBatch],
+def _mean_z(model: Any, spec: ModelSpec, batches: Sequence[Batch],
             layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """{layer: [H, d_head]} mean of z over every real token of every prompt."""
     sums: dict[int, torch.Tensor] = {}
@@ -587,7 +288,7 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
     return runs
 
 
-def shared_prefix_length(clean: TokenBatch, corrupt: TokenBatch) -> int:
+def shared_prefix_length(clean: Batch, corrupt: Batch) -> int:
     """``P``: positions ``0..P-1`` hold the same real tokens in every clean/corrupt pair.
 
     The first position where a pair's tokens differ, minimum over the batch, capped at each
@@ -748,7 +449,7 @@ def _fast_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads
     if copies not in run.layer_inputs:  # full-sequence masks / rotary for c*B rows
         full = run.resid[layer][:1, :1].expand(copies * batch.size, batch.seq_len, -1)
         run.layer_inputs[copies] = build_layer_inputs(model, full, mask, position_ids)
-        if not _rows_sliceable(run.layer_inputs[copies]):  # e.g. flex-attention block masks
+        if not rows_sliceable(run.layer_inputs[copies]):  # e.g. flex-attention block masks
             run.prefix = None
     start = run.start
     resid = run.resid[layer][:, start:].repeat(copies, 1, 1)

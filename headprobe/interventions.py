@@ -5,7 +5,7 @@ Every method exists in two forms:
 - a *factory* ``method(model, heads, **options) -> list[(hook_name, hook_fn)]`` that only
   builds TransformerLens forward hooks (nothing is attached);
 - the context manager :func:`intervene` ``(model, heads, method, **options)`` which attaches
-  those hooks through :func:`headprobe.caching.attached` (``model.hooks``), so they are
+  those hooks through :func:`headprobe.runtime.stream.attached` (``model.hooks``), so they are
   removed when the block ends, also when it raises.
 
 ``heads`` is a sequence of ``(layer, head)`` pairs over any layers; ``head`` is a *query*
@@ -60,10 +60,11 @@ from typing import Any, Literal
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import Prompts, tokenize_prompts
-from headprobe.caching import attached, model_device, stream_reduce
 from headprobe.errors import InterventionError
+from headprobe.inputs import Prompts, tokenize_prompts
 from headprobe.models import describe_model
+from headprobe.runtime.hooks import attached, model_device
+from headprobe.runtime.stream import ReduceContext, stream_reduce
 from headprobe.weights import head_output_weights
 
 Head = tuple[int, int]
@@ -220,7 +221,7 @@ def compute_head_means(
 ) -> dict[Head, HeadMean]:
     """Means of ``z`` for ``heads`` (``None``: every head) over ``reference`` prompts.
 
-    One streaming pass (:func:`headprobe.caching.stream_reduce`, right padding): only
+    One streaming pass (:func:`headprobe.runtime.stream.stream_reduce`, right padding): only
     running sums [T_ref, H, d_head] per hooked layer are kept.
     """
     spec = describe_model(model)
@@ -232,7 +233,8 @@ def compute_head_means(
             for layer in grouped}
     counts = torch.zeros(width, dtype=torch.float64)
 
-    def reducer(z: torch.Tensor, batch: Any, layer: int) -> None:
+    def reducer(z: torch.Tensor, context: ReduceContext) -> None:
+        batch, layer = context.batch, context.layer
         mask = batch.attention_mask.to(torch.float64)  # [B, T]
         masked = z.detach().to(torch.float64) * mask[:, :, None, None]
         sums[layer][: z.shape[1]] += masked.sum(0).cpu()
@@ -336,7 +338,8 @@ def cache_resample_source(
     width = int(lengths.max())
     store = {h: torch.zeros(len(token_lists), width, spec.d_head) for h in head_list}
 
-    def reducer(z: torch.Tensor, batch: Any, layer: int) -> None:
+    def reducer(z: torch.Tensor, context: ReduceContext) -> None:
+        batch, layer = context.batch, context.layer
         rows = batch.indices.cpu()
         mask = batch.attention_mask[:, :, None].to(z.dtype)
         for head in grouped[layer]:

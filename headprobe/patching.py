@@ -60,10 +60,9 @@ import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import Prompts, TokenBatch, iter_batches, tokenize_prompts
-from headprobe.caching import attached, model_device
 from headprobe.errors import HeadIndexError, MetricError, PromptPairError, TaskError
 from headprobe.headtable import HeadTable
+from headprobe.inputs import Batch, Prompts, iter_batches, tokenize_prompts
 from headprobe.metrics import (
     check_finite,
     final_logits,
@@ -72,6 +71,7 @@ from headprobe.metrics import (
     probability,
 )
 from headprobe.models import describe_model
+from headprobe.runtime.hooks import attached, model_device
 
 MetricName = Literal["logit_diff", "normalized_logit_diff", "kl", "probability"]
 METRICS: tuple[str, ...] = get_args(MetricName)
@@ -230,7 +230,7 @@ def attn_out(spec: ModelSpec, layer: int, position: Position = None) -> Setter:
 
 def run_with_setters(
     model: Any,
-    batch: TokenBatch,
+    batch: Batch,
     patches: Sequence[tuple[Setter, torch.Tensor]] = (),
     observe: Sequence[str] = (),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -348,19 +348,19 @@ class PairBatch:
     """One batch of prompt pairs (same padding layout for clean and corrupt).
 
     Attributes:
-        clean, corrupt: :class:`TokenBatch` [B, T] each (right padded).
+        clean, corrupt: :class:`Batch` [B, T] each (right padded).
         answer: [B] correct-answer ids (on the model's device).
         distractor: [B] incorrect-answer ids, or None.
         offset: index of the batch's first prompt in the prompt set.
     """
 
-    clean: TokenBatch
-    corrupt: TokenBatch
+    clean: Batch
+    corrupt: Batch
     answer: torch.Tensor
     distractor: torch.Tensor | None
     offset: int
 
-    def inputs(self, which: Which) -> TokenBatch:
+    def inputs(self, which: Which) -> Batch:
         return self.clean if which == "clean" else self.corrupt
 
 

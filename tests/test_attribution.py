@@ -48,7 +48,7 @@ def test_attribution_matches_exact_patching_when_nearly_linear(tiny_llama):
     clean_embed = {}
 
     # exact: nudge resid_pre[0] in a plain forward pass, patch each head's z from it
-    from headprobe.batching import iter_batches, tokenize_prompts
+    from headprobe.inputs import iter_batches, tokenize_prompts
 
     tokens = tokenize_prompts(model, [items[0].prompt], spec)
     batch = next(iter_batches(tokens, 1))

@@ -172,7 +172,7 @@ def test_errors(tiny_llama, self_task):
 def test_greedy_continuations_match_unbatched_loop(tiny_gpt2):
     model, spec = tiny_gpt2
     prompts = ["abc", "hello wor", "xy"]
-    from headprobe.batching import tokenize_prompts
+    from headprobe.inputs import tokenize_prompts
 
     lists = tokenize_prompts(model, prompts, spec)
     with intervene(model, [(1, 2)], "zero"):
@@ -192,7 +192,7 @@ def test_greedy_continuations_match_unbatched_loop(tiny_gpt2):
 def test_contains_and_function_judges(tiny_gpt2):
     model, spec = tiny_gpt2
     prompts = ["abc", "hello"]
-    from headprobe.batching import tokenize_prompts
+    from headprobe.inputs import tokenize_prompts
 
     texts = greedy_continuations(model, tokenize_prompts(model, prompts, spec), 3)
     items = [TaskItem(prompt=p, answer=t[1:3]) for p, t in zip(prompts, texts, strict=True)]

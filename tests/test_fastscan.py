@@ -5,15 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headprobe.batching import iter_batches, tokenize_prompts
 from headprobe.errors import PromptPairError, TaskError
-from headprobe.fastscan import (
-    loop_scan,
-    record_kv,
-    run_from_layer,
-    scan_heads,
-    shared_prefix_length,
-)
+from headprobe.fastscan import loop_scan, scan_heads, shared_prefix_length
+from headprobe.inputs import iter_batches, tokenize_prompts
+from headprobe.runtime.layers import record_kv, run_from_layer
 from headprobe.tasks.base import TaskItem
 
 TINY_ITEMS = [

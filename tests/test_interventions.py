@@ -73,7 +73,7 @@ def test_uniform_attention_is_exactly_uniform(any_tiny):
 
 
 def test_uniform_attention_respects_padding(tiny_llama):
-    from headprobe.batching import iter_batches, tokenize_prompts
+    from headprobe.inputs import iter_batches, tokenize_prompts
 
     model, spec = tiny_llama
     lists = tokenize_prompts(model, ["abcdefgh", "abc"], spec)
@@ -91,7 +91,7 @@ def test_uniform_attention_respects_padding(tiny_llama):
 
 def test_pattern_methods_find_the_sink_under_padding(tiny_llama):
     """With left padding the sink is the row's first real token; results match unpadded runs."""
-    from headprobe.batching import iter_batches, tokenize_prompts
+    from headprobe.inputs import iter_batches, tokenize_prompts
 
     model, spec = tiny_llama
     lists = tokenize_prompts(model, ["abcdefgh", "abc"], spec)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from headprobe import get_scorer, list_scorers, scan
-from headprobe.batching import iter_batches
 from headprobe.errors import NonCausalModelError, UnknownScorerError
+from headprobe.inputs import iter_batches
 from headprobe.prompts import repeated_random_tokens
 from headprobe.scorers.pattern_mass import (
     allowed_keys,

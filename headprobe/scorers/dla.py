@@ -36,14 +36,14 @@ import pandas as pd
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import PaddingSide, TokenBatch, fingerprint, iter_batches, tokenize_prompts
-from headprobe.caching import attached, model_device
 from headprobe.errors import TaskError
+from headprobe.inputs import Batch, PaddingSide, fingerprint, iter_batches, tokenize_prompts
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
+from headprobe.runtime.hooks import attached, model_device
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
 from headprobe.tasks.base import Task, TaskItem, answer_token_ids
-from headprobe.weights import head_output_weights
+from headprobe.weights import head_output_weights, hf_module
 
 REFERENCE = ("Elhage et al. 2021, A Mathematical Framework for Transformer Circuits; "
              "nostalgebraist 2020, the logit lens; METHODS.md section 7")
@@ -238,21 +238,6 @@ def checked_answer_ids(model: Any, task: Task) -> tuple[torch.Tensor, torch.Tens
 # The computation
 
 
-def _hf_module(model: Any, path: str) -> Any:
-    """The Hugging Face module at ``path`` under ``model.original_model``, bridges unwrapped."""
-    module = _unwrap(model.original_model)
-    for part in path.split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
-        module = _unwrap(module)
-    return module
-
-
-def _unwrap(module: Any) -> Any:
-    while getattr(module, "_original_component", None) is not None:
-        module = module._original_component
-    return module
-
-
 def _param(module: Any, name: str) -> torch.Tensor | None:
     value = getattr(module, name, None)
     return None if value is None else value.detach().double()
@@ -275,16 +260,16 @@ class _Weights:
 def _weights(model: Any, spec: ModelSpec) -> _Weights:
     facts = spec.facts
     w_o = head_output_weights(model, spec).double()
-    unembed = _hf_module(model, facts.unembed)
-    final = _hf_module(model, facts.final_norm)
+    unembed = hf_module(model, facts.unembed)
+    final = hf_module(model, facts.final_norm)
     layers = [f"{facts.layers_path}.{layer}" for layer in range(spec.n_layers)]
-    o_bias = [_param(_hf_module(model, f"{p}.{facts.attention_module}.{facts.o_proj}"), "bias")
+    o_bias = [_param(hf_module(model, f"{p}.{facts.attention_module}.{facts.o_proj}"), "bias")
               for p in layers]
     post_w = post_b = None
     if facts.has_post_attention_norm:
         if facts.post_attention_norm is None:
             raise RuntimeError(f"{spec.model_type}: has_post_attention_norm without a module name")
-        posts = [_hf_module(model, f"{p}.{facts.post_attention_norm}") for p in layers]
+        posts = [hf_module(model, f"{p}.{facts.post_attention_norm}") for p in layers]
         weights = [_param(m, "weight") for m in posts]
         biases = [_param(m, "bias") for m in posts]
         post_w = torch.stack(weights) if all(w is not None for w in weights) else None  # type: ignore[misc]
@@ -423,7 +408,7 @@ def attribute_tokens(
                        **out)  # type: ignore[arg-type]
 
 
-def _grab_last(store: dict[str, torch.Tensor], key: str, batch: TokenBatch,
+def _grab_last(store: dict[str, torch.Tensor], key: str, batch: Batch,
                activation: torch.Tensor, hook: Any) -> None:
     """Keep the activation at each prompt's last real token, as float64: [B, ...]."""
     rows = torch.arange(batch.size, device=activation.device)

@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import TokenBatch, fingerprint, tokenize_prompts
-from headprobe.caching import stream_reduce
+from headprobe.inputs import Batch, fingerprint, tokenize_prompts
 from headprobe.prompts import repeated_random_tokens
+from headprobe.runtime.stream import ReduceContext, stream_reduce
 from headprobe.scorers.base import ScorerData, ScoreResult
 
 # target_fn(batch) -> [B, T_q, T_k] bool: keys that the pattern says the query should attend to
-TargetFn = Callable[[TokenBatch], torch.Tensor]
+TargetFn = Callable[[Batch], torch.Tensor]
 
 PATTERN_DEFAULTS = {
     "seq_len": 50,
@@ -37,7 +37,7 @@ PATTERN_DEFAULTS = {
 }
 
 
-def previous_token_targets(batch: TokenBatch) -> torch.Tensor:
+def previous_token_targets(batch: Batch) -> torch.Tensor:
     """Target of query ``i`` is key ``i - 1`` (within the prompt's real tokens)."""
     size, width = batch.tokens.shape
     eye = torch.ones(width, width, dtype=torch.bool, device=batch.tokens.device).tril(-1).triu(-1)
@@ -45,14 +45,14 @@ def previous_token_targets(batch: TokenBatch) -> torch.Tensor:
     return targets & batch.key_query_mask()
 
 
-def duplicate_token_targets(batch: TokenBatch) -> torch.Tensor:
+def duplicate_token_targets(batch: Batch) -> torch.Tensor:
     """Targets of query ``i``: earlier keys ``j < i`` holding the same token."""
     same = batch.tokens[:, :, None] == batch.tokens[:, None, :]
     strictly_before = torch.ones_like(same[0]).tril(-1)
     return same & strictly_before & batch.key_query_mask()
 
 
-def induction_targets(batch: TokenBatch) -> torch.Tensor:
+def induction_targets(batch: Batch) -> torch.Tensor:
     """Targets of query ``i``: keys ``j <= i`` whose previous token equals token ``i``
     (the token after an earlier copy of the current token), with ``j - 1 < i``."""
     tokens = batch.tokens
@@ -65,7 +65,7 @@ def induction_targets(batch: TokenBatch) -> torch.Tensor:
     return match & previous_real[:, None, :] & batch.key_query_mask()
 
 
-def allowed_keys(batch: TokenBatch, *, exclude_bos: bool, exclude_current: bool) -> torch.Tensor:
+def allowed_keys(batch: Batch, *, exclude_bos: bool, exclude_current: bool) -> torch.Tensor:
     """[B, T_q, T_k] keys counted in a row's denominator."""
     allowed = batch.key_query_mask()
     if exclude_bos:
@@ -110,7 +110,8 @@ def per_prompt_pattern_scores(
     scores = torch.full((len(token_lists), spec.n_layers, spec.n_heads), float("nan"))
     masks: dict[str, torch.Tensor] = {}
 
-    def reducer(pattern: torch.Tensor, batch: TokenBatch, layer: int) -> None:
+    def reducer(pattern: torch.Tensor, context: ReduceContext) -> None:
+        batch, layer = context.batch, context.layer
         if masks.get("batch_id") is not batch.indices:  # build masks once per batch
             targets = target_fn(batch)
             allowed = allowed_keys(batch, exclude_bos=exclude_bos, exclude_current=exclude_current)

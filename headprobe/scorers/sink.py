@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import TokenBatch, fingerprint, tokenize_prompts
-from headprobe.caching import stream_reduce
 from headprobe.errors import EmptyPromptsError
+from headprobe.inputs import Batch, fingerprint, tokenize_prompts
 from headprobe.prompts import load_resource, repeated_random_tokens
+from headprobe.runtime.stream import ReduceContext, stream_reduce
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
 from headprobe.weights import head_output_weights
 
@@ -64,16 +64,18 @@ def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, An
         norm_sum = torch.zeros(spec.n_layers, spec.n_heads)
         n_prompts = torch.zeros(1)
 
-        def on_pattern(pattern: torch.Tensor, batch: TokenBatch, layer: int,
+        def on_pattern(pattern: torch.Tensor, context: ReduceContext,
                        sink_sum: torch.Tensor = sink_sum) -> None:
+            batch, layer = context.batch, context.layer
             rows = torch.arange(batch.size, device=pattern.device)
             sink = pattern[rows, :, :, batch.start].float()  # [B, H, T_q]
             queries = _query_mask(batch)  # [B, T_q] real and not the first position
             per_prompt = (sink * queries[:, None]).sum(-1) / queries.sum(-1).clamp_min(1)[:, None]
             sink_sum[layer] += per_prompt.sum(0).cpu()
 
-        def on_z(z: torch.Tensor, batch: TokenBatch, layer: int,
+        def on_z(z: torch.Tensor, context: ReduceContext,
                  norm_sum: torch.Tensor = norm_sum, n_prompts: torch.Tensor = n_prompts) -> None:
+            batch, layer = context.batch, context.layer
             out = torch.einsum("bthd,hdm->bthm", z.float(), w_o[layer].to(z.device))
             norms = out.norm(dim=-1)  # [B, T, H]
             queries = _query_mask(batch)
@@ -105,7 +107,7 @@ def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, An
                        meta={"domains": summary})
 
 
-def _query_mask(batch: TokenBatch) -> torch.Tensor:
+def _query_mask(batch: Batch) -> torch.Tensor:
     """[B, T] real query positions after the first one."""
     mask = batch.attention_mask.clone()
     mask[torch.arange(batch.size, device=mask.device), batch.start] = False

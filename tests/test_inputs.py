@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from headprobe.batching import fingerprint, iter_batches, tokenize_prompts
 from headprobe.errors import ContextLengthError, EmptyPromptsError
+from headprobe.inputs import fingerprint, iter_batches, tokenize_prompts
 
 
 def test_tokenize_prepends_bos(tiny_llama):

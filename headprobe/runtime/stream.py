@@ -1,18 +1,20 @@
-"""Streaming activation caching.
+"""Streaming reduction of activations: hooks hand each activation to a reducer in the pass.
 
 A full ``run_with_cache`` keeps every activation of every prompt. headprobe instead runs the
 prompts in padded batches, attaches hooks only at the points a scorer asks for, and hands each
 activation to a *reducer* while the forward pass is still running, so at most one layer's
 activation of one batch is alive at a time and memory stays flat as the prompt count grows.
 
-Reducers never edit the activation they receive (the hooks return ``None``), so a reducer
-cannot change the forward pass or a cache that someone else holds.
+Reducers must not edit the activation they receive: the hooks return ``None``, and a reducer
+that edits it in place raises :class:`~headprobe.errors.ReducerError` (the tensor's version
+counter is compared before and after the call; the pass runs under ``torch.no_grad``, not
+``inference_mode``, so that the counter exists).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -20,21 +22,34 @@ import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.batching import PaddingSide, TokenBatch, iter_batches
-
-# reducer(activation, batch, layer) -> None; the activation must not be modified.
-Reducer = Callable[[torch.Tensor, TokenBatch, int], None]
-
-
-@contextmanager
-def attached(model: Any, fwd_hooks: Sequence[tuple[str, Callable[..., Any]]]) -> Any:
-    """Attach forward hooks for the duration of a block; they are removed even on error."""
-    with model.hooks(fwd_hooks=list(fwd_hooks)):
-        yield model
+from headprobe.errors import ReducerError
+from headprobe.inputs import Batch, PaddingSide, iter_batches
+from headprobe.runtime.hooks import attached, model_device
 
 
-def model_device(model: Any) -> torch.device:
-    return next(model.original_model.parameters()).device
+@dataclass(frozen=True)
+class ReduceContext:
+    """What a reducer is told besides the activation.
+
+    Attributes:
+        batch: the :class:`~headprobe.inputs.Batch` being run (the whole prompts).
+        layer: the layer whose hook fired.
+        step: ``None`` for a full forward pass over the prompts; during KV-cached decoding
+            (:mod:`headprobe.runtime.decode`) ``0`` is the prefill and ``k >= 1`` the k-th
+            generated token.
+        positions: [B, T_step] absolute position (within each prompt) of every column of the
+            activation; padding columns hold 0. For a full pass this is
+            ``batch.position_ids``; in decode step ``k >= 1`` it is [B, 1].
+    """
+
+    batch: Batch
+    layer: int
+    step: int | None = None
+    positions: torch.Tensor | None = None
+
+
+# reducer(activation, context) -> None; the activation must not be modified.
+Reducer = Callable[[torch.Tensor, ReduceContext], None]
 
 
 def stream_reduce(
@@ -48,17 +63,17 @@ def stream_reduce(
     padding_side: PaddingSide = "right",
     progress: bool = True,
     desc: str = "batches",
-    on_batch_end: Callable[[TokenBatch], None] | None = None,
+    on_batch_end: Callable[[Batch], None] | None = None,
 ) -> None:
     """Run every prompt once and feed the requested activations to reducers.
 
     Args:
         model: a TransformerLens bridge.
         spec: its :class:`ModelSpec`.
-        token_lists: the tokenized prompts (see :func:`headprobe.batching.tokenize_prompts`).
+        token_lists: the tokenized prompts (see :func:`headprobe.inputs.tokenize_prompts`).
         reducers: ``{hook kind: reducer}``, where the kind is a :class:`HookNames` field
             (``pattern``, ``z``, ``q``, ...); the reducer is called once per layer per batch
-            with the activation, the :class:`TokenBatch` and the layer index.
+            with the activation and a :class:`ReduceContext` (batch, layer, positions).
         layers: layers to hook (default: all).
         batch_size, padding_side: batching of the prompts.
         progress: show a tqdm bar over batches.
@@ -74,19 +89,32 @@ def stream_reduce(
                            padding_side=padding_side, device=device)
     for batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress, leave=False):
         hooks = [
-            (spec.hooks.at(kind, layer), partial(_call_reducer, reducer, batch, layer))
+            (spec.hooks.at(kind, layer),
+             partial(_call_reducer, reducer,
+                     ReduceContext(batch, layer, None, batch.position_ids)))
             for kind, reducer in reducers.items()
             for layer in layer_list
         ]
-        with torch.inference_mode(), attached(model, hooks):
+        with torch.no_grad(), attached(model, hooks):
             model(batch.tokens, **batch.forward_kwargs())
         if on_batch_end is not None:
             on_batch_end(batch)
 
 
-def _call_reducer(reducer: Reducer, batch: TokenBatch, layer: int,
-                  activation: torch.Tensor, hook: Any) -> None:
-    reducer(activation, batch, layer)
+def _call_reducer(reducer: Reducer, context: ReduceContext, activation: torch.Tensor,
+                  hook: Any) -> None:
+    call_reducer(reducer, activation, context, getattr(hook, "name", "?"))
+
+
+def call_reducer(reducer: Reducer, activation: torch.Tensor, context: ReduceContext,
+                 hook_name: str) -> None:
+    """Call ``reducer``; :class:`ReducerError` if it edited ``activation`` in place."""
+    before = activation._version
+    reducer(activation, context)
+    if activation._version != before:
+        raise ReducerError(
+            f"a reducer edited the activation at {hook_name} in place; reducers must only "
+            "read (compute on a copy: activation.float(), activation * x, ...)")
 
 
 def collect_per_prompt(
@@ -94,7 +122,7 @@ def collect_per_prompt(
     spec: ModelSpec,
     token_lists: Sequence[torch.Tensor],
     kind: str,
-    reduce: Callable[[torch.Tensor, TokenBatch], torch.Tensor],
+    reduce: Callable[[torch.Tensor, Batch], torch.Tensor],
     *,
     layers: Iterable[int] | None = None,
     batch_size: int = 8,
@@ -110,10 +138,10 @@ def collect_per_prompt(
     position = {layer: i for i, layer in enumerate(layer_list)}
     rows: dict[int, list[torch.Tensor | None]] = {}
 
-    def reducer(activation: torch.Tensor, batch: TokenBatch, layer: int) -> None:
-        out = reduce(activation, batch).detach().cpu()
-        for row, index in enumerate(batch.indices.tolist()):
-            rows.setdefault(index, [None] * len(layer_list))[position[layer]] = out[row]
+    def reducer(activation: torch.Tensor, context: ReduceContext) -> None:
+        out = reduce(activation, context.batch).detach().cpu()
+        for row, index in enumerate(context.batch.indices.tolist()):
+            rows.setdefault(index, [None] * len(layer_list))[position[context.layer]] = out[row]
 
     stream_reduce(model, spec, token_lists, {kind: reducer}, layers=layer_list,
                   batch_size=batch_size, padding_side=padding_side, progress=progress, desc=desc)

@@ -2,7 +2,7 @@
 
 A prompt set is a sequence of strings or of token-id sequences. :func:`tokenize_prompts`
 turns it into one 1-D tensor per prompt (checking emptiness and context length);
-:func:`iter_batches` pads them into :class:`TokenBatch` objects with an attention mask and
+:func:`iter_batches` pads them into :class:`Batch` objects with an attention mask and
 the position ids that make a padded prompt compute exactly what it computes alone.
 """
 
@@ -23,7 +23,7 @@ Prompts = Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
 
 
 @dataclass
-class TokenBatch:
+class Batch:
     """One padded batch.
 
     Attributes:
@@ -62,8 +62,8 @@ class TokenBatch:
                             device=real.device).tril()
         return real[:, :, None] & real[:, None, :] & causal
 
-    def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(*(getattr(self, f).to(device) for f in
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in
                             ("tokens", "attention_mask", "position_ids", "lengths", "start",
                              "indices")))
 
@@ -122,7 +122,7 @@ def iter_batches(
     pad_token_id: int = 0,
     padding_side: PaddingSide = "right",
     device: torch.device | str = "cpu",
-) -> Iterator[TokenBatch]:
+) -> Iterator[Batch]:
     """Pad consecutive prompts into batches of at most ``batch_size``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -141,7 +141,7 @@ def iter_batches(
             mask[row, offset:offset + len(ids)] = True
             start[row] = offset
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        yield TokenBatch(
+        yield Batch(
             tokens=tokens,
             attention_mask=mask,
             position_ids=positions,

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from headprobe.batching import tokenize_prompts
-from headprobe.caching import collect_per_prompt, stream_reduce
+from headprobe.errors import ReducerError
+from headprobe.inputs import tokenize_prompts
 from headprobe.prompts import repeated_random_tokens
 from headprobe.registry import scan
+from headprobe.runtime.stream import collect_per_prompt, stream_reduce
 
 
 def _n_hooks(model) -> int:
@@ -51,7 +52,7 @@ def test_hooks_removed_when_a_reducer_raises(tiny_llama):
     model, spec = tiny_llama
     prompts = tokenize_prompts(model, ["abc"], spec)
 
-    def broken(activation, batch, layer):
+    def broken(activation, context):
         raise RuntimeError("boom")
 
     before = _n_hooks(model)
@@ -70,8 +71,17 @@ def test_hooks_removed_when_a_scorer_raises(tiny_llama):
 
 
 def test_reducers_cannot_change_the_forward(tiny_llama):
+    """A reducer that edits its activation in place is stopped, and leaves no hook behind."""
     model, spec = tiny_llama
     tokens = tokenize_prompts(model, ["hello"], spec)
     before = model(tokens[0][None])
-    stream_reduce(model, spec, tokens, {"z": lambda z, b, layer: z.mul(0)}, progress=False)
+    n_hooks = _n_hooks(model)
+    with pytest.raises(ReducerError, match="in place"):
+        stream_reduce(model, spec, tokens, {"z": lambda z, context: z.mul_(0)}, progress=False)
+    assert _n_hooks(model) == n_hooks
     torch.testing.assert_close(model(tokens[0][None]), before)
+    # an out-of-place reducer is fine and sees the real activation
+    seen = []
+    stream_reduce(model, spec, tokens, {"z": lambda z, context: seen.append(z.mul(0).sum())},
+                  progress=False)
+    assert len(seen) == spec.n_layers
