@@ -28,8 +28,9 @@ demo: setup
 test: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
 
+# Everything but the real-model, Gemma and slow tests (make test runs them all, as CI does).
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not real and not gemma"
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not real and not gemma and not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """EAP and EAP-IG vs exact activation patching of head z on the IOI set (default model).
 
 Exact: noising activation patching of every head's z (corrupt z into the clean run, all
-positions; :func:`headprobe.fastscan.scan_heads`, ``direction="noise"``, logit difference).
+positions; :func:`headprobe.fastscan.scan_heads`, ``direction="noising"``, logit difference).
 EAP (one gradient at the clean run) and EAP-IG (gradients averaged over interpolation steps;
 :func:`headprobe.attribution.attribution_patching`) estimate the same per-head quantity.
 Reports, for each estimator, the Spearman correlation over all L x H heads, the Pearson
@@ -54,7 +54,7 @@ def main() -> None:
     record: dict = {"machine": machine(), "model": spec.name, "n_prompts": len(task),
                     "heads": spec.n_total_heads}
     started = time.perf_counter()
-    exact = scan_heads(model, task, method="patch", direction="noise", metric="logit_diff",
+    exact = scan_heads(model, task, method="patch", direction="noising", metric="logit_diff",
                        batch_size=args.n, progress=False)
     record["exact_fastscan_s"] = time.perf_counter() - started
     exact_scores = exact["score"].to_numpy()

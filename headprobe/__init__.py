@@ -21,26 +21,32 @@ from headprobe.errors import (
     UnknownScorerError,
 )
 from headprobe.headtable import HeadTable
+from headprobe.inputs import Batch, Chat, ImagePrompt, Text, encode_prompts
 from headprobe.models import available_models, describe_model, load_model
 from headprobe.registry import get_scorer, list_scorers, scan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
+    "Chat",
     "ContextLengthError",
     "EmptyPromptsError",
     "HeadIndexError",
     "HeadTable",
     "HeadprobeError",
+    "ImagePrompt",
     "ModelSpec",
     "ModelUnavailableError",
     "NonCausalModelError",
     "OutputPathError",
+    "Text",
     "UnknownModelError",
     "UnknownScorerError",
     "__version__",
     "available_models",
     "describe_model",
+    "encode_prompts",
     "get_scorer",
     "list_scorers",
     "load_model",

@@ -46,6 +46,13 @@ class HookNames:
     resid_mid: str = "blocks.{layer}.hook_resid_mid"
     resid_post: str = "blocks.{layer}.hook_resid_post"
     final_norm_scale: str = "ln_final.hook_scale"
+    # Split q/k/v inputs (only fire with ``use_split_qkv_input``): per-consumer copies of the
+    # pre-norm residual stream, q_input [B, T, H, d_model], k_input / v_input
+    # [B, T, H_kv, d_model]; final_norm_in: the final norm's input [B, T, d_model].
+    q_input: str = "blocks.{layer}.attn.hook_q_input"
+    k_input: str = "blocks.{layer}.attn.hook_k_input"
+    v_input: str = "blocks.{layer}.attn.hook_v_input"
+    final_norm_in: str = "ln_final.hook_in"
     embed: str = "hook_embed"
     pos_embed: str = "hook_pos_embed"
     post_attention_norm_scale: str = "blocks.{layer}.ln1_post.hook_scale"

@@ -4,6 +4,12 @@ The report holds each scorer's L x H heatmap, its top heads, and the scorer-to-s
 Spearman correlations of head scores. plotly.js is embedded once, so the file opens offline.
 Each table is also saved under ``<out>/tables/<scorer>/`` as soon as it is computed, so a run
 that dies keeps the finished scorers.
+
+Which scorers run is read from their flags, never their names: by default every ``cheap``
+scorer; a scorer whose ``needs`` the model cannot meet (images without a processor, a chat
+template the tokenizer lacks, a GPU budget on a CPU; see
+:func:`headprobe.scorers.base.unmet_needs`) is skipped with the reason, as is one whose default
+data the model cannot express (a :class:`~headprobe.errors.HeadprobeError`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import html
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +26,15 @@ import pandas as pd
 from headprobe.errors import HeadprobeError
 from headprobe.headtable import HeadTable, atomic_write, ensure_output_dir, write_json
 from headprobe.models import describe_model
+from headprobe.provenance import Timer, result_meta
 from headprobe.registry import get_scorer, list_scorers
+from headprobe.scorers.base import Scorer
 
 
 @dataclass
 class AtlasResult:
-    """What :func:`build_atlas` produced."""
+    """What :func:`build_atlas` produced: the tables, the report path, the run time and
+    ``{scorer: reason}`` for every scorer skipped."""
 
     tables: list[HeadTable]
     report: Path
@@ -43,20 +51,30 @@ def build_atlas(
     model: Any,
     out_dir: str | Path,
     *,
-    scorers: Sequence[str] | None = None,
+    scorers: Sequence[str | Scorer] | None = None,
     n: int | None = None,
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
 ) -> AtlasResult:
-    """Run ``scorers`` (default: every cheap one) and write ``<out_dir>/atlas.html``."""
+    """Run ``scorers`` (names or :class:`Scorer` records; default: every cheap one) and write
+    ``<out_dir>/atlas.html`` and ``meta.json``. Scorers whose needs the model cannot meet are
+    skipped with the reason (listed in the report and in :attr:`AtlasResult.skipped`)."""
     folder = ensure_output_dir(out_dir)
-    names = list(scorers) if scorers is not None else cheap_scorers()
+    chosen = [get_scorer(s) if isinstance(s, str) else s
+              for s in (scorers if scorers is not None else cheap_scorers())]
+    names = [scorer.name for scorer in chosen]
+    spec = describe_model(model)
+    timer = Timer()
     started = time.perf_counter()
     tables = []
     skipped: dict[str, str] = {}
-    for name in names:
-        scorer = get_scorer(name)
+    for scorer in chosen:
+        name = scorer.name
+        unmet = scorer.unmet(model, spec)
+        if unmet:
+            skipped[name] = "; ".join(unmet.values())
+            continue
         try:
             table = scorer(model, n=n, seed=seed, batch_size=batch_size, progress=progress)
         except HeadprobeError as error:  # e.g. a task this model's tokenizer cannot express
@@ -65,19 +83,16 @@ def build_atlas(
         table.save(folder / "tables" / name)
         tables.append(table)
     seconds = time.perf_counter() - started
-    spec = describe_model(model)
+    timer.lap("scorers")
     report = folder / "atlas.html"
     page = render_atlas(tables, title=f"headprobe atlas — {spec.name}", seconds=seconds,
                         model_facts=spec.to_dict(), skipped=skipped)
     atomic_write(report, lambda p: Path(p).write_text(page, encoding="utf-8"))
-    write_json(folder / "meta.json", {
-        "model": spec.name,
-        "scorers": names,
-        "skipped": skipped,
-        "seconds": round(seconds, 2),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tables": {t.scorer: t.meta for t in tables},
-    })
+    write_json(folder / "meta.json", result_meta(
+        kind="atlas", name="atlas", spec=spec, params={"scorers": names, "n": n},
+        seed=seed, timer=timer, description="every cheap scorer on one model",
+        scorers=names, skipped=skipped, seconds=round(seconds, 2),
+        tables={t.scorer: t.meta for t in tables}))
     return AtlasResult(tables=tables, report=report, seconds=seconds, skipped=skipped)
 
 
@@ -130,7 +145,7 @@ def render_atlas(tables: Sequence[HeadTable], *, title: str, seconds: float,
         "border-bottom:1px solid #ddd}section{margin-bottom:2.5em}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p>{len(tables)} scorers in {seconds:.1f} s; generated "
-        f"{datetime.now(UTC).isoformat(timespec='seconds')}</p>"
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}</p>"
         f"<details><summary>model</summary>{facts.to_frame('value').to_html()}</details>"
         + "".join(sections) + correlation_html + skipped_html + "</body></html>"
     )

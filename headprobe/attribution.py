@@ -50,11 +50,9 @@ Gradients are taken under ``torch.enable_grad`` with every model parameter's
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -63,16 +61,21 @@ from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import TaskError
-from headprobe.fastscan import ScanData, prepare_scan_data
 from headprobe.headtable import HeadTable
 from headprobe.inputs import Batch, fingerprint, iter_batches
 from headprobe.metrics import final_logits, logit_difference
 from headprobe.models import describe_model
-from headprobe.runtime.hooks import attached, model_device
+from headprobe.provenance import Timer, result_meta
+from headprobe.runtime.forward import forward_batch
+from headprobe.runtime.hooks import attached, capture, check_fired, model_device
 from headprobe.tasks.base import Task, TaskItem
-from headprobe.weights import head_output_weights
+from headprobe.tasks.pairs import ScanData, prepare_scan_data
+from headprobe.weights import head_output_weights, hf_module
 
 MIN_IG_STEPS, MAX_IG_STEPS = 5, 100
+REFERENCE = ("Nanda 2023 'Attribution Patching'; Syed et al. 2023 'Attribution Patching "
+             "Outperforms Automated Circuit Discovery'; Hanna et al. 2024 'Have Faith in "
+             "Faithfulness'")
 
 
 @dataclass
@@ -138,16 +141,19 @@ class _Upstream:
 
 
 def _post_norm(model: Any, layer: int, spec: ModelSpec) -> Any | None:
+    """The HF post-attention norm module of ``layer`` (Gemma 3), or None."""
     name = spec.facts.post_attention_norm
     if not spec.facts.has_post_attention_norm or name is None:
         return None
-    return getattr(model.blocks[layer].original_component, name)
+    return hf_module(model, f"{spec.facts.layers_path}.{layer}.{name}")
 
 
 def _head_writes(model: Any, spec: ModelSpec, layer: int, z: torch.Tensor,
                  attn_out: torch.Tensor) -> torch.Tensor:
-    """[H, B, T, d_model] each head's write into the residual stream (see module docstring)."""
-    w_o = head_output_weights(model, spec, layer).to(z.dtype)  # [H, d_head, d_model]
+    """[H, B, T, d_model] each head's write into the residual stream (see module docstring),
+    in float32 whatever the model's dtype (``z`` [B, T, H, d_head], ``attn_out`` [B, T, d])."""
+    z, attn_out = z.float(), attn_out.float()
+    w_o = head_output_weights(model, spec, layer).float()  # [H, d_head, d_model]
     per_head = torch.einsum("bthd,hdm->hbtm", z, w_o)
     norm = _post_norm(model, layer, spec)
     if norm is None:
@@ -156,7 +162,9 @@ def _head_writes(model: Any, spec: ModelSpec, layer: int, z: torch.Tensor,
     # (up to a constant) and s solved per position by least squares (exact for an RMSNorm).
     total = per_head.sum(0)
     with torch.no_grad():
-        w = norm(torch.ones(spec.d_model, dtype=z.dtype, device=z.device)).to(z.dtype)
+        param = next(norm.parameters(), None)
+        dtype = param.dtype if param is not None else z.dtype
+        w = norm(torch.ones(spec.d_model, dtype=dtype, device=z.device)).float()
     weighted = total * w
     scale = (attn_out * weighted).sum(-1, keepdim=True) / (weighted * weighted).sum(
         -1, keepdim=True).clamp_min(1e-30)
@@ -165,25 +173,25 @@ def _head_writes(model: Any, spec: ModelSpec, layer: int, z: torch.Tensor,
 
 def _collect_upstream(model: Any, spec: ModelSpec, batch: Batch, answers: torch.Tensor,
                       distractors: torch.Tensor) -> _Upstream:
-    store: dict[str, dict[int, torch.Tensor]] = {"z": {}, "resid_pre": {}, "resid_mid": {},
-                                                 "resid_post": {}}
-
-    def make(kind: str, layer: int) -> Callable[..., None]:
-        def hook(act: torch.Tensor, hook: Any = None) -> None:
-            store[kind][layer] = act.detach().clone()
-        return hook
-
-    hooks = [(spec.hooks.at(kind, layer), make(kind, layer))
-             for kind in store for layer in range(spec.n_layers)]
-    with torch.no_grad(), attached(model, hooks):
-        logits = model(batch.tokens, **batch.forward_kwargs())
-    ld = logit_difference(final_logits(logits, batch.last), answers, distractors).float()
+    """One run's activations through :func:`headprobe.runtime.hooks.capture` (nothing edited)."""
+    kinds = ("z", "resid_pre", "resid_mid", "resid_post")
+    names = {(kind, layer): spec.hooks.at(kind, layer) for kind in kinds
+             for layer in range(spec.n_layers)}
+    with torch.no_grad(), capture(model, list(names.values())) as seen:
+        logits = forward_batch(model, batch)
+    check_fired(seen, list(names.values()))
+    store: dict[str, dict[int, torch.Tensor]] = {kind: {} for kind in kinds}
+    for (kind, layer), name in names.items():
+        store[kind][layer] = seen[name]
+    ld = logit_difference(final_logits(logits, batch.last), answers, distractors)
     writes = [store["resid_pre"][0][None]]
     for layer in range(spec.n_layers):
-        attn_out = store["resid_mid"][layer] - store["resid_pre"][layer]
+        attn_out = store["resid_mid"][layer].float() - store["resid_pre"][layer].float()
         writes.append(_head_writes(model, spec, layer, store["z"][layer], attn_out))
     for layer in range(spec.n_layers):
-        writes.append((store["resid_post"][layer] - store["resid_mid"][layer])[None])
+        writes.append((store["resid_post"][layer].float()
+                       - store["resid_mid"][layer].float())[None])
+    writes[0] = writes[0].float()
     return _Upstream(torch.cat(writes), store["z"], store["resid_pre"], store["resid_mid"], ld)
 
 
@@ -193,7 +201,7 @@ def _collect_upstream(model: Any, spec: ModelSpec, batch: Batch, answers: torch.
 
 @dataclass
 class _Grads:
-    """Gradients of sum-over-prompts M, averaged over IG steps.
+    """Gradients of sum-over-prompts M, averaged over IG steps (accumulated in float32).
 
     ``q`` {l: [B,T,H,d]}, ``k``/``v`` {l: [B,T,H_kv,d]}, ``mid`` / ``post`` {l: [B,T,d]} (total
     gradients at resid_mid / resid_post), ``logits`` [B,T,d], ``z`` {l: [B,T,H,d_head]}.
@@ -219,17 +227,12 @@ class _Grads:
         table[layer] = grad * weight if layer not in table else table[layer] + grad * weight
 
 
-_GRAD_HOOKS = {
-    "q": "blocks.{layer}.attn.hook_q_input",
-    "k": "blocks.{layer}.attn.hook_k_input",
-    "v": "blocks.{layer}.attn.hook_v_input",
-    # The bridge's hook_resid_mid (ln2.hook_in) carries the whole residual stream after
-    # attention (the skip connection reads the hooked value), so its gradient is the total one;
-    # the MLP branch's own gradient is that minus the gradient at hook_resid_post.
-    "mid": "blocks.{layer}.hook_resid_mid",
-    "post": "blocks.{layer}.hook_resid_post",
-    "z": "blocks.{layer}.attn.hook_z",
-}
+# gradient kind -> HookNames field. The bridge's hook_resid_mid (ln2.hook_in) carries the
+# whole residual stream after attention (the skip connection reads the hooked value), so its
+# gradient is the total one; the MLP branch's own gradient is that minus the gradient at
+# hook_resid_post.
+_GRAD_HOOKS = {"q": "q_input", "k": "k_input", "v": "v_input", "mid": "resid_mid",
+               "post": "resid_post", "z": "z"}
 
 
 def _integrated_grads(model: Any, spec: ModelSpec, batch: Batch, clean_embed: torch.Tensor,
@@ -246,13 +249,14 @@ def _integrated_grads(model: Any, spec: ModelSpec, batch: Batch, clean_embed: to
         # on the graph, so only then does its gradient hook fire.
         def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
             if act.requires_grad:
-                act.register_hook(lambda g: grads.add(kind, layer, g.detach(), weight))
+                act.register_hook(lambda g: grads.add(kind, layer, g.detach().float(),
+                                                      weight))
             return act
         return hook
 
-    grab_hooks = [(template.format(layer=layer), grab(kind, layer))
-                  for kind, template in _GRAD_HOOKS.items() for layer in range(spec.n_layers)]
-    grab_hooks.append(("ln_final.hook_in", grab("logits", -1)))
+    grab_hooks = [(spec.hooks.at(field_name, layer), grab(kind, layer))
+                  for kind, field_name in _GRAD_HOOKS.items() for layer in range(spec.n_layers)]
+    grab_hooks.append((spec.hooks.final_norm_in, grab("logits", -1)))
     for alpha in alphas:
         embed = (corrupt_embed + alpha * (clean_embed - corrupt_embed)).requires_grad_(True)
 
@@ -262,7 +266,7 @@ def _integrated_grads(model: Any, spec: ModelSpec, batch: Batch, clean_embed: to
 
         hooks = [(spec.hooks.at("resid_pre", 0), replace), *grab_hooks]
         with attached(model, hooks):
-            logits = model(batch.tokens, **batch.forward_kwargs())
+            logits = forward_batch(model, batch)
             metric = logit_difference(final_logits(logits, batch.last), answers,
                                       distractors).sum()
             metric.backward()
@@ -357,7 +361,7 @@ def _attribute(model: Any, task: Task | Sequence[TaskItem], *, alphas: Sequence[
                edges: bool, batch_size: int, progress: bool, method: str) -> AttributionResult:
     """The engine behind :func:`attribution_patching` (any list of IG points ``alphas``)."""
     spec = describe_model(model)
-    started = time.perf_counter()
+    timer = Timer()
     data: ScanData = prepare_scan_data(model, task, need_corrupt=True)
     if data.corrupt is None:
         raise TaskError("attribution patching needs a corrupt_prompt for every item")
@@ -399,47 +403,37 @@ def _attribute(model: Any, task: Task | Sequence[TaskItem], *, alphas: Sequence[
             real = clean.attention_mask[:, :, None].to(torch.float64)
             with torch.no_grad():
                 for layer in range(spec.n_layers):
-                    dz = (up_corrupt.z[layer] - up_clean.z[layer]).double()
+                    dz = up_corrupt.z[layer].double() - up_clean.z[layer].double()
                     z_scores[layer] += (dz * grads.z[layer].double()).sum((0, 1, 3)).cpu()
-                    dx = ((up_corrupt.resid_pre[layer] - up_clean.resid_pre[layer]).double()
-                          * real)
+                    dx = ((up_corrupt.resid_pre[layer].double()
+                           - up_clean.resid_pre[layer].double()) * real)
                     q_scores[layer] += torch.einsum("btd,bthd->h", dx,
                                                     grads.q[layer].double()).cpu()
                     k_scores[layer] += torch.einsum("btd,bthd->h", dx,
                                                     grads.k[layer].double()).cpu()
                     v_scores[layer] += torch.einsum("btd,bthd->h", dx,
                                                     grads.v[layer].double()).cpu()
-                    dm = ((up_corrupt.resid_mid[layer] - up_clean.resid_mid[layer]).double()
-                          * real)
+                    dm = ((up_corrupt.resid_mid[layer].double()
+                           - up_clean.resid_mid[layer].double()) * real)
                     mlp_scores[layer] += (dm * grads.mlp(layer).double()).sum().cpu()
                 if edges:
                     delta = (up_corrupt.writes - up_clean.writes) * real.float()[None]
-                    down_grads = _downstream_grads(grads, spec)
+                    down_grads = _downstream_grads(grads, spec).float()
                     edge_scores += torch.einsum("und,vnd->uv", delta.flatten(1, 2),
                                                 down_grads.flatten(1, 2)).double().cpu()
     finally:
         bar.close()
     n = len(data.clean)
-    finished = time.perf_counter()
-    meta = {
-        "method": method,
-        "steps": len(alphas),
-        "alphas": list(alphas),
-        "reference": "Nanda 2023 'Attribution Patching'; Syed et al. 2023 'Attribution "
-                     "Patching Outperforms Automated Circuit Discovery'; Hanna et al. 2024 "
-                     "'Have Faith in Faithfulness'",
-        "model": spec.name,
-        "model_spec": spec.to_dict(),
-        "task": data.name,
-        "n_prompts": n,
-        "batch_size": batch_size,
-        "data_fingerprint": fingerprint(data.clean + data.corrupt),
-        "mean_ld_clean": ld_clean / n,
-        "mean_ld_corrupt": ld_corrupt / n,
-        "metric": "logit_diff (sum over positions, mean over prompts)",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "timings_s": {"total": round(finished - started, 3)},
-    }
+    meta = result_meta(
+        kind="attribution", name=method, spec=spec,
+        params={"method": method, "steps": len(alphas), "edges": edges,
+                "batch_size": batch_size},
+        fingerprint=fingerprint(data.clean + data.corrupt), n_prompts=n, timer=timer,
+        description=f"{method} node and edge attribution scores (logit difference)",
+        reference=REFERENCE, method=method, steps=len(alphas), alphas=list(alphas),
+        task=data.name, batch_size=batch_size, mean_ld_clean=ld_clean / n,
+        mean_ld_corrupt=ld_corrupt / n,
+        metric="logit_diff (sum over positions, mean over prompts)")
     nodes = {
         "z": HeadTable.from_grid((z_scores / n).float(), spec,
                                  meta={**meta, "scorer": f"{method}_z"}),

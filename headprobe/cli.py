@@ -1,26 +1,42 @@
 """The ``headprobe`` command line.
 
 Subcommands: ``models`` (what can be loaded here), ``scorers``, ``scan``, ``atlas``,
-``ablate`` (ablation experiment against random heads) and ``recipe``. Errors caused by
-input (unknown model or scorer, bad output path...) print one line and exit with status 2;
-``--quiet`` turns progress bars off.
+``ablate`` (ablation experiment against random heads) and ``recipe``. Every command that
+loads a model takes ``--model``, ``--dtype`` and ``--device`` and says which dtype and
+device it ran with. Errors caused by input (unknown model or scorer, bad count, bad output
+path...) are :class:`~headprobe.errors.HeadprobeError` subclasses: :func:`main` prints them as
+one line ``headprobe: error: ...`` and exits with status 2. ``--quiet`` turns progress bars
+off.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from headprobe.errors import HeadprobeError
+from headprobe.errors import HeadprobeError, InterventionError
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DTYPES = ("float32", "bfloat16", "float16")
+# Interventions that need a tensor option cannot be run from the command line.
+_TENSOR_METHODS = ("add_to_output", "set_pattern")
 
 
-def _parse_value(text: str) -> Any:
+class UsageError(HeadprobeError, ValueError):
+    """A command-line value headprobe cannot use (a count below its minimum, bad KEY=VALUE)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces: values, KEY=VALUE options, counts, model loading
+
+
+def parse_value(text: str) -> Any:
+    """``"3" -> 3``, ``"1e-5" -> 1e-05``, ``"true"``/``"false"`` -> bool, else the text."""
     for cast in (int, float):
         try:
             return cast(text)
@@ -32,24 +48,63 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _params(pairs: Sequence[str]) -> dict[str, Any]:
-    params = {}
+def parse_key_values(pairs: Sequence[str], *, option: str = "--param") -> dict[str, Any]:
+    """``["seq_len=8", "factor=1e-5"] -> {"seq_len": 8, "factor": 1e-05}`` (later wins).
+
+    :class:`UsageError` naming ``option`` when a pair has no ``=`` or no key.
+    """
+    values: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise HeadprobeError(f"--param takes KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        params[key.strip()] = _parse_value(value.strip())
-    return params
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} takes KEY=VALUE (e.g. {option} seq_len=8), got {pair!r}")
+        values[key.strip()] = parse_value(raw.strip())
+    return values
 
 
-def _load(spec: str) -> Any:
+_MINIMUMS = {"n": 1, "batch_size": 1, "top": 1, "n_random": 0, "n_bootstrap": 0}
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """:class:`UsageError` for a count option below its minimum (``--n 0``, ``--top 0``...)."""
+    for name, minimum in _MINIMUMS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def _load(spec: str, *, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """Load ``spec`` as ``(bridge, ModelSpec)`` (the one loading seam; tests replace it).
+
+    ``dtype``/``device`` ``None`` leave the choice to :func:`headprobe.models.load_model`
+    (fp32 on the CPU, bf16 on CUDA).
+    """
     from headprobe.models import load_model
 
-    model, _ = load_model(spec)
-    return model
+    return load_model(spec, device=device, dtype=dtype)
+
+
+def _load_from(args: argparse.Namespace, spec: str) -> tuple[Any, Any]:
+    """:func:`_load` with the command's ``--device`` and ``--dtype``; prints what was loaded."""
+    model, model_spec = _load(spec, device=args.device, dtype=args.dtype)
+    print(f"model {model_spec.name} · {precision(model)}")
+    return model, model_spec
+
+
+def precision(model: Any) -> str:
+    """``"float32 on cpu"``: the parameter dtype and device of a loaded bridge."""
+    from headprobe.runtime.hooks import model_device, model_dtype
+
+    return f"{str(model_dtype(model)).removeprefix('torch.')} on {model_device(model)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# models, scorers, scan, atlas, recipe
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """List the packaged models, whether they are installed and cached."""
     from headprobe.models import available_models, cache_dir
 
     print(f"{'name':24} {'installed':9} {'cached':6}  description")
@@ -64,24 +119,37 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_scorers(args: argparse.Namespace) -> int:
+    """List the registered scorers with what each needs (generation, GPU...)."""
     from headprobe.registry import get_scorer, list_scorers
 
     for name in list_scorers():
         scorer = get_scorer(name)
-        flag = "" if scorer.cheap else " (not in atlas: slow on CPU)"
-        print(f"{name:18} {scorer.description}{flag}")
+        flags = [] if scorer.cheap else ["not in atlas: slow on CPU"]
+        needs = sorted(getattr(scorer, "needs", ()) or ())
+        if needs:
+            flags.append("needs " + ", ".join(needs))
+        suffix = f" ({'; '.join(flags)})" if flags else ""
+        print(f"{name:18} {scorer.description}{suffix}")
     return 0
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    """Score every head with one scorer; write the table files."""
     from headprobe.headtable import ensure_output_dir
     from headprobe.registry import get_scorer
 
+    check_counts(args)
     scorer = get_scorer(args.scorer)  # fail before loading the model
+    params = parse_key_values(args.param, option="--param")
+    unknown = sorted(set(params) - set(scorer.defaults))
+    if unknown:
+        known = ", ".join(sorted(scorer.defaults)) or "none"
+        raise UsageError(f"scorer {scorer.name!r} has no parameter {', '.join(unknown)}; "
+                         f"its parameters: {known}")
     out = ensure_output_dir(args.out)
-    model = _load(args.model)
+    model, _ = _load_from(args, args.model)
     table = scorer(model, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                   progress=not args.quiet, **_params(args.param))
+                   progress=not args.quiet, **params)
     table.save(out)
     print(table.top(args.top)[["layer", "head", "kv_head", "score"]].to_string(index=False))
     print(f"wrote {out}/{scorer.name}.csv|parquet|html and {out}/meta.json "
@@ -90,15 +158,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
+    """Run every cheap scorer (or ``--scorers``) and write one HTML report."""
     from headprobe.atlas import build_atlas
     from headprobe.headtable import ensure_output_dir
     from headprobe.registry import get_scorer
 
-    names = args.scorers.split(",") if args.scorers else None
+    check_counts(args)
+    names = [name.strip() for name in args.scorers.split(",")] if args.scorers else None
     for name in names or []:
         get_scorer(name)
     out = ensure_output_dir(args.out)
-    model = _load(args.model)
+    model, _ = _load_from(args, args.model)
     result = build_atlas(model, out, scorers=names, n=args.n, seed=args.seed,
                          batch_size=args.batch_size, progress=not args.quiet)
     for table in result.tables:
@@ -112,17 +182,166 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
+    """Run a head-discovery recipe (TOML)."""
     from headprobe.recipes import load_recipe, run_recipe
 
     recipe = load_recipe(args.path)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
-    model = _load(args.model or recipe.model)
+    model, _ = _load_from(args, args.model or recipe.model)
     run_recipe(recipe, model, out, progress=not args.quiet)
     print(f"wrote {out}")
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# ablate
+
+
+def resolve_heads(text: str, top: int | None) -> tuple[list[tuple[int, int]], str]:
+    """Heads from ``--heads``/``--top``, and a one-line description of where they came from.
+
+    ``text`` is a ``LAYER.HEAD,...`` list or a folder / file written by ``HeadTable.save``
+    (then the ``top`` best heads, 5 by default).
+    """
+    from headprobe.experiments import parse_heads
+    from headprobe.headtable import HeadTable
+
+    if top is not None and top < 1:
+        raise UsageError(f"--top must be >= 1, got {top}")
+    path = Path(text)
+    if path.exists():
+        try:
+            if path.is_dir():
+                table = HeadTable.load(path)
+            elif path.name == "meta.json":
+                table = HeadTable.load(path.parent)
+            else:
+                table = HeadTable.load(path.parent, scorer=path.stem)
+        except FileNotFoundError as error:
+            raise InterventionError(
+                f"--heads {text}: not a head table written by HeadTable.save ({error})"
+            ) from error
+        k = 5 if top is None else top
+        return table.heads(k=k), f"top {k} heads of {table.scorer} ({path})"
+    if "/" in text or text.endswith((".parquet", ".csv", ".json")):
+        raise InterventionError(f"--heads {text}: no such file or folder")
+    heads = parse_heads(text)
+    if top is not None:
+        heads = heads[:top]
+    return heads, "given list"
+
+
+def _make_task(name: str, n: int | None, seed: int) -> Any:
+    """The registered task ``name``, with ``n`` and ``seed`` where its ``make_task`` takes them."""
+    from headprobe.tasks import TASK_MODULES, get_task
+
+    options: dict[str, Any] = {}
+    if name in TASK_MODULES:
+        make_task = importlib.import_module(TASK_MODULES[name]).make_task
+        params = inspect.signature(make_task).parameters
+        if n is not None and "n" in params:
+            options["n"] = n
+        if "seed" in params:
+            options["seed"] = seed
+    return get_task(name, **options)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Ablate heads on a task and compare with random head sets; print the table."""
+    from headprobe.experiments import ablation_experiment
+    from headprobe.headtable import ensure_output_dir
+
+    check_counts(args)
+    heads, source = resolve_heads(args.heads, args.top)
+    options = parse_key_values(args.option, option="--option")
+    task = _make_task(args.task, args.n, args.seed)
+    out = ensure_output_dir(args.out) if args.out else None
+    model, spec = _load_from(args, args.model)
+    result = ablation_experiment(
+        model, task, heads, method=args.method, n_random=args.n_random, seed=args.seed,
+        random_from=args.random_from, batch_size=args.batch_size,
+        progress=not args.quiet, n_bootstrap=args.n_bootstrap, method_options=options,
+    )
+    summary = result.summary
+    print(f"{spec.name} · task {task.name} ({len(task)} prompts) · method {args.method}")
+    print(f"heads ({source}): {result.meta['heads']}")
+    columns = ["condition", "heads", "accuracy", "delta", "delta_ci_low", "delta_ci_high"]
+    print(result.table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    low, high = summary["target_delta_ci"]
+    line = (f"baseline {summary['baseline_accuracy']:.3f} · target delta "
+            f"{summary['target_delta']:+.3f} [{low:+.3f}, {high:+.3f}]")
+    if "mean_random_delta" in summary:
+        line += (f" · mean random delta {summary['mean_random_delta']:+.3f} · share of random "
+                 f"sets as low: {summary['share_random_as_low']:.2f}")
+    print(line)
+    if out is not None:
+        folder = result.save(out)
+        print(f"wrote {folder}/ablation.csv, ablation.html, meta.json")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+
+
+def _model_options(parser: argparse.ArgumentParser, *, recipe: bool = False) -> None:
+    """``--model``, ``--dtype`` and ``--device`` of a command that loads a model."""
+    from headprobe.models import DEFAULT_MODEL
+
+    if recipe:
+        parser.add_argument("--model", default=None, help="override the recipe's model")
+    else:
+        parser.add_argument("--model", default=DEFAULT_MODEL,
+                            help="model spec (default: %(default)s)")
+    parser.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="parameter dtype (default: float32 on the CPU, bfloat16 on CUDA)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA if present)")
+
+
+def _run_options(parser: argparse.ArgumentParser, *, n_help: str = "number of prompts") -> None:
+    """``--n``, ``--seed``, ``--batch-size`` and ``--quiet``."""
+    parser.add_argument("--n", type=int, default=None, help=n_help)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_ablate(sub: Any) -> None:
+    from headprobe.interventions import METHODS
+
+    ablate = sub.add_parser(
+        "ablate", help="ablate heads on a task and compare with random head sets",
+        description="Judge a task on the clean model, with the target heads ablated, and with "
+        "random head sets of the same size ablated; report accuracies, deltas and bootstrap "
+        "95%% intervals.")
+    _model_options(ablate)
+    ablate.add_argument("--task", required=True,
+                        help="registered task name (e.g. induction_copy)")
+    ablate.add_argument("--heads", required=True,
+                        help="'LAYER.HEAD,...' (e.g. 18.6,17.3), or a folder / file written by "
+                        "HeadTable.save (then --top K picks the K best heads)")
+    ablate.add_argument("--top", type=int, default=None,
+                        help="number of top heads to take from a head table (default 5), or "
+                        "the first K of a list")
+    ablate.add_argument("--method", default="zero",
+                        choices=[m for m in METHODS if m not in _TENSOR_METHODS],
+                        help="intervention (default: %(default)s)")
+    ablate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="method option, e.g. --option factor=1e-5 (repeatable)")
+    ablate.add_argument("--n-random", type=int, default=10,
+                        help="random head sets (default: %(default)s)")
+    ablate.add_argument("--random-from", default="same_layers",
+                        choices=("same_layers", "uniform"))
+    ablate.add_argument("--n-bootstrap", type=int, default=1000)
+    ablate.add_argument("--out", default=None,
+                        help="write ablation.csv, ablation.html and meta.json here")
+    _run_options(ablate, n_help="number of task prompts")
+    ablate.set_defaults(func=cmd_ablate)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``headprobe`` argument parser (each subcommand sets ``func``)."""
     parser = argparse.ArgumentParser(
         prog="headprobe", description="Score, test and steer the attention heads of a model.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,50 +351,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = sub.add_parser("scan", help="score every head with one scorer")
     scan.add_argument("scorer")
-    scan.add_argument("--model", default=DEFAULT_MODEL)
+    _model_options(scan)
     scan.add_argument("--out", required=True)
-    scan.add_argument("--n", type=int, default=None, help="number of prompts")
-    scan.add_argument("--seed", type=int, default=0)
-    scan.add_argument("--batch-size", type=int, default=8)
     scan.add_argument("--top", type=int, default=10, help="heads to print")
     scan.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="scorer parameter (repeatable)")
-    scan.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_options(scan)
     scan.set_defaults(func=cmd_scan)
 
     atlas = sub.add_parser("atlas", help="every CPU-cheap scorer, one HTML report")
-    atlas.add_argument("--model", default=DEFAULT_MODEL)
+    _model_options(atlas)
     atlas.add_argument("--out", required=True)
     atlas.add_argument("--scorers", default=None, help="comma-separated subset")
-    atlas.add_argument("--n", type=int, default=None)
-    atlas.add_argument("--seed", type=int, default=0)
-    atlas.add_argument("--batch-size", type=int, default=8)
-    atlas.add_argument("--quiet", action="store_true")
+    _run_options(atlas)
     atlas.set_defaults(func=cmd_atlas)
 
-    from headprobe.experiments_cli import add_ablate_parser
-
-    add_ablate_parser(sub)
+    _add_ablate(sub)
 
     recipe = sub.add_parser("recipe", help="run a head-discovery recipe (TOML)")
     recipe.add_argument("path")
     recipe.add_argument("--out", default=None)
-    recipe.add_argument("--model", default=None, help="override the recipe's model")
-    recipe.add_argument("--quiet", action="store_true")
+    _model_options(recipe, recipe=True)
+    recipe.add_argument("--quiet", action="store_true", help="no progress bars")
     recipe.set_defaults(func=cmd_recipe)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 with one line for bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    transformers_log = logging.getLogger("transformers")
+    level = transformers_log.level
     if getattr(args, "quiet", False):
-        logging.getLogger("transformers").setLevel(logging.ERROR)
+        transformers_log.setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except HeadprobeError as error:
         print(f"headprobe: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        transformers_log.setLevel(level)
 
 
 if __name__ == "__main__":

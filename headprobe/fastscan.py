@@ -32,8 +32,8 @@ float32 round-off.
 Interventions on ``hook_z`` ([B, T, H, d_head], every position):
 
 - ``patch``: denoising activation patching: the corrupt run with head ``h``'s ``z`` replaced by
-  its value on the clean prompt (``direction="noise"`` swaps the roles: the clean run with the
-  corrupt ``z``);
+  its value on the clean prompt (``direction="noising"`` swaps the roles: the clean run with
+  the corrupt ``z``);
 - ``zero``: the base (clean) run with head ``h``'s ``z`` set to 0;
 - ``mean``: the base (clean) run with head ``h``'s ``z`` set to its mean over every real token
   of every prompt in the set ([d_head] per head).
@@ -44,29 +44,29 @@ Metrics (:mod:`headprobe.metrics`, at each prompt's last real token):
   ``LD = logit[answer] - logit[distractor]``;
 - ``normalized_logit_diff``: score = ``(mean LD(intervened) - mean LD_corrupt) /
   (mean LD_clean - mean LD_corrupt)``, normalised on the means as in
-  :func:`headprobe.patching.aggregate_metric`: 1 = clean behaviour, 0 = corrupt behaviour (for
+  :func:`headprobe.metrics.aggregate_metric`: 1 = clean behaviour, 0 = corrupt behaviour (for
   ablation without corrupt prompts ``LD_corrupt`` is 0, i.e. ``mean LD(ablated) / mean
   LD_clean``); the ``std`` column is the spread of the per-prompt ratios.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.errors import MetricError, PromptPairError, TaskError
+from headprobe.errors import MetricError
 from headprobe.headtable import HeadTable
-from headprobe.inputs import Batch, fingerprint, iter_batches, tokenize_prompts
+from headprobe.inputs import Batch, fingerprint, iter_batches
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
-from headprobe.runtime.hooks import attached, model_device
+from headprobe.provenance import Timer, result_meta
+from headprobe.runtime.forward import forward_batch
+from headprobe.runtime.hooks import attached, capture, check_fired, model_device
 from headprobe.runtime.layers import (
     LayerInputs,
     PrefixKV,
@@ -76,73 +76,19 @@ from headprobe.runtime.layers import (
     rows_sliceable,
     run_from_layer,
 )
-from headprobe.scorers.base import headprobe_version
-from headprobe.tasks.base import Task, TaskItem, single_token_id
+from headprobe.tasks.base import Task, TaskItem
+from headprobe.tasks.pairs import ScanData, prepare_scan_data
+from headprobe.types import Direction, normalize_direction
 
 Method = Literal["patch", "zero", "mean"]
 Metric = Literal["logit_diff", "normalized_logit_diff"]
-Direction = Literal["denoise", "noise"]
-Hook = tuple[str, Callable[..., Any]]
+REFERENCE = ("activation patching: Meng et al. 2022 (ROME); Wang et al. 2022 (IOI); "
+             "TransformerLens patching.get_act_patch_attn_head_out_all_pos")
 
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompt pairs
-
-
-@dataclass
-class ScanData:
-    """A tokenized task for scans.
-
-    Attributes:
-        clean: N 1-D token tensors (the task's prompts).
-        corrupt: N 1-D token tensors of the same lengths, or None.
-        answers, distractors: [N] token ids.
-        name: task name for metadata.
-    """
-
-    clean: list[torch.Tensor]
-    corrupt: list[torch.Tensor] | None
-    answers: torch.Tensor
-    distractors: torch.Tensor
-    name: str
-
-
-def prepare_scan_data(model: Any, task: Task | Sequence[TaskItem], *,
-                      need_corrupt: bool) -> ScanData:
-    """Tokenize a task's prompts (and corrupt prompts) and its single-token answers.
-
-    Raises:
-        TaskError: an item lacks a distractor (or a corrupt prompt when ``need_corrupt``),
-            or an answer is not one token.
-        PromptPairError: a clean and corrupt prompt differ in token length.
-    """
-    spec = describe_model(model)
-    items = list(task.items) if isinstance(task, Task) else list(task)
-    name = task.name if isinstance(task, Task) else "items"
-    if not items:
-        raise TaskError("the task has no items")
-    for index, item in enumerate(items):
-        if item.distractor is None:
-            raise TaskError(f"item {index} has no distractor; logit differences need one")
-        if need_corrupt and item.corrupt_prompt is None:
-            raise TaskError(f"item {index} has no corrupt_prompt; patching needs one for "
-                            "every item (or use method='zero' / 'mean')")
-    clean = tokenize_prompts(model, [item.prompt for item in items], spec)
-    corrupt = None
-    if all(item.corrupt_prompt is not None for item in items):
-        corrupt = tokenize_prompts(model, [str(item.corrupt_prompt) for item in items], spec)
-        for index, (a, b) in enumerate(zip(clean, corrupt, strict=True)):
-            if a.numel() != b.numel():
-                raise PromptPairError(
-                    f"item {index}: clean prompt has {a.numel()} tokens but the corrupt prompt "
-                    f"has {b.numel()}; patching needs pairs of equal token length")
-    answers = torch.tensor([single_token_id(model, it.answer, what=f"item {i} answer")
-                            for i, it in enumerate(items)])
-    distractors = torch.tensor([single_token_id(model, str(it.distractor),
-                                                what=f"item {i} distractor")
-                                for i, it in enumerate(items)])
-    return ScanData(clean, corrupt, answers, distractors, name)
+# ScanData and prepare_scan_data live in headprobe.tasks.pairs (shared with attribution and
+# the patching engine); re-exported here for existing imports.
+__all__ = ["ScanData", "loop_scan", "mean_head_z", "prepare_scan_data", "scan_heads",
+           "shared_prefix_length"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,23 +148,25 @@ def _ld(logits: torch.Tensor, batch: Batch, answers: torch.Tensor,
 
 def _run_capture(model: Any, batch: Batch, spec: ModelSpec, kinds: Sequence[str],
                  layers: Sequence[int]) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
-    """One full forward pass; returns logits and ``{kind: {layer: activation}}`` clones."""
+    """One full forward pass; logits [B, T, V] and ``{kind: {layer: activation}}`` clones
+    (through :func:`headprobe.runtime.hooks.capture`)."""
+    names = {(kind, layer): spec.hooks.at(kind, layer) for kind in kinds for layer in layers}
+    with capture(model, list(names.values())) as seen:
+        logits = forward_batch(model, batch)
+    check_fired(seen, list(names.values()))
     store: dict[str, dict[int, torch.Tensor]] = {kind: {} for kind in kinds}
-
-    def make(kind: str, layer: int) -> Callable[..., None]:
-        def hook(act: torch.Tensor, hook: Any = None) -> None:
-            store[kind][layer] = act.detach().clone()
-        return hook
-
-    hooks = [(spec.hooks.at(kind, layer), make(kind, layer)) for kind in kinds for layer in layers]
-    with attached(model, hooks):
-        logits = model(batch.tokens, **batch.forward_kwargs())
+    for (kind, layer), name in names.items():
+        store[kind][layer] = seen[name]
     return logits, store
 
 
-def _mean_z(model: Any, spec: ModelSpec, batches: Sequence[Batch],
-            layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """{layer: [H, d_head]} mean of z over every real token of every prompt."""
+def mean_head_z(model: Any, spec: ModelSpec, batches: Sequence[Batch],
+                layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """``{layer: [H, d_head]}`` mean of ``z`` over every real token of every prompt.
+
+    The mean-ablation value (mean ablation: Wang et al. 2022, IOI; Heimersheim & Nanda 2024):
+    sums in float64, returned in float32 (cast to the model's dtype when written).
+    """
     sums: dict[int, torch.Tensor] = {}
     count = 0
     for batch in batches:
@@ -238,7 +186,7 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
     clean_batches = _batches(data.clean, batch_size, spec, device)
     corrupt_batches = (_batches(data.corrupt, batch_size, spec, device)
                        if data.corrupt is not None else None)
-    mean_z = _mean_z(model, spec, clean_batches, layers) if method == "mean" else None
+    mean_z = mean_head_z(model, spec, clean_batches, layers) if method == "mean" else None
     runs = []
     # record_kv starts from the residual entering layer 0, also when layer 0 is not scanned
     captured = sorted(set(layers) | {0}) if need_resid else list(layers)
@@ -259,7 +207,7 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
         source_z: dict[int, torch.Tensor] | None
         if method == "patch":
             assert corrupt is not None
-            if direction == "denoise":
+            if direction == "denoising":
                 base, base_store, source_z, ld_base = corrupt, corrupt_store, clean_store["z"], \
                     ld_corrupt
             else:
@@ -325,14 +273,13 @@ def _score(values: torch.Tensor, run: _BatchRuns, metric: Metric) -> torch.Tenso
     return (values - run.ld_corrupt) / (run.ld_clean - run.ld_corrupt)
 
 
-def _check_args(method: str, metric: str, direction: str) -> None:
+def _check_args(method: str, metric: str, direction: str) -> Direction:
     if method not in ("patch", "zero", "mean"):
         raise ValueError(f"method must be 'patch', 'zero' or 'mean', got {method!r}")
     if metric not in ("logit_diff", "normalized_logit_diff"):
         raise ValueError(
             f"metric must be 'logit_diff' or 'normalized_logit_diff', got {metric!r}")
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    return normalize_direction(direction)
 
 
 def _scan(
@@ -348,12 +295,10 @@ def _scan(
     progress: bool,
     fast: bool,
 ) -> HeadTable:
-    # the patching engine spells these "denoising" / "noising": accept both
-    direction = {"denoising": "denoise", "noising": "noise"}.get(direction, direction)  # type: ignore[assignment]
-    _check_args(method, metric, direction)
+    direction = _check_args(method, metric, direction)
     spec = check_supported(model) if fast else describe_model(model)
     layer_list = sorted(set(spec.check_layers(layers)))
-    started = time.perf_counter()
+    timer = Timer()
     data = prepare_scan_data(model, task, need_corrupt=method == "patch")
     chunk = spec.n_heads if heads_per_pass is None else max(1, min(heads_per_pass, spec.n_heads))
     sums = torch.zeros(spec.n_layers, spec.n_heads, dtype=torch.float64)
@@ -408,29 +353,17 @@ def _scan(
     scanned[layer_list] = True
     nan = torch.full_like(mean, float("nan"))
     mean = torch.where(scanned[:, None], mean, nan)
-    finished = time.perf_counter()
-    meta = {
-        "scorer": f"{'patch' if method == 'patch' else method + '_ablation'}_{metric}",
-        "description": f"all-head {method} scan of hook_z (all positions), {metric}",
-        "reference": "activation patching: Meng et al. 2022 (ROME); Wang et al. 2022 (IOI); "
-                     "TransformerLens patching.get_act_patch_attn_head_out_all_pos",
-        "model": spec.name,
-        "model_spec": spec.to_dict(),
-        "params": {"method": method, "metric": metric, "direction": direction,
-                   "layers": layer_list, "heads_per_pass": chunk, "engine":
-                   "fastscan" if fast else "loop"},
-        "task": data.name,
-        "n_prompts": n,
-        "batch_size": batch_size,
-        "data_fingerprint": fingerprint(data.clean + (data.corrupt or [])),
-        "mean_ld_clean": totals["ld_clean"] / n,
-        "mean_ld_corrupt": totals["ld_corrupt"] / n if data.corrupt is not None else None,
-        "mean_ld_base": totals["ld_base"] / n,
-        "shared_prefix_lengths": prefix_lengths,
-        "headprobe_version": headprobe_version(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "timings_s": {"total": round(finished - started, 3)},
-    }
+    meta = result_meta(
+        kind="scan", name=f"{'patch' if method == 'patch' else method + '_ablation'}_{metric}",
+        spec=spec, params={"method": method, "metric": metric, "direction": direction,
+                           "layers": layer_list, "heads_per_pass": chunk,
+                           "engine": "fastscan" if fast else "loop"},
+        fingerprint=fingerprint(data.clean + (data.corrupt or [])), n_prompts=n, timer=timer,
+        description=f"all-head {method} scan of hook_z (all positions), {metric}",
+        reference=REFERENCE, task=data.name, batch_size=batch_size,
+        mean_ld_clean=totals["ld_clean"] / n,
+        mean_ld_corrupt=totals["ld_corrupt"] / n if data.corrupt is not None else None,
+        mean_ld_base=totals["ld_base"] / n, shared_prefix_lengths=prefix_lengths)
     return HeadTable.from_grid(
         mean.float(), spec,
         columns={"std": torch.where(scanned[:, None], std, nan).float(),
@@ -471,7 +404,7 @@ def _loop_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads
     for head in heads:
         hook = _z_replace_hook([head], _replacement(run, layer, [head]), 1)
         with attached(model, [(spec.hooks.at("z", layer), hook)]):
-            logits = model(batch.tokens, **batch.forward_kwargs())
+            logits = forward_batch(model, batch)
         out.append(_ld(logits, batch, answers, distractors))
     return torch.stack(out)
 
@@ -482,7 +415,7 @@ def scan_heads(
     *,
     method: Method = "patch",
     metric: Metric = "normalized_logit_diff",
-    direction: Direction = "denoise",
+    direction: Direction = "denoising",
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     heads_per_pass: int | None = None,
@@ -503,7 +436,7 @@ def scan_heads(
         metric: ``logit_diff`` (mean change of the logit difference) or
             ``normalized_logit_diff`` ((mean LD - mean LD_corrupt) / (mean LD_clean - mean
             LD_corrupt)).
-        direction: ``denoise`` (clean into corrupt) or ``noise`` (corrupt into clean).
+        direction: ``denoising`` (clean into corrupt) or ``noising`` (corrupt into clean).
         layers: layers to scan (default all); other layers get NaN.
         batch_size: prompts per batch; each pass runs ``batch_size * heads_per_pass`` rows.
         heads_per_pass: heads intervened on in one batched pass (default: all H heads).
@@ -527,7 +460,7 @@ def loop_scan(
     *,
     method: Method = "patch",
     metric: Metric = "normalized_logit_diff",
-    direction: Direction = "denoise",
+    direction: Direction = "denoising",
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     progress: bool = True,
@@ -538,6 +471,3 @@ def loop_scan(
     """
     return _scan(model, task, method=method, metric=metric, direction=direction, layers=layers,
                  batch_size=batch_size, heads_per_pass=1, progress=progress, fast=False)
-
-
-

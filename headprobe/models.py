@@ -1,8 +1,15 @@
 """Loading models: packaged offline GGUF models, local files and folders, hub names, tiny models.
 
-``load_model(spec)`` returns a TransformerLens ``TransformerBridge`` (hooks on every head)
-and a :class:`~headprobe.arch.ModelSpec`. The bridge runs the Hugging Face model itself, with
-eager attention, so logits equal Hugging Face's.
+``load_model(spec, device=, dtype=)`` returns a TransformerLens ``TransformerBridge`` (hooks on
+every head) and a :class:`~headprobe.arch.ModelSpec`. The bridge runs the Hugging Face model
+itself, with eager attention, so logits equal Hugging Face's.
+
+Precision and device are parameters: ``dtype`` is a torch dtype or a name (``"float32"``,
+``"bf16"``, ...); by default fp32 on the CPU and bf16 on CUDA. The choice is recorded in
+``spec.dtype`` / ``spec.device`` and logged in one line. A vision-language model folder (its
+config has a ``vision_config``) is loaded with its ``AutoProcessor``, kept on the bridge as
+``bridge.headprobe_processor`` (used by :func:`headprobe.inputs.encode` for images); its spec
+describes the text model.
 
 GGUF files are dequantized to fp32 by ``transformers`` + ``gguf`` (20-90 s). The result is
 cached once as a safetensors folder under :func:`cache_dir` (``$HEADPROBE_CACHE`` overrides
@@ -11,7 +18,9 @@ it), so later loads take about a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -19,7 +28,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +101,60 @@ _ARCHITECTURES_BY_MODEL_TYPE = {
     "llama": "LlamaForCausalLM",
 }
 
+# Names accepted for ``dtype=`` (and ``--dtype``).
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` picks CUDA when available, else the CPU.
+
+    Raises:
+        ModelUnavailableError: a CUDA device was asked for but CUDA is not available.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise UnknownModelError(f"unknown device {device!r}; use 'cpu', 'cuda' or "
+                                "'cuda:<index>'") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError(
+            f"device {device!r} asked for, but CUDA is not available here; use device='cpu'")
+    return chosen
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None
+                  ) -> torch.dtype:
+    """The parameter dtype: ``dtype`` as given, or by default fp32 on the CPU, bf16 on CUDA.
+
+    Accepts a floating torch dtype or one of :data:`DTYPE_NAMES` (``"float32"``, ``"fp32"``,
+    ``"bfloat16"``, ``"bf16"``, ``"float16"``, ``"fp16"``).
+
+    Raises:
+        UnknownModelError: an unknown name or a non-floating dtype.
+    """
+    if dtype is None:
+        return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        if key not in DTYPE_NAMES:
+            raise UnknownModelError(
+                f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+        return DTYPE_NAMES[key]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise UnknownModelError(f"dtype must be a floating torch dtype or a name, got {dtype!r}")
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
 
 def cache_dir() -> Path:
     """headprobe's cache folder: ``$HEADPROBE_CACHE``, else ``$XDG_CACHE_HOME/headprobe``."""
@@ -129,7 +192,7 @@ def available_models() -> list[dict[str, Any]]:
 def load_model(
     spec: str | os.PathLike[str] = DEFAULT_MODEL,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype | None = None,
     *,
     use_cache: bool = True,
 ) -> tuple[Any, ModelSpec]:
@@ -137,29 +200,41 @@ def load_model(
 
     Args:
         spec: a packaged model name (``smollm2-135m-instruct``, ``gemma3-270m``), a local
-            ``.gguf`` file, a local Hugging Face model folder, a hub name (online only), or
+            ``.gguf`` file, a local Hugging Face model folder (a causal LM, or a
+            vision-language model with its processor), a hub name (online only), or
             ``tiny:<kind>`` for a random-weight test model (:mod:`headprobe.tiny`).
         device: torch device; ``None`` picks CUDA when available, else CPU.
-        dtype: parameter dtype (fp32 by default, as the scores are checked in fp32).
+        dtype: parameter dtype, a torch dtype or a name (``"float32"``, ``"fp32"``,
+            ``"bfloat16"``, ``"bf16"``, ``"float16"``); ``None``: fp32 on the CPU, bf16 on
+            CUDA. Recorded in ``model_spec.dtype`` (and the device in ``model_spec.device``).
         use_cache: reuse / write the dequantized safetensors copy of a GGUF file.
 
     Returns:
         ``(bridge, model_spec)``.
 
     Raises:
-        UnknownModelError: the spec is none of the above.
-        ModelUnavailableError: the spec is known but cannot be loaded here.
+        UnknownModelError: the spec (or the dtype / device name) is none of the above.
+        ModelUnavailableError: the spec is known but cannot be loaded here (or CUDA was
+            asked for and is absent).
     """
     name = str(spec)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     if name.startswith(TINY_PREFIX):
         from headprobe.tiny import TINY_KINDS, tiny_model
 
         kind = name[len(TINY_PREFIX):]
         if kind not in TINY_KINDS:
             raise UnknownModelError(f"unknown tiny model {name!r}; kinds: {', '.join(TINY_KINDS)}")
-        return tiny_model(kind)
-    hf_model, tokenizer, hf_name = _load_hf(name, dtype=dtype, use_cache=use_cache)
-    return wrap_hf_model(hf_model, tokenizer, name=name, hf_name=hf_name, device=device)
+        bridge, model_spec = tiny_model(kind, device=torch_device, dtype=torch_dtype)
+    else:
+        hf_model, tokenizer, hf_name, processor = _load_hf(name, dtype=torch_dtype,
+                                                           use_cache=use_cache)
+        bridge, model_spec = wrap_hf_model(hf_model, tokenizer, name=name, hf_name=hf_name,
+                                           device=torch_device, dtype=torch_dtype,
+                                           processor=processor)
+    log.info("loaded %s on %s in %s", model_spec.name, model_spec.device, model_spec.dtype)
+    return bridge, model_spec
 
 
 def wrap_hf_model(
@@ -169,12 +244,19 @@ def wrap_hf_model(
     name: str,
     hf_name: str | None = None,
     device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    processor: Any = None,
 ) -> tuple[Any, ModelSpec]:
-    """Wrap an already loaded Hugging Face model in a bridge and describe it."""
+    """Wrap an already loaded Hugging Face model in a bridge and describe it.
+
+    The model is moved to ``device`` (``None``: CUDA when available, else CPU) and, when
+    ``dtype`` is given, its floating parameters are cast to it (buffers such as rotary
+    frequencies stay as they are); ``dtype=None`` keeps the model's own dtype. ``processor``
+    (a vision-language model's) is kept as ``bridge.headprobe_processor``.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_device = resolve_device(device)
     config = hf_model.config
     if not getattr(config, "architectures", None):
         arch = _ARCHITECTURES_BY_MODEL_TYPE.get(config.model_type)
@@ -184,19 +266,63 @@ def wrap_hf_model(
                 "is not one headprobe knows how to fill in"
             )
         config.architectures = [arch]
-    hf_model = hf_model.to(device).eval()
-    bridge = TransformerBridge.boot_transformers(
-        hf_name or name, hf_model=hf_model, tokenizer=tokenizer, device=device
-    )
+    hf_model = hf_model.to(torch_device).eval()
+    if dtype is not None:
+        _cast_parameters(hf_model, resolve_dtype(dtype, torch_device))
+    param_dtype, param_device = _parameter_dtype_device(hf_model)
+    with _given_processor(processor):
+        bridge = TransformerBridge.boot_transformers(
+            hf_name or name, hf_model=hf_model, tokenizer=tokenizer, device=torch_device,
+            dtype=param_dtype,
+        )
     bridge.eval()
     model_spec = spec_from_hf_config(
         name,
         config,
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=_pad_token_id(tokenizer),
+        dtype=dtype_name(param_dtype),
+        device=str(param_device),
     )
     bridge.headprobe_spec = model_spec
+    bridge.headprobe_processor = processor
     return bridge, model_spec
+
+
+_TL_TRANSFORMERS_SOURCE = "transformer_lens.model_bridge.sources.transformers.source"
+
+
+@contextlib.contextmanager
+def _given_processor(processor: Any) -> Iterator[None]:
+    """While booting a bridge, hand it ``processor`` instead of letting TransformerLens look
+    one up by name.
+
+    For a multimodal model TransformerLens 4.3 calls ``AutoProcessor.from_pretrained(name)``
+    (a hub request for an in-memory model) and, when that fails, tries to pip-install
+    torchvision. When headprobe already has the processor, that lookup is replaced for the
+    duration of the boot (and restored afterwards, even on error).
+    """
+    if processor is None:
+        yield
+        return
+    try:
+        source = importlib.import_module(_TL_TRANSFORMERS_SOURCE)
+    except ImportError:
+        yield
+        return
+    original = getattr(source, "load_modality_processor", None)
+    if original is None:
+        yield
+        return
+
+    def attach(bridge: Any, *args: Any, **kwargs: Any) -> None:
+        bridge.processor = processor
+
+    source.load_modality_processor = attach
+    try:
+        yield
+    finally:
+        source.load_modality_processor = original
 
 
 def describe_model(model: Any) -> ModelSpec:
@@ -205,12 +331,31 @@ def describe_model(model: Any) -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec
     tokenizer = model.tokenizer
-    return spec_from_hf_config(
+    param_dtype, param_device = _parameter_dtype_device(model.original_model)
+    return spec_from_hf_config(  # a VLM's config: the spec of its text model
         str(getattr(model.cfg, "model_name", "model")),
         model.original_model.config,
         bos_token_id=getattr(tokenizer, "bos_token_id", None),
         pad_token_id=_pad_token_id(tokenizer) if tokenizer is not None else None,
+        dtype=dtype_name(param_dtype),
+        device=str(param_device),
     )
+
+
+def _cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating parameters (not buffers: rotary frequencies stay fp32) to ``dtype``."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+
+
+def _parameter_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the first floating parameter (fp32 / CPU for none)."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype, param.device
+    return torch.float32, torch.device("cpu")
 
 
 def _pad_token_id(tokenizer: Any) -> int | None:
@@ -225,7 +370,8 @@ def _pad_token_id(tokenizer: Any) -> int | None:
 # Resolution of a spec to a Hugging Face model
 
 
-def _load_hf(name: str, *, dtype: torch.dtype, use_cache: bool) -> tuple[Any, Any, str]:
+def _load_hf(name: str, *, dtype: torch.dtype, use_cache: bool) -> tuple[Any, Any, str, Any]:
+    """``(hf_model, tokenizer, hf_name, processor)``; the processor is None for text models."""
     if name in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[name]
         if not is_installed(packaged.distribution):
@@ -235,22 +381,23 @@ def _load_hf(name: str, *, dtype: torch.dtype, use_cache: bool) -> tuple[Any, An
             )
         gguf_path = packaged.locate()
         hf_model, tokenizer = _load_gguf(gguf_path, key=name, dtype=dtype, use_cache=use_cache)
-        return hf_model, tokenizer, packaged.hf_name
+        return hf_model, tokenizer, packaged.hf_name, None
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         key = f"{path.stem}-{_file_fingerprint(path)}"
         hf_model, tokenizer = _load_gguf(path, key=key, dtype=dtype, use_cache=use_cache)
-        return hf_model, tokenizer, path.stem
+        return hf_model, tokenizer, path.stem, None
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UnknownModelError(f"{path} is a folder but has no config.json: not a HF model")
-        return (*_load_hf_dir(path, dtype), path.name)
+        hf_model, tokenizer, processor = _load_pretrained(path, dtype)
+        return hf_model, tokenizer, path.name, processor
     if path.exists():
         raise UnknownModelError(
             f"{path} exists but is neither a .gguf file nor a Hugging Face model folder"
         )
     if _looks_like_hub_name(name):
-        return (*_load_from_hub(name, dtype), name)
+        return (*_load_from_hub(name, dtype), name, None)
     known = ", ".join(PACKAGED_MODELS)
     raise UnknownModelError(
         f"unknown model spec {name!r}: not a packaged model ({known}), not an existing "
@@ -269,6 +416,25 @@ def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
+
+
+def is_vision_language_config(config: Any) -> bool:
+    """A vision-language config: it has both a ``vision_config`` and a ``text_config``."""
+    return (getattr(config, "vision_config", None) is not None
+            and getattr(config, "text_config", None) is not None)
+
+
+def _load_pretrained(path: Path, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, processor)`` of a local folder: a causal LM (processor None), or
+    a vision-language model through ``AutoProcessor`` + ``AutoModelForImageTextToText``."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    if not is_vision_language_config(AutoConfig.from_pretrained(path)):
+        return (*_load_hf_dir(path, dtype), None)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype,
+                                                        attn_implementation="eager")
+    processor = AutoProcessor.from_pretrained(path)
+    return model, processor.tokenizer, processor
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -345,7 +511,8 @@ def _load_gguf(
             model.config.architectures = [arch]
     if use_cache:
         _write_cache(model, tokenizer, cache_dir() / "models" / key)
-    return model.to(dtype), tokenizer
+    _cast_parameters(model, dtype)
+    return model, tokenizer
 
 
 def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:

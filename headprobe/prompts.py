@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
+from headprobe.errors import TaskError
 
 
 def usable_token_ids(model: Any, spec: ModelSpec) -> torch.Tensor:
@@ -38,9 +39,18 @@ def repeated_random_tokens(
     Tokens are drawn without replacement within a prompt (when the vocabulary allows), so the
     only repeats are the deliberate ones and the induction target of each position is unique.
     The draw uses its own ``torch.Generator``: the global RNG is left untouched.
+
+    Returns:
+        ``n`` 1-D long tensors of ``seq_len * repeats`` tokens (+1 with BOS).
+
+    Raises:
+        TaskError: ``seq_len`` or ``repeats`` below 2 (nothing would repeat); a
+            ``ValueError`` too.
     """
     if seq_len < 2 or repeats < 2:
-        raise ValueError(f"need seq_len >= 2 and repeats >= 2, got {seq_len}, {repeats}")
+        raise TaskError(
+            f"repeated random tokens need seq_len >= 2 and repeats >= 2, got seq_len={seq_len}, "
+            f"repeats={repeats}: pass e.g. seq_len=50 (--param seq_len=50)")
     pool = usable_token_ids(model, spec)
     generator = torch.Generator().manual_seed(seed)
     prompts = []

@@ -19,6 +19,9 @@ SCORER_MODULES: dict[str, str] = {
     "induction": "headprobe.scorers.induction",
     "sink": "headprobe.scorers.sink",
     "dla": "headprobe.scorers.dla",
+    "activation_patching": "headprobe.scorers.activation_patching",
+    "ablation_scan": "headprobe.scorers.ablation_scan",
+    "attribution_patching": "headprobe.scorers.attribution_patching",
 }
 
 

@@ -1,12 +1,17 @@
 """Tiny random-weight models built from a config, for fast unit tests only.
 
 They need no download: the tokenizer is a character-level ``PreTrainedTokenizerFast`` built
-in memory. Kinds cover the code paths that differ between architectures:
+in memory (with a small chat template). Kinds cover the code paths that differ between
+architectures:
 
 - ``llama-gqa``: RMSNorm, rotary, grouped-query attention (4 query heads, 2 kv heads);
 - ``gpt2``: LayerNorm, learned positions, one kv head per query head;
 - ``gemma3``: RMSNorm with q/k norms and post-attention (sandwich) norms, one kv head;
-- ``bert``: a non-causal encoder (to check that causal scorers refuse it).
+- ``bert``: a non-causal encoder (to check that causal scorers refuse it);
+- ``llava``: a LLaVA-style vision-language model (a tiny CLIP vision tower, a projector and
+  a tiny Llama text model) with a processor (:class:`TinyImageTextProcessor`) that expands
+  each ``<image>`` into one image token per patch (a 4 x 4 grid of 8-pixel patches of a
+  32 x 32 image).
 
 Real claims about heads are never made on these models.
 """
@@ -14,19 +19,41 @@ Real claims about heads are never made on these models.
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from headprobe.arch import ModelSpec
 
-TINY_KINDS = ("llama-gqa", "gpt2", "gemma3", "bert")
+TINY_KINDS = ("llama-gqa", "gpt2", "gemma3", "bert", "llava")
 
 _SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
+IMAGE_TOKEN = "<image>"
 
-def char_tokenizer() -> Any:
-    """A character-level tokenizer (printable ASCII + specials) that prepends ``<s>``."""
+# "<s>system: ...\nuser: ...\nassistant:" -- one line per message, BOS first.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ message['role'] }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+# The tiny LLaVA's vision tower: 32 x 32 images cut into 8 x 8 patches (a 4 x 4 grid).
+_IMAGE_SIZE = 32
+_PATCH_SIZE = 8
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def char_tokenizer(*, image_token: bool = False) -> Any:
+    """A character-level tokenizer (printable ASCII + specials) that prepends ``<s>``.
+
+    It has a chat template (:data:`CHAT_TEMPLATE`: ``role: content`` lines after ``<s>``,
+    then ``assistant:``). ``image_token``: also add ``<image>`` as a special token (the
+    tiny LLaVA's image placeholder), after every other token.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -45,11 +72,72 @@ def char_tokenizer() -> Any:
         unk_token="<unk>",
         model_max_length=256,
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if image_token:
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     # The post-processor already prepends <s>; saying so stops TransformerLens from trying to
     # reload the tokenizer by name (which would need a hub).
     tokenizer.init_kwargs["add_bos_token"] = True
     tokenizer.init_kwargs["name_or_path"] = "headprobe-char-tokenizer"
     return tokenizer
+
+
+class TinyImageTextProcessor:
+    """A minimal LLaVA-style processor for the tiny ``llava`` model (no PIL, no download).
+
+    ``processor(text=..., images=..., return_tensors="pt")`` returns the tokenizer's output
+    with every ``<image>`` expanded to :attr:`n_image_tokens` image tokens, plus
+    ``pixel_values`` [N_images, 3, S, S]: each image resized (bilinear) to ``S x S`` and
+    normalized with CLIP's mean and std. Images are [H, W, 3] uint8 arrays or tensors, or
+    [3, H, W] float tensors in [0, 1].
+    """
+
+    def __init__(self, tokenizer: Any, *, image_size: int = _IMAGE_SIZE,
+                 patch_size: int = _PATCH_SIZE) -> None:
+        self.tokenizer = tokenizer
+        self.image_token = IMAGE_TOKEN
+        self.image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.n_image_tokens = (image_size // patch_size) ** 2
+        self.chat_template = tokenizer.chat_template
+
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        """[N, 3, S, S] float32 pixel values of ``images``."""
+        mean = torch.tensor(_CLIP_MEAN).view(3, 1, 1)
+        std = torch.tensor(_CLIP_STD).view(3, 1, 1)
+        out = []
+        for index, image in enumerate(images):
+            pixels = torch.as_tensor(np.asarray(image))
+            if pixels.ndim != 3 or 3 not in (pixels.shape[0], pixels.shape[-1]):
+                raise ValueError(f"image {index} must be [H, W, 3] or [3, H, W], got "
+                                 f"shape {tuple(pixels.shape)}")
+            if pixels.shape[0] != 3:
+                pixels = pixels.permute(2, 0, 1)
+            pixels = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+            resized = torch.nn.functional.interpolate(
+                pixels[None], size=(self.image_size, self.image_size), mode="bilinear",
+                align_corners=False)[0]
+            out.append((resized - mean) / std)
+        return torch.stack(out)
+
+    def __call__(self, text: str | list[str] | None = None, images: Sequence[Any] | None = None,
+                 return_tensors: str | None = "pt", **kwargs: Any) -> Any:
+        from transformers import BatchFeature
+
+        texts = [text] if isinstance(text, str) else list(text or [])
+        images = list(images or [])
+        expanded = [t.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.n_image_tokens) for t in texts]
+        n_placeholders = sum(t.count(IMAGE_TOKEN) for t in texts)
+        if n_placeholders != len(images):
+            raise ValueError(f"the text has {n_placeholders} {IMAGE_TOKEN} placeholders but "
+                             f"{len(images)} images were given")
+        data: dict[str, Any] = {}
+        if texts:
+            data.update(self.tokenizer(expanded, return_tensors=return_tensors, **kwargs))
+        if images:
+            data["pixel_values"] = self.preprocess(images)
+        return BatchFeature(data)
 
 
 def _config(kind: str, vocab_size: int) -> Any:
@@ -75,30 +163,65 @@ def _config(kind: str, vocab_size: int) -> Any:
         return tf.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                              num_attention_heads=4, max_position_embeddings=256,
                              architectures=["BertForMaskedLM"], **common)
+    if kind == "llava":
+        text = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              max_position_embeddings=256, tie_word_embeddings=False, **common)
+        vision = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, image_size=_IMAGE_SIZE,
+                                     patch_size=_PATCH_SIZE, projection_dim=32)
+        return tf.LlavaConfig(vision_config=vision, text_config=text,
+                              image_token_index=vocab_size - 1,
+                              vision_feature_select_strategy="default", vision_feature_layer=-1,
+                              projector_hidden_act="gelu",
+                              architectures=["LlavaForConditionalGeneration"])
     raise ValueError(f"unknown tiny model kind {kind!r}; choose one of {TINY_KINDS}")
 
 
-def tiny_model(kind: str = "llama-gqa", seed: int = 0) -> tuple[Any, ModelSpec]:
-    """A random-weight tiny model of ``kind`` wrapped in a bridge: ``(bridge, spec)``."""
+def _model_class(kind: str) -> Any:
+    import transformers as tf
+
+    if kind == "bert":
+        return tf.BertForMaskedLM
+    if kind == "llava":
+        return tf.LlavaForConditionalGeneration
+    return None
+
+
+def tiny_model(
+    kind: str = "llama-gqa",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Any, ModelSpec]:
+    """A random-weight tiny model of ``kind`` wrapped in a bridge: ``(bridge, spec)``.
+
+    The weights are drawn on the CPU in fp32 from ``seed`` (the global RNG is restored), then
+    the model is moved to ``device`` and its parameters cast to ``dtype``, so one seed gives
+    the same model everywhere. The ``llava`` kind also gets ``bridge.headprobe_processor``.
+    """
     import transformers as tf
 
     from headprobe.models import wrap_hf_model
 
-    tokenizer = char_tokenizer()
+    tokenizer = char_tokenizer(image_token=kind == "llava")
     config = _config(kind, vocab_size=len(tokenizer))
     config._attn_implementation = "eager"
+    if kind == "llava":
+        config.text_config._attn_implementation = "eager"
+        config.vision_config._attn_implementation = "eager"
     generator_state = torch.random.get_rng_state()
     try:  # seed the init without leaving the global RNG changed
         torch.manual_seed(seed)
-        model_class = tf.BertForMaskedLM if kind == "bert" else tf.AutoModelForCausalLM
-        hf_model = (
-            model_class(config) if kind == "bert" else model_class.from_config(config)
-        )
+        model_class = _model_class(kind)
+        hf_model = (model_class(config) if model_class is not None
+                    else tf.AutoModelForCausalLM.from_config(config))
         _spread_weights(hf_model)
     finally:
         torch.random.set_rng_state(generator_state)
+    processor = TinyImageTextProcessor(tokenizer) if kind == "llava" else None
     return wrap_hf_model(hf_model, tokenizer, name=f"tiny-{kind}", hf_name=f"tiny-{kind}",
-                         device="cpu")
+                         device=device, dtype=dtype, processor=processor)
 
 
 def _spread_weights(model: torch.nn.Module) -> None:

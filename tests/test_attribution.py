@@ -128,7 +128,7 @@ def test_steps_validation(tiny_llama):
 
 def test_eap_z_scores_track_exact_patching_gemma(tiny_gemma):
     model, _ = tiny_gemma
-    exact = scan_heads(model, ITEMS, method="patch", direction="noise", metric="logit_diff",
+    exact = scan_heads(model, ITEMS, method="patch", direction="noising", metric="logit_diff",
                        progress=False)
     result = attribution_patching(model, ITEMS, steps=20, edges=False, progress=False)
     corr = torch.corrcoef(torch.stack([torch.tensor(exact["score"].to_numpy()),

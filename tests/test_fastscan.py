@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_layers import (  # shared with the layer-runner tests; the fixture is reused here
+    LATE_ITEMS,
+    LATE_PREFIX_LENGTHS,
+    _late_batches,
+    tiny_sliding_gemma,  # noqa: F401
+)
 
 from headprobe.errors import PromptPairError, TaskError
 from headprobe.fastscan import loop_scan, scan_heads, shared_prefix_length
 from headprobe.inputs import iter_batches, tokenize_prompts
-from headprobe.runtime.layers import record_kv, run_from_layer
 from headprobe.tasks.base import TaskItem
 
 TINY_ITEMS = [
@@ -19,63 +24,12 @@ TINY_ITEMS = [
 ]
 
 
-def _check_run_from_layer(model, spec, prompts, layers):
-    """Logits from every cached resid_pre[k] via run_from_layer equal the full forward."""
-    tokens = tokenize_prompts(model, prompts, spec)
-    batch = next(iter_batches(tokens, len(tokens), pad_token_id=spec.pad_token_id or 0))
-    store = {}
-    hooks = [(spec.hooks.at("resid_pre", layer),
-              lambda act, hook, layer=layer: store.__setitem__(layer, act.clone()))
-             for layer in layers]
-    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-        reference = model(batch.tokens, **batch.forward_kwargs())
-    with torch.inference_mode():
-        for layer in layers:
-            logits = run_from_layer(model, store[layer], layer, batch.attention_mask,
-                                    batch.position_ids)
-            real = batch.attention_mask
-            assert (logits - reference)[real].abs().max() <= 1e-5, layer
-            last = run_from_layer(model, store[layer], layer, batch.attention_mask,
-                                  batch.position_ids, positions=batch.last)
-            expected = reference[torch.arange(batch.size), batch.last]
-            # a [B, d] instead of [B, T, d] unembedding matmul: float32 round-off only
-            assert (last - expected).abs().max() <= 1e-4, layer
-
-
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
-def test_run_from_layer_reproduces_forward_tiny(fixture, request):
-    model, spec = request.getfixturevalue(fixture)
-    _check_run_from_layer(model, spec, ["hello world", "ab", "the quick fox"],
-                          list(range(spec.n_layers)))
-
-
-def test_run_from_layer_fires_hooks_at_and_after_layer(tiny_llama):
-    model, spec = tiny_llama
-    tokens = tokenize_prompts(model, ["hello world"], spec)
-    batch = next(iter_batches(tokens, 1))
-    fired = []
-    hooks = [(spec.hooks.at("z", layer), lambda act, hook, layer=layer: fired.append(layer))
-             for layer in range(spec.n_layers)]
-    resid = torch.zeros(1, batch.seq_len, spec.d_model)
-    with torch.inference_mode():
-        run_from_layer(model, resid, 1, batch.attention_mask, batch.position_ids, hooks)
-    assert fired == [1, 2]
-
-
-def test_run_from_layer_refuses_gpt2(tiny_gpt2):
-    model, spec = tiny_gpt2
-    with pytest.raises(NotImplementedError, match="loop_scan"):
-        run_from_layer(model, torch.zeros(1, 3, spec.d_model), 0)
-    with pytest.raises(NotImplementedError, match="loop_scan"):
-        scan_heads(model, TINY_ITEMS, progress=False)
-
-
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
 @pytest.mark.parametrize("method,metric,direction", [
-    ("patch", "normalized_logit_diff", "denoise"),
-    ("patch", "logit_diff", "noise"),
-    ("zero", "logit_diff", "denoise"),
-    ("mean", "normalized_logit_diff", "denoise"),
+    ("patch", "normalized_logit_diff", "denoising"),
+    ("patch", "logit_diff", "noising"),
+    ("zero", "logit_diff", "denoising"),
+    ("mean", "normalized_logit_diff", "denoising"),
 ])
 def test_scan_equals_loop_tiny(fixture, method, metric, direction, request):
     model, spec = request.getfixturevalue(fixture)
@@ -139,19 +93,18 @@ def test_scan_layers_subset_and_errors(tiny_llama):
         scan_heads(model, TINY_ITEMS, method="resample", progress=False)
 
 
+def test_scan_heads_refuses_gpt2(tiny_gpt2):
+    model, _ = tiny_gpt2
+    with pytest.raises(NotImplementedError, match="loop_scan"):
+        scan_heads(model, TINY_ITEMS, progress=False)
+
+
 SMOL_ITEMS = [
     TaskItem("When Mary and John went to the store, John gave a drink to", " Mary", " John",
              "When Mary and John went to the store, Tom gave a drink to"),
     TaskItem("When Alice and Bob went to the park, Bob gave a ball to", " Alice", " Bob",
              "When Alice and Bob went to the park, James gave a ball to"),
 ]
-
-
-@pytest.mark.real
-def test_run_from_layer_reproduces_forward_smol(smol):
-    model, spec = smol
-    _check_run_from_layer(model, spec, [SMOL_ITEMS[0].prompt, "Paris is the capital of"],
-                          [0, 1, 14, spec.n_layers - 1])
 
 
 @pytest.mark.real
@@ -170,7 +123,7 @@ def test_fastscan_agrees_with_the_patching_engine(tiny_llama, metric):
 
     model, _ = tiny_llama
     items = [item for item in TINY_ITEMS if len(item.prompt) == len(item.corrupt_prompt)]
-    fast = scan_heads(model, items, method="patch", metric=metric, direction="denoise",
+    fast = scan_heads(model, items, method="patch", metric=metric, direction="denoising",
                       progress=False)
     engine = PatchingEngine(model, [i.prompt for i in items], [i.corrupt_prompt for i in items],
                             [i.answer for i in items], [i.distractor for i in items])
@@ -180,58 +133,6 @@ def test_fastscan_agrees_with_the_patching_engine(tiny_llama, metric):
     torch.testing.assert_close(torch.tensor(fast["score"].to_numpy(), dtype=torch.float64),
                                torch.tensor(reference[column].to_numpy(), dtype=torch.float64),
                                atol=1e-4, rtol=1e-4)
-
-
-# Pairs that differ late: with the <s> token, "the cat " fills positions 0..8, so the scan
-# reruns only the last few positions. Uneven lengths (padding); batch_size=3 gives batches of
-# 3 and 2 prompts; the last pair is identical, which caps its batch's prefix at that prompt's
-# last token.
-LATE_ITEMS = [
-    TaskItem("the cat sat on", "e", "x", "the cat sat in"),  # differs at position 13
-    TaskItem("the cat ran far", "r", "x", "the cat ran for"),  # 14
-    TaskItem("the cat is", "n", "x", "the cat it"),  # 10 (shortest of its batch)
-    TaskItem("the cat hid under", "a", "x", "the cat hid undid"),  # 16
-    TaskItem("the cat ate", "m", "x", "the cat ate"),  # identical: last token is 11
-]
-LATE_PREFIX_LENGTHS = [10, 11]
-
-
-@pytest.fixture(scope="module")
-def tiny_sliding_gemma():
-    """Gemma 3 with sliding-window layers (window 4, shorter than the prompts) around a full
-    one; 4 query heads over 2 kv heads."""
-    import transformers as tf
-
-    from headprobe.models import wrap_hf_model
-    from headprobe.tiny import char_tokenizer
-
-    tokenizer = char_tokenizer()
-    config = tf.Gemma3TextConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=4,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        architectures=["Gemma3ForCausalLM"])
-    config._attn_implementation = "eager"
-    with torch.random.fork_rng():  # the global RNG is restored afterwards
-        torch.manual_seed(1)
-        hf_model = tf.AutoModelForCausalLM.from_config(config)
-        with torch.no_grad():
-            for name, param in hf_model.named_parameters():
-                if param.ndim >= 2:
-                    param.normal_(0.0, 0.08)
-                elif "norm" in name:
-                    param.add_(0.3 * torch.randn_like(param))
-    return wrap_hf_model(hf_model, tokenizer, name="tiny-gemma3-sliding",
-                         hf_name="tiny-gemma3-sliding", device="cpu")
-
-
-def _late_batches(model, spec, batch_size):
-    clean = tokenize_prompts(model, [it.prompt for it in LATE_ITEMS], spec)
-    corrupt = tokenize_prompts(model, [it.corrupt_prompt for it in LATE_ITEMS], spec)
-    pad = spec.pad_token_id or 0
-    return list(zip(iter_batches(clean, batch_size, pad_token_id=pad),
-                    iter_batches(corrupt, batch_size, pad_token_id=pad), strict=True))
 
 
 def test_shared_prefix_length(tiny_llama):
@@ -248,40 +149,9 @@ def test_shared_prefix_length(tiny_llama):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma", "tiny_sliding_gemma"])
-def test_run_from_layer_with_prefix_reproduces_forward(fixture, request):
-    """Running positions P..T-1 with the prefix's keys/values equals the full forward there."""
-    model, spec = request.getfixturevalue(fixture)
-    clean, _ = _late_batches(model, spec, 3)[0]
-    start = 10
-    store = {}
-    hooks = [(spec.hooks.at("resid_pre", layer),
-              lambda act, hook, layer=layer: store.__setitem__(layer, act.clone()))
-             for layer in range(spec.n_layers)]
-    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-        reference = model(clean.tokens, **clean.forward_kwargs())
-    with torch.inference_mode():
-        prefix = record_kv(model, store[0][:, :start], clean.attention_mask[:, :start],
-                           clean.position_ids[:, :start])
-        assert prefix.length == start and prefix.batch == clean.size
-        assert set(prefix.keys) == set(range(spec.n_layers))
-        for layer in range(spec.n_layers):
-            logits = run_from_layer(model, store[layer][:, start:], layer, clean.attention_mask,
-                                    clean.position_ids, prefix=prefix)
-            real = clean.attention_mask[:, start:]
-            assert (logits - reference[:, start:])[real].abs().max() <= 1e-5, layer
-            # rows repeated twice (copy-major) continue the same prefix rows
-            last = run_from_layer(model, store[layer][:, start:].repeat(2, 1, 1), layer,
-                                  clean.attention_mask.repeat(2, 1),
-                                  clean.position_ids.repeat(2, 1),
-                                  positions=clean.last.repeat(2), prefix=prefix)
-            expected = reference[torch.arange(clean.size), clean.last].repeat(2, 1)
-            assert (last - expected).abs().max() <= 1e-4, layer
-
-
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma", "tiny_sliding_gemma"])
 @pytest.mark.parametrize("metric,direction", [
-    ("normalized_logit_diff", "denoise"),
-    ("logit_diff", "noise"),
+    ("normalized_logit_diff", "denoising"),
+    ("logit_diff", "noising"),
 ])
 def test_scan_with_shared_prefix_equals_loop(fixture, metric, direction, request):
     """Pairs that differ late: the scan skips the shared prefix and still equals the loop."""
@@ -309,10 +179,16 @@ def test_prefix_reuse_with_a_layer_subset(tiny_llama):
     assert (fast["score"] - loop["score"]).abs().max() <= 1e-4
 
 
-def test_direction_spellings_are_shared_with_the_patching_engine(tiny_llama):
+def test_direction_has_one_spelling(tiny_llama):
+    """``denoising`` / ``noising`` as in the patching engine; the old short forms are refused."""
     model, _ = tiny_llama
-    short = scan_heads(model, LATE_ITEMS, method="patch", direction="noise", progress=False,
+    for old in ("noise", "denoise"):
+        with pytest.raises(ValueError, match="'denoising' or 'noising'"):
+            scan_heads(model, LATE_ITEMS, method="patch", direction=old, progress=False,
                        metric="logit_diff", layers=[2])
-    long = scan_heads(model, LATE_ITEMS, method="patch", direction="noising", progress=False,
-                      metric="logit_diff", layers=[2])
-    assert short["score"].equals(long["score"])
+    noising = scan_heads(model, LATE_ITEMS, method="patch", direction="noising",
+                         progress=False, metric="logit_diff", layers=[2])
+    denoising = scan_heads(model, LATE_ITEMS, method="patch", direction="denoising",
+                           progress=False, metric="logit_diff", layers=[2])
+    assert noising.meta["params"]["direction"] == "noising"
+    assert not noising["score"].equals(denoising["score"])

@@ -373,3 +373,99 @@ def test_uniform_attention_on_smollm2(smol):
                                    reference, atol=1e-4, rtol=0)
     untouched = hooks_cache[spec.hooks.at("pattern", 3)][1]
     assert (untouched - reference).abs().max() > 1e-2
+
+
+# ------------------------------------------------------------------------------ decode and padding
+
+DECODE_PROMPTS = ["the cat sat on", "a", "hello there, world"]
+DECODE_NEW = 6
+LONG_SOURCES = ["zyxwvutsrqponmlkjihgfedcba0123456789", "the quick brown fox jumps over it"]
+
+
+def method_options(method: str, spec) -> dict:
+    """Options that make each method act (and, where it takes positions, at a generated one)."""
+    generator = torch.Generator().manual_seed(7)
+    width = 64  # covers every prompt + continuation
+    return {
+        "zero": {},
+        "mean": {"reference": ["abcde", "vwxyz", "hello there"]},
+        "resample": {"sources": LONG_SOURCES, "seed": 1},
+        "uniform_attention": {},
+        "scale_output": {"factor": 0.1},
+        "scale_value": {"alpha": 3.0},
+        "add_to_output": {"vector": 4.0 * torch.randn(spec.d_head, generator=generator),
+                          "positions": [1, 3, 16, 18]},
+        "set_pattern": {"pattern": torch.rand(width, width, generator=generator) + 0.01},
+        "redistribute_sink": {"beta": 0.1},
+    }[method]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_same_continuation_with_and_without_cache(any_tiny, method):
+    """Absolute positions: cached == recomputed, left == right padding, for every method."""
+    from headprobe.runtime.decode import generate
+
+    model, spec = any_tiny
+    heads = [(0, 1), (1, 2)]
+    options = method_options(method, spec)
+    before = n_hooks(model)
+    results = {}
+    for side in ("left", "right"):
+        for use_cache in (False, True):
+            with intervene(model, heads, method, **options):
+                results[(side, use_cache)] = generate(
+                    model, DECODE_PROMPTS, max_new_tokens=DECODE_NEW, padding_side=side,
+                    use_cache=use_cache, keep_logits=True)
+    assert n_hooks(model) == before
+    reference = results[("left", False)]
+    for key, got in results.items():
+        assert torch.equal(got.tokens, reference.tokens), (key, got.texts, reference.texts)
+        torch.testing.assert_close(got.logits, reference.logits, atol=1e-4, rtol=0,
+                                   msg=lambda text, key=key: f"{key}: {text}")
+    plain = generate(model, DECODE_PROMPTS, max_new_tokens=DECODE_NEW, keep_logits=True)
+    assert (plain.logits - reference.logits).abs().max() > 1e-3  # the method acts in decode
+
+
+def test_add_to_output_positions_are_absolute_during_decode(tiny_llama):
+    """A vector added at an absolute position reached only while generating changes the
+    logits from that step on, in each row at its own step, whatever the padding."""
+    from headprobe.runtime.decode import generate
+
+    model, spec = tiny_llama
+    target = 15  # "a" (2 tokens) reaches it at step 14, "the cat sat on" (15) at step 1
+    u = 5.0 * torch.randn(spec.d_head, generator=torch.Generator().manual_seed(3))
+    prompts = ["the cat sat on", "a"]
+    plain = generate(model, prompts, max_new_tokens=16, keep_logits=True)
+    for side in ("left", "right"):
+        with intervene(model, [(0, 0), (0, 3)], "add_to_output", vector=u, positions=[target]):
+            steered = generate(model, prompts, max_new_tokens=16, padding_side=side,
+                               keep_logits=True)
+        for row, length in enumerate([15, 2]):
+            first = target - length + 1  # the step whose forward runs position `target`
+            diff = (steered.logits[row] - plain.logits[row]).abs().amax(-1)  # [steps]
+            assert diff[:first].max() < 1e-5, (side, row)
+            assert diff[first] > 1e-3, (side, row)
+
+
+def test_mean_and_resample_use_absolute_positions_under_left_padding(tiny_llama):
+    """A left-padded batch gets the same z as each prompt run alone (column != position)."""
+    from headprobe.inputs import iter_batches, tokenize_prompts
+
+    model, spec = tiny_llama
+    lists = tokenize_prompts(model, ["abcdefgh", "abc"], spec)
+    batch = next(iter_batches(lists, 2, padding_side="left"))
+    name = spec.hooks.at("z", 1)
+    from headprobe.runtime.positions import forward_positions
+
+    for method, options in [("mean", {"reference": ["abcde", "vwxyz", "hello there"]}),
+                            ("resample", {"sources": LONG_SOURCES[:1]}),
+                            ("add_to_output", {"vector": torch.ones(spec.d_head),
+                                               "positions": [1]})]:
+        with intervene(model, [(1, 0)], method, **options):
+            with forward_positions(batch.position_ids):
+                _, padded = run_capture(model, batch.tokens, kinds=("z",),
+                                        **batch.forward_kwargs())
+            _, alone = run_capture(model, lists[1][None], kinds=("z",))
+        start = int(batch.start[1])
+        torch.testing.assert_close(padded[name][1, start:], alone[name][0], atol=1e-5,
+                                   rtol=1e-4)

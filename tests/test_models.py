@@ -1,3 +1,4 @@
+import logging
 import time
 
 import pytest
@@ -5,7 +6,15 @@ import torch
 
 from headprobe import describe_model, load_model
 from headprobe.errors import ModelUnavailableError, UnknownModelError
-from headprobe.models import PACKAGED_MODELS, available_models, cache_dir
+from headprobe.inputs import ImagePrompt, encode, iter_batches
+from headprobe.models import (
+    PACKAGED_MODELS,
+    available_models,
+    cache_dir,
+    resolve_device,
+    resolve_dtype,
+)
+from headprobe.tiny import tiny_model
 
 
 def test_unknown_spec_says_what_is_accepted():
@@ -96,3 +105,126 @@ def test_gemma_packaged_model_loads():
     tokens = model.to_tokens("The capital of France is")
     with torch.no_grad():
         assert torch.isfinite(model(tokens)).all()
+
+
+# --- precision and device ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("float32", torch.float32), ("fp32", torch.float32), ("bfloat16", torch.bfloat16),
+    ("bf16", torch.bfloat16), ("float16", torch.float16), ("torch.bfloat16", torch.bfloat16),
+    (torch.float16, torch.float16),
+])
+def test_dtype_names(name, expected):
+    assert resolve_dtype(name) is expected
+
+
+def test_dtype_defaults_and_errors():
+    assert resolve_dtype(None, "cpu") is torch.float32
+    with pytest.raises(UnknownModelError, match="unknown dtype 'int4'"):
+        resolve_dtype("int4")
+    with pytest.raises(UnknownModelError, match="floating"):
+        resolve_dtype(torch.int64)
+    with pytest.raises(UnknownModelError, match="unknown dtype"):
+        load_model("tiny:gpt2", dtype="fp8")
+
+
+def test_bf16_tiny_model_is_bf16_and_says_so(caplog):
+    with caplog.at_level(logging.INFO, logger="headprobe.models"):
+        model, spec = load_model("tiny:llama-gqa", device="cpu", dtype="bf16")
+    assert spec.dtype == "bfloat16" and spec.device == "cpu"
+    assert {p.dtype for p in model.original_model.parameters()} == {torch.bfloat16}
+    # rotary frequencies stay fp32, as Hugging Face keeps them
+    assert model.original_model.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert "loaded tiny-llama-gqa on cpu in bfloat16" in caplog.text
+    with torch.no_grad():
+        logits = model(model.to_tokens("hello there"))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    # the same seed in fp32 gives the same model up to bf16 rounding
+    reference, _ = load_model("tiny:llama-gqa", device="cpu", dtype="float32")
+    with torch.no_grad():
+        expected = reference(reference.to_tokens("hello there"))
+    assert (logits.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_default_cpu_load_is_fp32_and_device_is_honoured():
+    model, spec = load_model("tiny:gemma3", device="cpu")
+    assert spec.dtype == "float32" and spec.device == "cpu"
+    assert {p.device.type for p in model.original_model.parameters()} == {"cpu"}
+    assert describe_model(model) is spec
+
+
+def test_describe_model_of_a_bridge_booted_by_hand():
+    model, spec = tiny_model("llama-gqa", dtype=torch.bfloat16)
+    del model.headprobe_spec
+    described = describe_model(model)
+    assert described.dtype == "bfloat16" and described.n_heads == spec.n_heads
+
+
+def test_cuda_asked_without_cuda_says_so(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelUnavailableError, match="CUDA is not available"):
+        load_model("tiny:llama-gqa", device="cuda")
+    assert resolve_device(None).type == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_model_goes_to_the_gpu():
+    model, spec = load_model("tiny:llama-gqa", device="cuda")
+    assert spec.device.startswith("cuda") and spec.dtype == "bfloat16"  # bf16 on CUDA
+    assert {p.device.type for p in model.original_model.parameters()} == {"cuda"}
+    tokens = model.to_tokens("hello there").cuda()
+    with torch.no_grad():
+        logits = model(tokens)
+    assert logits.device.type == "cuda" and torch.isfinite(logits.float()).all()
+    vlm, vlm_spec = load_model("tiny:llava", device="cuda", dtype="float32")
+    assert vlm_spec.dtype == "float32" and vlm_spec.device.startswith("cuda")
+    image = torch.zeros(8, 8, 3, dtype=torch.uint8)
+    encoded = encode(vlm, ImagePrompt("<image> hi", [image]), vlm_spec)
+    (batch,) = list(iter_batches([encoded], 1, device="cuda"))
+    assert batch.extra["pixel_values"].device.type == "cuda"
+    with torch.no_grad():
+        assert torch.isfinite(vlm(batch.tokens, **batch.forward_kwargs())).all()
+
+
+# --- a tiny vision-language model --------------------------------------------------------------
+
+def test_llava_tiny_model_forward_with_image():
+    model, spec = load_model("tiny:llava", device="cpu")
+    # the spec describes the text model (a Llama), not the wrapper
+    assert (spec.model_type, spec.n_layers, spec.n_heads, spec.n_kv_heads) == ("llama", 2, 4, 2)
+    assert describe_model(model) is spec and model.headprobe_processor is not None
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (24, 40, 3), generator=generator, dtype=torch.uint8)
+    encoded = encode(model, ImagePrompt("what is in <image>?", [image]), spec)
+    image_span = encoded.spans["image"]
+    # the placeholder expands to one token per patch of the 4 x 4 grid
+    assert image_span.grid == (4, 4) and len(image_span) == 16
+    assert encoded.extra["pixel_values"].shape == (1, 3, 32, 32)
+    (batch,) = list(iter_batches([encoded], 1))
+    patterns = []
+    with torch.no_grad(), model.hooks(fwd_hooks=[(spec.hooks.at("pattern", 0),
+                                                  lambda t, hook: patterns.append(t))]):
+        logits = model(batch.tokens, **batch.forward_kwargs())
+    assert logits.shape == (1, len(encoded), spec.d_vocab)
+    (pattern,) = patterns
+    assert pattern.shape == (1, spec.n_heads, len(encoded), len(encoded))
+    # the last query attends over text and image positions, and the image changes the output
+    assert pattern[0, :, -1, image_span.start:image_span.stop].sum() > 0
+    other = torch.randint(0, 256, (24, 40, 3), generator=generator, dtype=torch.uint8)
+    (other_batch,) = list(iter_batches([encode(model, ImagePrompt("what is in <image>?",
+                                                                  [other]), spec)], 1))
+    with torch.no_grad():
+        other_logits = model(other_batch.tokens, **other_batch.forward_kwargs())
+    assert not torch.allclose(logits[0, -1], other_logits[0, -1])
+    assert torch.allclose(logits[0, :image_span.start], other_logits[0, :image_span.start])
+
+
+def test_llava_bf16_casts_pixels():
+    model, spec = load_model("tiny:llava", device="cpu", dtype="bfloat16")
+    image = torch.zeros(8, 8, 3, dtype=torch.uint8)
+    encoded = encode(model, ImagePrompt("<image> hi", [image]), spec)
+    assert encoded.extra["pixel_values"].dtype == torch.bfloat16
+    (batch,) = list(iter_batches([encoded], 1))
+    with torch.no_grad():
+        assert torch.isfinite(model(batch.tokens, **batch.forward_kwargs()).float()).all()

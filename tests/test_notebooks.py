@@ -10,6 +10,7 @@ NOTEBOOKS = sorted(Path("notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.real
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path):
     notebook = nbformat.read(path, as_version=4)

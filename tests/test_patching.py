@@ -226,6 +226,79 @@ def test_path_patch_freeze_mlps_runs(llama):
     assert np.isfinite(frozen) and frozen != pytest.approx(free, abs=1e-6)
 
 
+def _answer_logit(logits, answer, distractor, clean_logits):
+    """A user metric: the answer's logit minus its logit in the clean run, per prompt."""
+    rows = torch.arange(logits.shape[0])
+    return logits[rows, answer] - clean_logits[rows, answer]
+
+
+def test_callable_metric_in_engine_and_path_patching(llama):
+    """A metric function works in the engine and in path patching; values are aggregated as
+    their mean, and equal the hand computation from the run's final logits."""
+    model, spec = llama
+    engine = engine_for(model)
+    setters = [P.head_z(spec, 1, 2)]
+    values = engine.run_values(setters, metric=_answer_logit)
+    probability = engine.run_values(setters, metric="probability")
+    assert values.shape == (engine.n,)
+    # hand computation: logit - clean logit of the answer = log p - log p_clean + (lse - lse)
+    logits = []
+    for index, pair in enumerate(engine.batches()):
+        patches = [(s, engine.activations("clean", s.hook, index)) for s in setters]
+        out, _ = P.run_with_setters(model, pair.corrupt, patches)
+        logits.append(out[torch.arange(pair.corrupt.size), pair.corrupt.last])
+    final = torch.cat(logits).float()
+    rows = torch.arange(engine.n)
+    expected = final[rows, engine.answer] - engine.clean_final[rows, engine.answer]
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(values, probability)
+    assert engine.run(setters, metric=_answer_logit) == pytest.approx(float(expected.mean()),
+                                                                       abs=1e-5)
+    clean, corrupt = engine.baseline_values(_answer_logit)
+    torch.testing.assert_close(clean, torch.zeros(engine.n))  # clean run minus itself
+    assert float(corrupt.abs().max()) > 1e-4
+    # path patching: a last-layer sender to the end is activation patching it (noising)
+    last = spec.n_layers - 1
+    path = P.path_patch(engine, [(last, 1)], metric=_answer_logit)
+    direct = engine.run([P.head_z(spec, last, 1)], target="clean", source="corrupt",
+                        metric=_answer_logit)
+    assert path == pytest.approx(direct, abs=1e-5)
+    result = P.path_patch_values(engine, [(0, 1)], metric=_answer_logit)
+    assert path != pytest.approx(0.0, abs=1e-6)
+    assert P.path_patch(engine, [(0, 1)], metric=_answer_logit) == pytest.approx(
+        float(result.values.mean()), abs=1e-6)
+    table = P.path_patch_senders(engine, metric=_answer_logit, layers=[last], progress=False)
+    assert table.meta["params"]["metric"] == "_answer_logit"
+    assert table.meta["unpatched"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_patching_meta_comes_from_provenance(llama):
+    model, _ = llama
+    table = P.activation_patch_heads(engine_for(model), layers=[2], progress=False)
+    meta = table.meta
+    for key in ("kind", "scorer", "model", "params", "data_fingerprint", "n_prompts",
+                "headprobe_version", "torch_version", "timings_s", "baseline", "unpatched"):
+        assert key in meta
+    assert meta["kind"] == "patching" and meta["scorer"] == "activation_patching"
+    assert meta["n_prompts"] == len(CLEAN)
+
+
+def test_from_task_tokenizes_once_and_checks_pairs(llama):
+    from headprobe.tasks.base import Task, TaskItem
+
+    model, _ = llama
+    items = [TaskItem(c, a, d, x) for c, x, a, d in zip(CLEAN, CORRUPT, ANSWER, DISTRACTOR,
+                                                       strict=True)]
+    engine = P.PatchingEngine.from_task(model, Task("tiny", items), batch_size=3)
+    reference = engine_for(model)
+    torch.testing.assert_close(engine.answer, reference.answer)
+    torch.testing.assert_close(engine.clean_final, reference.clean_final)
+    with pytest.raises(TaskError, match="corrupt_prompt"):
+        P.PatchingEngine.from_task(model, Task("tiny", [TaskItem("abc", "d", "e")]))
+    with pytest.raises(PromptPairError, match="pair 0"):
+        P.PatchingEngine.from_task(model, Task("tiny", [TaskItem("abc", "d", "e", "abcd")]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Setters, GQA, errors
 

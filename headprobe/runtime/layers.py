@@ -27,6 +27,7 @@ from headprobe.arch import ModelSpec
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
 from headprobe.runtime.hooks import Hook, attached
+from headprobe.runtime.positions import forward_positions
 from headprobe.weights import hf_module
 
 FALLBACK = (
@@ -251,7 +252,7 @@ def run_from_layer(
         layer_inputs = build_layer_inputs(model, full, attention_mask, position_ids)
     if start:
         layer_inputs = _query_rows(layer_inputs, start)
-    with attached(model, hooks):
+    with attached(model, hooks), forward_positions(layer_inputs.position_ids):
         hidden = _run_layers(model, spec, resid, layer, layer_inputs, cache)
         if positions is not None:
             hidden = final_logits(hidden, positions.to(hidden.device) - start)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from headprobe.arch import ModelSpec
 from headprobe.errors import ReducerError
 from headprobe.inputs import Batch, PaddingSide, iter_batches
+from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, model_device
 
 
@@ -96,7 +97,7 @@ def stream_reduce(
             for layer in layer_list
         ]
         with torch.no_grad(), attached(model, hooks):
-            model(batch.tokens, **batch.forward_kwargs())
+            forward_batch(model, batch)
         if on_batch_end is not None:
             on_batch_end(batch)
 

@@ -4,26 +4,70 @@ A scorer is a :class:`Scorer` record in its own module. Calling it::
 
     table = scorer(model, prompts=None, n=None, seed=0, batch_size=8, progress=True, **params)
 
-checks the model and parameters, builds the scorer's default data when no prompts are
-given, times the run and wraps the result in a :class:`~headprobe.headtable.HeadTable`
-whose metadata records the model, the parameters, a fingerprint of the data, the seed and
-the headprobe version.
+checks the model, its needs and the parameters, builds the scorer's default data when no
+prompts are given, times the run and wraps the result in a
+:class:`~headprobe.headtable.HeadTable` whose metadata (:func:`headprobe.provenance.result_meta`)
+records the model, the parameters, a fingerprint of the data, the seed and the headprobe
+version.
+
+A scorer declares what it needs beyond a forward pass (:data:`headprobe.types.Need`) and
+whether it is cheap enough for a CPU; the atlas and the CLI read these flags
+(:func:`unmet_needs`), never a scorer's name.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.errors import NonCausalModelError
+from headprobe.errors import HeadprobeError, NonCausalModelError
 from headprobe.headtable import HeadTable
 from headprobe.models import describe_model
+from headprobe.provenance import Timer, result_meta
+from headprobe.runtime.hooks import model_device
+from headprobe.types import Need
+
+
+class ScorerNeedsError(HeadprobeError, ValueError):
+    """The model cannot give a scorer what it needs (images, a chat template, ...)."""
+
+
+class ScorerParamError(HeadprobeError, ValueError):
+    """A scorer parameter has a value the scorer does not accept."""
+
+
+# Needs that make a scorer impossible to run (``gpu`` is a budget hint: the atlas skips such a
+# scorer on a CPU, but calling it directly still runs).
+HARD_NEEDS: frozenset[str] = frozenset({"generation", "chat_template", "images"})
+
+
+def unmet_needs(model: Any, spec: ModelSpec, needs: frozenset[Need] | frozenset[str]
+                ) -> dict[str, str]:
+    """``{need: reason}`` for each of ``needs`` that ``model`` cannot meet.
+
+    - ``images``: the model has no processor (``model.headprobe_processor``);
+    - ``chat_template``: its tokenizer has no chat template;
+    - ``generation``: it is not a causal (decoder) model;
+    - ``gpu``: it is not on a CUDA device;
+    - ``pairs``: task data with clean/corrupt prompt pairs, which any model can take.
+    """
+    reasons: dict[str, str] = {}
+    if "images" in needs and getattr(model, "headprobe_processor", None) is None:
+        reasons["images"] = (f"needs images, but {spec.name} has no image processor (load a "
+                             "vision-language model)")
+    if "chat_template" in needs and getattr(getattr(model, "tokenizer", None), "chat_template",
+                                            None) is None:
+        reasons["chat_template"] = f"needs a chat template, but {spec.name}'s tokenizer has none"
+    if "generation" in needs and not spec.causal:
+        reasons["generation"] = f"needs generation, but {spec.name} is not a causal model"
+    if "gpu" in needs and model_device(model).type != "cuda":
+        reasons["gpu"] = (f"needs a GPU-sized budget, but {spec.name} is on "
+                          f"{model_device(model).type}")
+    return reasons
 
 
 @dataclass
@@ -68,9 +112,13 @@ class Scorer:
         prepare: builds the default data (or tokenizes the given prompts).
         compute: runs the model and returns a :class:`ScoreResult`.
         defaults: default values of the scorer's own parameters.
+        param_help: one line per parameter in ``defaults`` saying what it means.
         default_n: default number of prompts.
         requires_causal: refuse encoder (non-causal) models.
-        cheap: cheap enough on a CPU to run in ``headprobe atlas``.
+        cheap: cheap enough on a CPU to run in ``headprobe atlas`` by default.
+        needs: what the scorer needs beyond a forward pass (:data:`headprobe.types.Need`:
+            ``generation``, ``chat_template``, ``images``, ``gpu``, ``pairs``); see
+            :func:`unmet_needs`.
     """
 
     name: str
@@ -79,9 +127,27 @@ class Scorer:
     prepare: Prepare
     compute: Compute
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    param_help: Mapping[str, str] = field(default_factory=dict)
     default_n: int = 32
     requires_causal: bool = True
     cheap: bool = True
+    needs: frozenset[Need] = frozenset()
+
+    def __post_init__(self) -> None:
+        undocumented = sorted(set(self.defaults) - set(self.param_help))
+        stray = sorted(set(self.param_help) - set(self.defaults))
+        if undocumented or stray:
+            raise TypeError(f"scorer {self.name!r}: param_help must document exactly the "
+                            f"defaults (undocumented {undocumented}, unknown {stray})")
+
+    def unmet(self, model: Any, spec: ModelSpec | None = None) -> dict[str, str]:
+        """``{need: reason}`` for the needs ``model`` cannot meet (causality included)."""
+        spec = spec if spec is not None else describe_model(model)
+        reasons = unmet_needs(model, spec, self.needs)
+        if self.requires_causal and not spec.causal:
+            reasons["causal"] = (f"scorer {self.name!r} needs a causal (decoder) model; "
+                                 f"{spec.name} ({spec.model_type}) is an encoder")
+        return reasons
 
     def __call__(
         self,
@@ -95,11 +161,12 @@ class Scorer:
         **params: Any,
     ) -> HeadTable:
         spec = describe_model(model)
-        if self.requires_causal and not spec.causal:
-            raise NonCausalModelError(
-                f"scorer {self.name!r} needs a causal (decoder) model; {spec.name} "
-                f"({spec.model_type}) is an encoder"
-            )
+        unmet = self.unmet(model, spec)
+        if "causal" in unmet:
+            raise NonCausalModelError(unmet["causal"])
+        hard = {need: reason for need, reason in unmet.items() if need in HARD_NEEDS}
+        if hard:
+            raise ScorerNeedsError(f"scorer {self.name!r} " + "; ".join(hard.values()))
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             known = ", ".join(sorted(self.defaults)) or "none"
@@ -110,37 +177,15 @@ class Scorer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         merged = {**self.defaults, **params}
-        started = time.perf_counter()
+        timer = Timer()
         data = self.prepare(model, spec, prompts, n or self.default_n, seed, merged)
-        prepared = time.perf_counter()
+        timer.lap("prepare")
         result = self.compute(model, spec, data, merged, batch_size, progress)
-        finished = time.perf_counter()
-        meta = {
-            "scorer": self.name,
-            "description": self.description,
-            "reference": self.reference,
-            "model": spec.name,
-            "model_spec": spec.to_dict(),
-            "params": merged,
-            "seed": seed,
-            "batch_size": batch_size,
-            "n_prompts": data.n_prompts,
-            "data": data.description,
-            "data_fingerprint": data.fingerprint,
-            "headprobe_version": headprobe_version(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "timings_s": {
-                "prepare": round(prepared - started, 3),
-                "compute": round(finished - prepared, 3),
-                "total": round(finished - started, 3),
-            },
-            **result.meta,
-        }
+        timer.lap("compute")
+        meta = result_meta(
+            kind="scorer", name=self.name, spec=spec, params=merged,
+            fingerprint=data.fingerprint, n_prompts=data.n_prompts, seed=seed, timer=timer,
+            description=self.description, reference=self.reference,
+            batch_size=batch_size, data=data.description)
+        meta.update(result.meta)  # the scorer's own keys (counts, summaries) come last
         return HeadTable.from_grid(result.score, spec, columns=result.columns, meta=meta)
-
-
-def headprobe_version() -> str:
-    """The installed headprobe version, for result metadata."""
-    from headprobe import __version__
-
-    return __version__

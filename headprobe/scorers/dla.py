@@ -40,9 +40,11 @@ from headprobe.errors import TaskError
 from headprobe.inputs import Batch, PaddingSide, fingerprint, iter_batches, tokenize_prompts
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
+from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, model_device
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
-from headprobe.tasks.base import Task, TaskItem, answer_token_ids
+from headprobe.tasks.base import Task, TaskItem
+from headprobe.tasks.pairs import item_answer_ids, task_items
 from headprobe.weights import head_output_weights, hf_module
 
 REFERENCE = ("Elhage et al. 2021, A Mathematical Framework for Transformer Circuits; "
@@ -210,26 +212,16 @@ def as_task(task_or_items: Task | Sequence[TaskItem]) -> Task:
     """A :class:`Task` from a task or a sequence of items; :class:`TaskError` otherwise."""
     if isinstance(task_or_items, Task):
         return task_or_items
-    if isinstance(task_or_items, str | bytes) or not isinstance(task_or_items, Sequence):
-        raise TaskError("DLA needs a Task or a list of TaskItem (prompt, answer, distractor)")
-    items = list(task_or_items)
-    bad = [i for i, item in enumerate(items) if not isinstance(item, TaskItem)]
-    if bad:
-        raise TaskError(f"item {bad[0]} is a {type(items[bad[0]]).__name__}, not a TaskItem")
+    items, _ = task_items(task_or_items)
     return Task("custom", items)
 
 
 def checked_answer_ids(model: Any, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N] answer and [N] distractor ids; :class:`TaskError` naming the item when an answer or
-    distractor is missing or is not one token."""
-    from headprobe.tasks.facts import validate_single_token
-
-    for index, item in enumerate(task.items):
-        if item.distractor is None:
-            raise TaskError(f"item {index} ({item.prompt!r}) has no distractor; DLA of a logit "
-                            "difference needs one (another item's answer, e.g. ' Rome')")
-    validate_single_token(model, task.items)
-    correct, incorrect = answer_token_ids(model, task)
+    """[N] answer and [N] distractor ids (through :mod:`headprobe.answers`);
+    :class:`TaskError` naming the item when an answer or distractor is missing or is not one
+    token."""
+    correct, incorrect = item_answer_ids(model, list(task.items),
+                                         why="DLA of a logit difference needs one")
     assert incorrect is not None
     return correct, incorrect
 
@@ -336,7 +328,7 @@ def attribute_tokens(
     weights = _weights(model, spec)
     center = facts.norm == "layernorm"
     offset = facts.norm_weight_offset
-    cap = getattr(getattr(model.original_model, "config", None), "final_logit_softcapping", None)
+    cap = spec.final_logit_softcap
     out = {
         "heads": torch.zeros(n, n_layers, spec.n_heads, dtype=torch.float64),
         "mlps": torch.zeros(n, n_layers, dtype=torch.float64),
@@ -365,7 +357,7 @@ def attribute_tokens(
                 names[f"post{layer}"] = hooks.at("post_attention_norm_scale", layer)
         fwd = [(name, partial(_grab_last, grabbed, key, batch)) for key, name in names.items()]
         with torch.inference_mode(), attached(model, fwd):
-            logits = model(batch.tokens, **batch.forward_kwargs())
+            logits = forward_batch(model, batch)
         missing = sorted(set(names) - set(grabbed))
         if missing:
             raise RuntimeError(f"hooks did not fire: {[names[k] for k in missing]}")
@@ -466,6 +458,10 @@ SCORER = Scorer(
     prepare=_prepare,
     compute=_compute,
     defaults={"relation": "capital", "padding_side": "right"},
+    param_help={
+        "relation": "relation of the default facts task (e.g. 'capital')",
+        "padding_side": "'right' or 'left' padding of batched prompts",
+    },
     default_n=64,
     cheap=True,
 )

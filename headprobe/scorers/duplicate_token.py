@@ -9,6 +9,7 @@ excluded by default). Default data: repeated random-token sequences.
 from headprobe.scorers.base import Scorer
 from headprobe.scorers.pattern_mass import (
     PATTERN_DEFAULTS,
+    PATTERN_HELP,
     duplicate_token_targets,
     pattern_compute,
     prepare_pattern_data,
@@ -22,5 +23,6 @@ SCORER = Scorer(
     prepare=prepare_pattern_data,
     compute=pattern_compute(duplicate_token_targets, "duplicate_token"),
     defaults=dict(PATTERN_DEFAULTS),
+    param_help=PATTERN_HELP,
     default_n=32,
 )

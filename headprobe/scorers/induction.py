@@ -10,6 +10,7 @@ queries and prompts. On SmolLM2-135M-Instruct, layer 18 head 6 scores about 0.9.
 from headprobe.scorers.base import Scorer
 from headprobe.scorers.pattern_mass import (
     PATTERN_DEFAULTS,
+    PATTERN_HELP,
     induction_targets,
     pattern_compute,
     prepare_pattern_data,
@@ -22,5 +23,6 @@ SCORER = Scorer(
     prepare=prepare_pattern_data,
     compute=pattern_compute(induction_targets, "induction"),
     defaults=dict(PATTERN_DEFAULTS),
+    param_help=PATTERN_HELP,
     default_n=32,
 )

@@ -35,6 +35,13 @@ PATTERN_DEFAULTS = {
     "exclude_current": True,
     "padding_side": "right",
 }
+PATTERN_HELP = {
+    "seq_len": "random tokens per copy in the default prompts (BOS + seq_len x repeats)",
+    "repeats": "copies of the random sequence in each default prompt (>= 2)",
+    "exclude_bos": "leave the first (BOS / sink) key out of each row's denominator",
+    "exclude_current": "leave the query's own key out of each row's denominator",
+    "padding_side": "'right' or 'left' padding of batched prompts (scores do not depend on it)",
+}
 
 
 def previous_token_targets(batch: Batch) -> torch.Tensor:

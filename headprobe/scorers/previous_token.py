@@ -9,6 +9,7 @@ repeated random-token sequences, as for induction.
 from headprobe.scorers.base import Scorer
 from headprobe.scorers.pattern_mass import (
     PATTERN_DEFAULTS,
+    PATTERN_HELP,
     pattern_compute,
     prepare_pattern_data,
     previous_token_targets,
@@ -22,5 +23,6 @@ SCORER = Scorer(
     prepare=prepare_pattern_data,
     compute=pattern_compute(previous_token_targets, "previous_token"),
     defaults={**PATTERN_DEFAULTS, "exclude_current": False},
+    param_help=PATTERN_HELP,
     default_n=32,
 )

@@ -121,5 +121,11 @@ SCORER = Scorer(
     prepare=_prepare,
     compute=_compute,
     defaults={"dormant_sink": 0.9, "dormant_norm_ratio": 0.5, "padding_side": "right"},
+    param_help={
+        "dormant_sink": "sink share at or above which a head can be dormant on a domain",
+        "dormant_norm_ratio": "a dormant head's mean output norm is below this times the "
+                              "median head's",
+        "padding_side": "'right' or 'left' padding of batched prompts",
+    },
     default_n=8,
 )

@@ -1,7 +1,12 @@
 """The task protocol shared by ablation experiments, patching and DLA.
 
 A :class:`Task` is a list of :class:`TaskItem` (a prompt, its correct answer, optionally an
-incorrect answer and a corrupted prompt for patching) plus how to judge a model's output:
+incorrect answer and a corrupted prompt for patching) plus how to judge a model's output.
+A prompt is plain text, a :class:`~headprobe.inputs.Text` with named spans, a
+:class:`~headprobe.inputs.Chat` (rendered with the model's chat template) or an
+:class:`~headprobe.inputs.ImagePrompt` (text with images, through the model's processor);
+:func:`headprobe.inputs.encode_prompts` turns them into token ids, spans and extra inputs.
+Judges:
 
 - ``next_token``: the greedy next token equals the answer's first token;
 - ``contains``: the greedy continuation of ``max_new_tokens`` tokens contains the answer;
@@ -16,7 +21,9 @@ from typing import Any, Literal
 
 import torch
 
+from headprobe.answers import single_token_id, token_ids
 from headprobe.errors import TaskError
+from headprobe.inputs import Prompt
 
 JudgeKind = Literal["next_token", "contains", "function"]
 
@@ -26,17 +33,20 @@ class TaskItem:
     """One prompt of a task.
 
     Attributes:
-        prompt: the text given to the model (BOS is added by tokenization).
+        prompt: what the model is given: a ``str`` (BOS is added by tokenization), a
+            :class:`~headprobe.inputs.Text`, :class:`~headprobe.inputs.Chat` or
+            :class:`~headprobe.inputs.ImagePrompt`.
         answer: the correct continuation, with its leading space (e.g. ``" Paris"``).
         distractor: an incorrect continuation for logit differences (``" Rome"``), or None.
-        corrupt_prompt: a prompt of the same token length whose answer differs (patching).
+        corrupt_prompt: a prompt of the same kind and token length whose answer differs
+            (patching).
         meta: free-form labels (e.g. the country, the template index).
     """
 
-    prompt: str
+    prompt: Prompt
     answer: str
     distractor: str | None = None
-    corrupt_prompt: str | None = None
+    corrupt_prompt: Prompt | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,7 +84,8 @@ class Task:
         return len(self.items)
 
     @property
-    def prompts(self) -> list[str]:
+    def prompts(self) -> list[Prompt]:
+        """The items' prompts, in order (give them to :func:`headprobe.inputs.encode_prompts`)."""
         return [item.prompt for item in self.items]
 
     def subset(self, n: int) -> Task:
@@ -83,28 +94,19 @@ class Task:
                     self.max_new_tokens, self.description, dict(self.meta))
 
 
-def single_token_id(model: Any, text: str, *, what: str = "answer") -> int:
-    """The id of ``text`` when it is exactly one token; :class:`TaskError` otherwise."""
-    ids = model.to_tokens(text, prepend_bos=False)[0].tolist()
-    if len(ids) != 1:
-        pieces = [model.tokenizer.decode([i]) for i in ids]
-        raise TaskError(
-            f"{what} {text!r} is {len(ids)} tokens {pieces}, but a single token is required"
-        )
-    return int(ids[0])
-
-
 def answer_token_ids(model: Any, task: Task) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[N] correct-answer ids and [N] distractor ids (None when the task has no distractors).
 
-    Raises :class:`TaskError` naming the item when an answer is not a single token.
+    Through :func:`headprobe.answers.token_ids`; raises :class:`TaskError` naming the item
+    when an answer is not a single token, or when only some items have a distractor.
     """
-    answers, distractors = [], []
-    for index, item in enumerate(task.items):
-        answers.append(single_token_id(model, item.answer, what=f"item {index} answer"))
-        if item.distractor is not None:
-            distractors.append(single_token_id(model, item.distractor,
-                                               what=f"item {index} distractor"))
-    if distractors and len(distractors) != len(answers):
+    answers = token_ids(model, [item.answer for item in task.items], what="answer")
+    given = [item.distractor for item in task.items if item.distractor is not None]
+    if not given:
+        return answers, None
+    if len(given) != len(task.items):
         raise TaskError(f"task {task.name!r}: some items have a distractor and some do not")
-    return torch.tensor(answers), (torch.tensor(distractors) if distractors else None)
+    return answers, token_ids(model, given, what="distractor")
+
+
+__all__ = ["JudgeKind", "Task", "TaskItem", "answer_token_ids", "single_token_id"]

@@ -1,0 +1,90 @@
+"""Head-set syntax and the random control sets an ablation is compared against.
+
+:func:`random_head_sets` draws head sets of the target's size that share no head with it,
+either in the target's layers (``same_layers``: the same number of heads per layer) or
+anywhere in the model (``uniform``). Draws use the :class:`numpy.random.Generator` passed in,
+never a global seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from headprobe.arch import ModelSpec
+from headprobe.errors import InterventionError
+from headprobe.types import Head
+
+RandomFrom = Literal["same_layers", "uniform"]
+
+
+def format_heads(heads: Sequence[Head]) -> str:
+    """``[(18, 6), (17, 3)] -> "17.3,18.6"`` (the CLI's --heads syntax)."""
+    return ",".join(f"{layer}.{head}" for layer, head in sorted(heads))
+
+
+def parse_heads(text: str) -> list[Head]:
+    """``"18.6,17.3" -> [(18, 6), (17, 3)]``; :class:`InterventionError` on bad syntax."""
+    heads = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        pieces = part.split(".")
+        if len(pieces) != 2 or not all(p.lstrip("-").isdigit() for p in pieces):
+            raise InterventionError(
+                f"cannot read head {part!r}: write heads as LAYER.HEAD, e.g. 18.6,17.3")
+        heads.append((int(pieces[0]), int(pieces[1])))
+    if not heads:
+        raise InterventionError("no heads given: write heads as LAYER.HEAD, e.g. 18.6,17.3")
+    return heads
+
+
+def random_head_sets(
+    spec: ModelSpec,
+    target: Sequence[Head],
+    n_sets: int,
+    *,
+    random_from: RandomFrom = "same_layers",
+    rng: np.random.Generator,
+) -> list[list[Head]]:
+    """``n_sets`` random head sets of ``len(target)`` heads, disjoint from ``target``.
+
+    ``same_layers``: as many heads in each layer as the target has there, drawn from that
+    layer's other heads; when a layer has too few other heads, the rest is drawn from the
+    other heads of layers ``min(target layers)..max(target layers)``. ``uniform``: any
+    non-target head of the model.
+    """
+    targets = set(target)
+    if random_from not in ("same_layers", "uniform"):
+        raise InterventionError(
+            f"random_from must be 'same_layers' or 'uniform', got {random_from!r}")
+    others = [h for h in spec.all_heads() if h not in targets]
+    if n_sets > 0 and len(others) < len(targets):
+        raise InterventionError(
+            f"cannot draw random sets of {len(targets)} heads disjoint from the target: the "
+            f"model has only {len(others)} other heads")
+    layers = sorted({layer for layer, _ in targets})
+    in_range = [h for h in others if layers[0] <= h[0] <= layers[-1]]
+    sets: list[list[Head]] = []
+    for _ in range(n_sets):
+        if random_from == "uniform":
+            picks = rng.choice(len(others), size=len(targets), replace=False)
+            sets.append(sorted(others[i] for i in picks))
+            continue
+        chosen: list[Head] = []
+        short = 0
+        for layer in layers:
+            need = sum(1 for t in targets if t[0] == layer)
+            pool = [h for h in others if h[0] == layer]
+            take = min(need, len(pool))
+            chosen += [pool[i] for i in rng.choice(len(pool), size=take, replace=False)]
+            short += need - take
+        if short:
+            pool = [h for h in in_range if h not in chosen]
+            if len(pool) < short:
+                pool = [h for h in others if h not in chosen]
+            chosen += [pool[i] for i in rng.choice(len(pool), size=short, replace=False)]
+        sets.append(sorted(chosen))
+    return sets

@@ -1,0 +1,337 @@
+"""KV-cached generation through the bridge's Hugging Face model, with headprobe's hooks active.
+
+:func:`generate` runs prompts in padded batches: one *prefill* forward over the prompts
+(step 0), then one forward per generated token (step ``k >= 1`` feeds the ``k``-th generated
+token) that computes only the newest column against the keys and values kept in a
+``transformers.DynamicCache``. The bridge's hooks live inside the HF model, so calling
+``model.original_model(...)`` fires them: interventions and reducers see [B, T, ...]
+activations at the prefill and [B, 1, ...] ones at each decode step (``hook_pattern``:
+[B, H, 1, T_k]).
+
+Cost per prompt of ``T`` tokens: the prefill is one forward over ``T`` columns (attention
+O(T^2)); each decode step is one column attending to the ``T + k`` cached keys (O(T) per
+step), so ``n`` new tokens cost O(T^2 + n (T + n)) attention instead of the O(n (T + n)^2)
+of recomputing the sequence every step (``use_cache=False``, kept as the reference route).
+Every layer keeps all keys (sliding-window layers too, masked to their window), so cache
+memory is O(L (T + n)) per row.
+
+Positions. Each row tracks the absolute position of its next token (its prompt length, then
+``+ 1`` per step) and the absolute position and realness of every cached key column. The
+attention masks are built from those positions, not from columns (key visible iff real,
+``pos_k <= pos_q``, and on a sliding-window layer ``pos_q - pos_k < window``), so left and
+right padding give the same tokens (right padding leaves pad columns between a prompt and
+its continuation; they stay masked). Every forward runs inside
+:func:`headprobe.runtime.positions.forward_positions`, so interventions address absolute
+positions in both routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from headprobe.arch import ModelSpec
+from headprobe.inputs import Batch, PaddingSide, Prompts, iter_batches, tokenize_prompts
+from headprobe.models import describe_model
+from headprobe.runtime.hooks import Hook, attached, model_device, model_dtype
+from headprobe.runtime.positions import forward_positions
+from headprobe.runtime.stream import ReduceContext, Reducer, call_reducer
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` returns.
+
+    Attributes:
+        tokens: [N, max_new_tokens] generated ids per prompt (in prompt order); after a stop
+            at EOS the rest of the row holds the pad id.
+        lengths: [N] number of generated tokens kept per prompt (the EOS included).
+        texts: the kept tokens of each prompt decoded (special tokens skipped).
+        prompt_lengths: [N] prompt token counts.
+        logits: [N, max_new_tokens, V] float32 logits each token was chosen from (before
+            temperature / top-k / top-p; zeros after a stop), when ``keep_logits``.
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    texts: list[str]
+    prompt_lengths: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+def position_masks(
+    spec: ModelSpec,
+    query_positions: torch.Tensor,
+    query_real: torch.Tensor,
+    key_positions: torch.Tensor,
+    key_real: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive attention masks built from absolute positions, per layer type.
+
+    Args:
+        spec: the model's spec (``layer_types``, ``sliding_window``).
+        query_positions, query_real: [B, T_q] position and realness of the query columns.
+        key_positions, key_real: [B, T_k] the same for the key columns (cache + current).
+        dtype: the model's dtype (masked entries hold its most negative value).
+
+    Returns:
+        [B, 1, T_q, T_k] when every layer has the same type, else ``{layer_type: mask}``
+        (the form Gemma 3's decoder takes).
+    """
+    visible = ((key_positions[:, None, :] <= query_positions[:, :, None])
+               & key_real[:, None, :] & query_real[:, :, None])
+    masks: dict[str, torch.Tensor] = {}
+    for layer_type in dict.fromkeys(spec.layer_types or ("full_attention",)):
+        allowed = visible
+        if layer_type == "sliding_attention":
+            if spec.sliding_window is None:
+                raise NotImplementedError(f"{spec.name} has sliding layers but no window")
+            distance = query_positions[:, :, None] - key_positions[:, None, :]
+            allowed = visible & (distance < spec.sliding_window)
+        elif layer_type != "full_attention":
+            raise NotImplementedError(
+                f"layer type {layer_type!r} of {spec.name} is not supported by the decode "
+                "step; add its mask rule to headprobe.runtime.decode.position_masks")
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        masks[layer_type] = additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
+def generate(
+    model: Any,
+    prompts: Prompts | Sequence[torch.Tensor],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    padding_side: PaddingSide = "left",
+    use_cache: bool = True,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    stop_at_eos: bool = False,
+    eos_token_id: int | None = None,
+    hooks: Sequence[Hook] = (),
+    reducers: dict[str, Reducer] | None = None,
+    layers: Sequence[int] | None = None,
+    keep_logits: bool = False,
+    progress: bool = False,
+    desc: str = "generate",
+) -> Generation:
+    """Generate ``max_new_tokens`` tokens after each prompt (greedy unless ``do_sample``).
+
+    Args:
+        model: a TransformerLens bridge over a causal HF model (eager attention).
+        prompts: strings (tokenized with BOS) or token lists (1-D tensors / int sequences).
+        max_new_tokens: tokens generated per prompt (``>= 1``).
+        batch_size, padding_side: batching (left padding is the natural one; right padding
+            gives the same tokens).
+        use_cache: ``True``: KV-cached decoding. ``False``: the reference route that
+            recomputes the whole sequence (prompt + generated so far) every step.
+        do_sample: sample instead of taking the argmax, after ``temperature``, ``top_k``
+            and ``top_p`` (HF's logits warpers); each prompt draws from its own local
+            ``torch.Generator`` seeded from ``seed`` and the prompt index, so a prompt's
+            sample does not depend on its batch (the global RNG is never used).
+        stop_at_eos: a row stops after emitting ``eos_token_id`` (default: the tokenizer's);
+            the batch stops when every row has.
+        hooks: ``(hook name, fn)`` forward hooks active during every step (e.g. an
+            intervention's hooks; ``with intervene(...)`` around the call works too).
+        reducers: ``{hook kind: reducer}`` (kinds as in :class:`~headprobe.arch.HookNames`),
+            called at every step and hooked layer with the activation and
+            ``ReduceContext(batch, layer, step, positions)``: ``step`` 0 is the prefill,
+            ``k >= 1`` the forward of the ``k``-th generated token; ``positions`` [B, T_step]
+            the absolute positions of the activation's columns. Reducers must not edit it.
+        layers: layers the reducers hook (default: all).
+        keep_logits: also return the per-step logits ([N, max_new_tokens, V], CPU float32).
+        progress: a tqdm bar over batches x steps.
+
+    Returns:
+        :class:`Generation`.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    spec = describe_model(model)
+    token_lists = tokenize_prompts(model, prompts, spec)
+    if any(len(ids) + max_new_tokens > spec.n_ctx for ids in token_lists):
+        raise ValueError(f"a prompt plus {max_new_tokens} new tokens exceeds the context of "
+                         f"{spec.n_ctx} tokens; generate fewer tokens")
+    pad = spec.pad_token_id if spec.pad_token_id is not None else 0
+    if stop_at_eos and eos_token_id is None:
+        eos_token_id = getattr(model.tokenizer, "eos_token_id", None)
+        if eos_token_id is None:
+            raise ValueError("stop_at_eos needs eos_token_id: the tokenizer has none")
+    chooser = _Chooser(do_sample, temperature, top_k, top_p, seed)
+    layer_list = spec.check_layers(list(layers) if layers is not None else None)
+    device = model_device(model)
+    n = len(token_lists)
+    out_tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long)
+    out_lengths = torch.zeros(n, dtype=torch.long)
+    out_logits: torch.Tensor | None = None
+    session = object()
+    n_batches = -(-n // batch_size)
+    bar = tqdm(total=n_batches * max_new_tokens, desc=desc, disable=not progress, leave=False)
+    try:
+        for batch in iter_batches(token_lists, batch_size, pad_token_id=pad,
+                                  padding_side=padding_side, device=device):
+            run = _BatchRun(model, spec, batch, session, use_cache, padding_side, pad)
+            state = {"step": 0}
+            hook_list = [*hooks, *_reducer_hooks(spec, batch, reducers or {}, layer_list,
+                                                 run, state)]
+            rows = batch.indices.cpu()
+            finished = torch.zeros(batch.size, dtype=torch.bool)
+            with torch.no_grad(), attached(model, hook_list):
+                for step in range(max_new_tokens):
+                    state["step"] = step
+                    logits = run.forward(step).float()  # [B, V]
+                    chosen = chooser(logits, rows, run.sequences).cpu()
+                    live = ~finished
+                    out_tokens[rows[live], step] = chosen[live]
+                    out_lengths[rows[live]] += 1
+                    if keep_logits:
+                        if out_logits is None:
+                            out_logits = torch.zeros(n, max_new_tokens, logits.shape[-1])
+                        out_logits[rows[live], step] = logits.cpu()[live]
+                    run.append(chosen)
+                    bar.update(1)
+                    if stop_at_eos:
+                        finished |= chosen == eos_token_id
+                        if bool(finished.all()):
+                            bar.update(max_new_tokens - step - 1)
+                            break
+    finally:
+        bar.close()
+    texts = [model.tokenizer.decode(out_tokens[i, : int(out_lengths[i])].tolist(),
+                                    skip_special_tokens=True) for i in range(n)]
+    return Generation(out_tokens, out_lengths, texts,
+                      torch.tensor([len(ids) for ids in token_lists]), out_logits)
+
+
+class _Chooser:
+    """Greedy argmax, or sampling with HF's warpers and one local generator per prompt."""
+
+    def __init__(self, do_sample: bool, temperature: float, top_k: int | None,
+                 top_p: float | None, seed: int) -> None:
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.do_sample = do_sample
+        self.seed = seed
+        self.generators: dict[int, torch.Generator] = {}
+        self.warpers = LogitsProcessorList()
+        if do_sample:
+            if temperature != 1.0:
+                self.warpers.append(TemperatureLogitsWarper(temperature))
+            if top_k is not None:
+                self.warpers.append(TopKLogitsWarper(top_k))
+            if top_p is not None and top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor,
+                 sequences: torch.Tensor) -> torch.Tensor:
+        """[B, V] logits -> [B] token ids (``sequences`` [B, S]: the ids so far)."""
+        if not self.do_sample:
+            return logits.argmax(-1)
+        scores = self.warpers(sequences, logits)
+        probs = torch.softmax(scores, -1).cpu()
+        picks = []
+        for row, index in enumerate(rows.tolist()):
+            generator = self.generators.get(index)
+            if generator is None:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+                self.generators[index] = generator
+            picks.append(torch.multinomial(probs[row], 1, generator=generator))
+        return torch.cat(picks).to(logits.device)
+
+
+def _reducer_hooks(spec: ModelSpec, batch: Batch, reducers: dict[str, Reducer],
+                   layers: list[int], run: _BatchRun, state: dict[str, int]) -> list[Hook]:
+    hooks: list[Hook] = []
+    for kind, reducer in reducers.items():
+        for layer in layers:
+
+            def hook(activation: torch.Tensor, hook: Any, reducer: Reducer = reducer,
+                     layer: int = layer) -> None:
+                context = ReduceContext(batch, layer, state["step"], run.query_positions)
+                call_reducer(reducer, activation, context, getattr(hook, "name", "?"))
+
+            hooks.append((spec.hooks.at(kind, layer), hook))
+    return hooks
+
+
+class _BatchRun:
+    """One batch's generation state: cached (``DynamicCache``) or recomputed each step."""
+
+    def __init__(self, model: Any, spec: ModelSpec, batch: Batch, session: object,
+                 use_cache: bool, padding_side: PaddingSide, pad: int) -> None:
+        from transformers import DynamicCache
+
+        self.model, self.spec, self.batch = model, spec, batch
+        self.session, self.use_cache = session, use_cache
+        self.padding_side, self.pad = padding_side, pad
+        self.dtype = model_dtype(model)
+        device = batch.tokens.device
+        # ids of every row so far, prompt then generated, without padding: list of [S_b]
+        self.ids = [batch.tokens[b, batch.start[b]:batch.start[b] + batch.lengths[b]]
+                     for b in range(batch.size)]
+        self.next_position = batch.lengths.clone().to(device)  # [B]
+        self.key_positions = batch.position_ids.clone()  # [B, T_k] of the cached columns
+        self.key_real = batch.attention_mask.clone()
+        self.last = batch.tokens[:, :1]
+        self.cache = DynamicCache() if use_cache else None  # all layers keep every key
+        self.query_positions = batch.position_ids
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """[B, S] ids so far, right-padded (only read by the sampling warpers)."""
+        return torch.nn.utils.rnn.pad_sequence(self.ids, batch_first=True,
+                                               padding_value=self.pad)
+
+    def append(self, chosen: torch.Tensor) -> None:
+        """Record each row's chosen token ([B])."""
+        chosen = chosen.to(self.batch.tokens.device)
+        self.ids = [torch.cat([ids, chosen[b:b + 1]]) for b, ids in enumerate(self.ids)]
+        self.last = chosen[:, None]
+
+    def forward(self, step: int) -> torch.Tensor:
+        """Run step ``step``; returns [B, V] next-token logits."""
+        hf = self.model.original_model
+        batch = self.batch
+        if not self.use_cache:
+            full = next(iter_batches(self.ids, len(self.ids), pad_token_id=self.pad,
+                                     padding_side=self.padding_side,
+                                     device=batch.tokens.device))
+            self.query_positions = full.position_ids
+            with forward_positions(full.position_ids, rows=batch.indices,
+                                   session=self.session):
+                out = hf(input_ids=full.tokens, attention_mask=full.attention_mask.long(),
+                         position_ids=full.position_ids, use_cache=False)
+            return out.logits[torch.arange(full.size), full.last]
+        if step == 0:
+            ids, query, query_real = batch.tokens, batch.position_ids, batch.attention_mask
+        else:
+            ids = self.last
+            query = (self.next_position + step - 1)[:, None]
+            query_real = torch.ones_like(query, dtype=torch.bool)
+            self.key_positions = torch.cat([self.key_positions, query], 1)
+            self.key_real = torch.cat([self.key_real, query_real], 1)
+        self.query_positions = query
+        masks = position_masks(self.spec, query, query_real, self.key_positions,
+                               self.key_real, self.dtype)
+        with forward_positions(query, key=self.key_positions, rows=batch.indices,
+                               session=self.session):
+            out = hf(input_ids=ids, attention_mask=masks, position_ids=query,
+                     past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        if step == 0:
+            return out.logits[torch.arange(batch.size), batch.last]
+        return out.logits[:, -1]
