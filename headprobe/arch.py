@@ -70,7 +70,17 @@ class ArchitectureFacts:
     ``learned_pos_embed``: a learned absolute position embedding is added to the residual
     (GPT-2), seen at ``hooks.pos_embed``. ``norm_weight_offset``: RMSNorm multiplies by
     ``offset + weight`` (Gemma: ``1 + weight``). ``final_norm`` / ``unembed``: module paths
-    of the final norm and the unembedding (``lm_head``).
+    of the final norm and the unembedding (``lm_head``). ``embed``: the token embedding module
+    (its output is ``hook_embed``; Gemma's scaling is inside it); ``None`` means
+    ``{decoder}.embed_tokens``. ``layer_runner``: the layer runner
+    (:mod:`headprobe.runtime.layers`: the fast scans and the KV-cached decode step) can run
+    this architecture; without it the decode step calls the HF model directly and the fast
+    scans refuse (GPT-2: learned positions added at layer 0, no rotary table).
+
+    ``vision_language``: the entry describes a vision-language wrapper (e.g. LLaVA) and is
+    keyed by the top-level config's ``model_type``; its paths point at the text model inside
+    the wrapper (``model.language_model.layers``, a top-level ``lm_head``) and its other facts
+    are the text model's. The spec's sizes still come from ``config.text_config``.
     """
 
     family: str
@@ -89,12 +99,14 @@ class ArchitectureFacts:
     learned_pos_embed: bool = False
     norm_weight_offset: float = 0.0
     decoder: str = "model"
+    embed: str | None = None
     final_norm: str = "model.norm"
     unembed: str = "lm_head"
     rotary: str | None = "model.rotary_emb"
     layer_runner: bool = True
     final_softcap_attr: str = "final_logit_softcapping"
     attn_softcap_attr: str = "attn_logit_softcapping"
+    vision_language: bool = False
     hooks: HookNames = field(default_factory=HookNames)
 
 
@@ -122,6 +134,7 @@ ARCHITECTURES: dict[str, ArchitectureFacts] = {
         o_proj="c_proj",
         learned_pos_embed=True,
         decoder="transformer",
+        embed="transformer.wte",
         final_norm="transformer.ln_f",
         rotary=None,
         layer_runner=False,
@@ -137,10 +150,22 @@ ARCHITECTURES: dict[str, ArchitectureFacts] = {
         v_proj="value",
         o_proj="output.dense",
         decoder="bert.encoder",
+        embed="bert.embeddings.word_embeddings",
         final_norm="cls.predictions.transform.LayerNorm",
         unembed="cls.predictions.decoder",
         rotary=None,
         layer_runner=False,
+    ),
+    # LlavaForConditionalGeneration: a Llama-family text model under model.language_model
+    # (LLaVA 1.5 checkpoints: Llama / Vicuna / Mistral), lm_head at the top level.
+    "llava": ArchitectureFacts(
+        family="llava",
+        norm="rmsnorm",
+        layers_path="model.language_model.layers",
+        decoder="model.language_model",
+        final_norm="model.language_model.norm",
+        rotary="model.language_model.rotary_emb",
+        vision_language=True,
     ),
 }
 
@@ -259,7 +284,13 @@ def spec_from_hf_config(
     dtype: str = "float32",
     device: str = "cpu",
 ) -> ModelSpec:
-    """Build a :class:`ModelSpec` from a Hugging Face config (text config for VLMs)."""
+    """Build a :class:`ModelSpec` from a Hugging Face config.
+
+    For a vision-language config (one with a ``text_config``) the sizes and ``model_type`` are
+    the text model's; the facts are the wrapper's entry (keyed by the top-level
+    ``model_type``, ``vision_language=True``) when there is one, else the text model's.
+    """
+    wrapper = vision_language_facts(config)
     config = getattr(config, "text_config", None) or config
     model_type = config.model_type
     n_heads = _first_attr(config, ("num_attention_heads", "n_head"))
@@ -267,7 +298,7 @@ def spec_from_hf_config(
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
     n_ctx = _first_attr(config, ("max_position_embeddings", "n_positions"))
-    facts = architecture_facts(model_type)
+    facts = wrapper if wrapper is not None else architecture_facts(model_type)
     n_layers = _first_attr(config, ("num_hidden_layers", "n_layer"))
     layer_types = tuple(getattr(config, "layer_types", None) or ["full_attention"] * n_layers)
     return ModelSpec(
@@ -291,6 +322,16 @@ def spec_from_hf_config(
         dtype=dtype,
         device=device,
     )
+
+
+def vision_language_facts(config: Any) -> ArchitectureFacts | None:
+    """The facts of a vision-language wrapper config: the entry of its top-level
+    ``model_type`` when the config has a ``text_config`` and that entry is a
+    ``vision_language`` one; None otherwise (text models, unknown wrappers)."""
+    if getattr(config, "text_config", None) is None:
+        return None
+    facts = ARCHITECTURES.get(getattr(config, "model_type", ""))
+    return facts if facts is not None and facts.vision_language else None
 
 
 def _first_attr(config: Any, names: tuple[str, ...]) -> Any:

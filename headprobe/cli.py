@@ -20,15 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from headprobe.errors import HeadprobeError, InterventionError
+from headprobe.errors import HeadprobeError, InterventionError, UsageError
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Interventions that need a tensor option cannot be run from the command line.
 _TENSOR_METHODS = ("add_to_output", "set_pattern")
-
-
-class UsageError(HeadprobeError, ValueError):
-    """A command-line value headprobe cannot use (a count below its minimum, bad KEY=VALUE)."""
 
 
 # ---------------------------------------------------------------------------------------------

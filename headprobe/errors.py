@@ -77,3 +77,20 @@ class InterventionError(HeadprobeError, ValueError):
 
 class ReducerError(HeadprobeError, RuntimeError):
     """A reducer edited the activation it was given (reducers must only read)."""
+
+
+class PromptFormatError(HeadprobeError, ValueError):
+    """A prompt item cannot be encoded as asked (no chat template, no processor, a span that
+    is not in the text, placeholders that do not match the images...)."""
+
+
+class ScorerNeedsError(HeadprobeError, ValueError):
+    """The model cannot give a scorer what it needs (images, a chat template, ...)."""
+
+
+class ScorerParamError(HeadprobeError, ValueError):
+    """A scorer parameter has a value the scorer does not accept."""
+
+
+class UsageError(HeadprobeError, ValueError):
+    """A command-line value headprobe cannot use (a count below its minimum, bad KEY=VALUE)."""

@@ -36,7 +36,13 @@ Interventions on ``hook_z`` ([B, T, H, d_head], every position):
   the corrupt ``z``);
 - ``zero``: the base (clean) run with head ``h``'s ``z`` set to 0;
 - ``mean``: the base (clean) run with head ``h``'s ``z`` set to its mean over every real token
-  of every prompt in the set ([d_head] per head).
+  of every prompt in the set ([d_head] per head:
+  :func:`headprobe.interventions.means.pooled_head_means`, the pooled mean of
+  :func:`~headprobe.interventions.means.compute_head_means`, so it equals
+  ``mean_ablation(..., per_position=False)`` with the task's prompts as reference).
+
+Copy ``i`` of a batched pass gets its replacement through
+:func:`headprobe.interventions.heads.write_heads`, the interventions' own z-replacement.
 
 Metrics (:mod:`headprobe.metrics`, at each prompt's last real token):
 
@@ -51,7 +57,7 @@ Metrics (:mod:`headprobe.metrics`, at each prompt's last real token):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,6 +68,8 @@ from headprobe.arch import ModelSpec
 from headprobe.errors import MetricError
 from headprobe.headtable import HeadTable
 from headprobe.inputs import Batch, fingerprint, iter_batches
+from headprobe.interventions.heads import copies_z_hook
+from headprobe.interventions.means import pooled_head_means
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
 from headprobe.provenance import Timer, result_meta
@@ -87,30 +95,11 @@ REFERENCE = ("activation patching: Meng et al. 2022 (ROME); Wang et al. 2022 (IO
 
 # ScanData and prepare_scan_data live in headprobe.tasks.pairs (shared with attribution and
 # the patching engine); re-exported here for existing imports.
-__all__ = ["ScanData", "loop_scan", "mean_head_z", "prepare_scan_data", "scan_heads",
-           "shared_prefix_length"]
+__all__ = ["ScanData", "loop_scan", "prepare_scan_data", "scan_heads", "shared_prefix_length"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Scans
-
-
-def _z_replace_hook(heads: Sequence[int], replacement: torch.Tensor,
-                    copies: int) -> Callable[..., torch.Tensor]:
-    """Hook on ``hook_z`` [c*B, T, H, d_head]: copy ``i`` gets ``replacement[i]`` on head
-    ``heads[i]``; ``replacement`` is [c, B, T, d_head] (or broadcastable to it)."""
-    head_index = torch.as_tensor(list(heads))
-    copy_index = torch.arange(len(heads))
-
-    def hook(z: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        total, seq, n_heads, d_head = z.shape
-        out = z.clone().reshape(copies, total // copies, seq, n_heads, d_head)
-        idx = head_index.to(z.device)
-        out[copy_index.to(z.device), :, :, idx] = replacement.to(z.dtype).expand(
-            len(heads), total // copies, seq, d_head)
-        return out.reshape(total, seq, n_heads, d_head)
-
-    return hook
 
 
 @dataclass
@@ -160,33 +149,14 @@ def _run_capture(model: Any, batch: Batch, spec: ModelSpec, kinds: Sequence[str]
     return logits, store
 
 
-def mean_head_z(model: Any, spec: ModelSpec, batches: Sequence[Batch],
-                layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """``{layer: [H, d_head]}`` mean of ``z`` over every real token of every prompt.
-
-    The mean-ablation value (mean ablation: Wang et al. 2022, IOI; Heimersheim & Nanda 2024):
-    sums in float64, returned in float32 (cast to the model's dtype when written).
-    """
-    sums: dict[int, torch.Tensor] = {}
-    count = 0
-    for batch in batches:
-        _, store = _run_capture(model, batch, spec, ["z"], layers)
-        mask = batch.attention_mask[:, :, None, None].to(torch.float64)
-        for layer in layers:
-            total = (store["z"][layer].double() * mask).sum((0, 1))
-            sums[layer] = sums.get(layer, 0) + total
-        count += int(batch.attention_mask.sum())
-    return {layer: (value / count).float() for layer, value in sums.items()}
-
-
 def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                   direction: Direction, batch_size: int, layers: Sequence[int],
-                  need_resid: bool) -> list[_BatchRuns]:
+                  need_resid: bool, mean_z: dict[int, torch.Tensor] | None) -> list[_BatchRuns]:
+    """Base runs of every batch; ``mean_z``: ``{layer: [H, d_head]}`` for ``method="mean"``."""
     device = model_device(model)
     clean_batches = _batches(data.clean, batch_size, spec, device)
     corrupt_batches = (_batches(data.corrupt, batch_size, spec, device)
                        if data.corrupt is not None else None)
-    mean_z = mean_head_z(model, spec, clean_batches, layers) if method == "mean" else None
     runs = []
     # record_kv starts from the residual entering layer 0, also when layer 0 is not scanned
     captured = sorted(set(layers) | {0}) if need_resid else list(layers)
@@ -219,7 +189,7 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                 source_z = None
             else:
                 assert mean_z is not None
-                source_z = {layer: mean_z[layer][None, None].expand(
+                source_z = {layer: mean_z[layer].to(device)[None, None].expand(
                     clean.size, clean.seq_len, -1, -1) for layer in layers}
         resid = base_store.get("resid_pre", {}) if need_resid else {}
         prefix = None
@@ -305,9 +275,13 @@ def _scan(
     sq_sums = torch.zeros_like(sums)
     values_sum = torch.zeros_like(sums)
     totals = {"ld_clean": 0.0, "ld_corrupt": 0.0, "ld_base": 0.0}
+    # mean ablation: the pooled mean of z over every real token of the clean prompts (the one
+    # mean of z, headprobe.interventions.means: one streaming pass of its own)
+    mean_z = (pooled_head_means(model, layer_list, data.clean, batch_size=batch_size)
+              if method == "mean" else None)
     with torch.inference_mode():
         runs = _prepare_runs(model, spec, data, method, direction, batch_size, layer_list,
-                             need_resid=fast)
+                             need_resid=fast, mean_z=mean_z)
         steps = len(runs) * len(layer_list)
         bar = tqdm(total=steps, desc="fastscan" if fast else "loop scan",
                    disable=not progress, leave=False)
@@ -386,7 +360,7 @@ def _fast_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads
             run.prefix = None
     start = run.start
     resid = run.resid[layer][:, start:].repeat(copies, 1, 1)
-    hook = _z_replace_hook(heads, _replacement(run, layer, heads, start), copies)
+    hook = copies_z_hook(heads, _replacement(run, layer, heads, start), copies)
     logits = run_from_layer(model, resid, layer, mask, position_ids,
                             [(spec.hooks.at("z", layer), hook)],
                             positions=batch.last.repeat(copies),
@@ -402,7 +376,7 @@ def _loop_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads
     batch = run.base
     out = []
     for head in heads:
-        hook = _z_replace_hook([head], _replacement(run, layer, [head]), 1)
+        hook = copies_z_hook([head], _replacement(run, layer, [head]), 1)
         with attached(model, [(spec.hooks.at("z", layer), hook)]):
             logits = forward_batch(model, batch)
         out.append(_ld(logits, batch, answers, distractors))

@@ -1,12 +1,12 @@
 """Image prompts through a vision-language model's processor.
 
-An :class:`~headprobe.inputs.ImagePrompt` is text with ``<image>`` placeholders and the images.
-:func:`encode_image_prompt` runs the processor that :func:`headprobe.models.load_model` keeps on
-the bridge (``model.headprobe_processor``), which expands each placeholder into one image token
-per patch and returns ``pixel_values``; it finds each image's run of image tokens (the config's
-``image_token_id`` / ``image_token_index``), gives it a span ``image`` (or ``image_0``,
-``image_1``, ...) with the vision tower's patch grid (``image_size // patch_size`` per side),
-and maps the prompt's named text spans to positions in the expanded token sequence.
+An :class:`~headprobe.prompt_items.ImagePrompt` is text with ``<image>`` placeholders and the
+images. :func:`encode_image_prompt` runs the processor that :func:`headprobe.models.load_model`
+keeps on the bridge (``model.headprobe_processor``), which expands each placeholder into one
+image token per patch and returns ``pixel_values``; it finds each image's run of image tokens
+(the config's ``image_token_id`` / ``image_token_index``), gives it a span ``image`` (or
+``image_0``, ``image_1``, ...) with the vision tower's patch grid (``image_size // patch_size``
+per side), and maps the prompt's named text spans to positions in the expanded token sequence.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.inputs import (
+from headprobe.errors import PromptFormatError
+from headprobe.prompt_items import (
     IMAGE_PLACEHOLDER,
     Encoded,
     ImagePrompt,
-    PromptFormatError,
     chars_to_span,
     mark_chars,
     token_offsets,

@@ -9,25 +9,24 @@ Precision and device are parameters: ``dtype`` is a torch dtype or a name (``"fl
 ``spec.dtype`` / ``spec.device`` and logged in one line. A vision-language model folder (its
 config has a ``vision_config``) is loaded with its ``AutoProcessor``, kept on the bridge as
 ``bridge.headprobe_processor`` (used by :func:`headprobe.inputs.encode` for images); its spec
-describes the text model.
+has the text model's sizes and the module paths of the wrapper's entry in :mod:`headprobe.arch`
+(e.g. ``llava``).
 
 GGUF files are dequantized to fp32 by ``transformers`` + ``gguf`` (20-90 s). The result is
 cached once as a safetensors folder under :func:`cache_dir` (``$HEADPROBE_CACHE`` overrides
-it), so later loads take about a second.
+it), so later loads take about a second; that job lives in :mod:`headprobe.gguf`, whose
+``cache_dir`` and ``CACHE_ENV`` are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +36,17 @@ import torch
 
 from headprobe.arch import ModelSpec, spec_from_hf_config
 from headprobe.errors import ModelUnavailableError, UnknownModelError
+from headprobe.gguf import (
+    ARCHITECTURES_BY_MODEL_TYPE,
+    cache_dir,
+    cast_parameters,
+    file_fingerprint,
+    load_gguf,
+    load_hf_dir,
+)
+from headprobe.gguf import CACHE_ENV as CACHE_ENV  # re-exported: models.CACHE_ENV
 
 log = logging.getLogger(__name__)
-
-CACHE_ENV = "HEADPROBE_CACHE"
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_PREFIX = "tiny:"  # "tiny:llama-gqa" etc.: random-weight test models, see headprobe.tiny
-
-# GGUF configs of some families lack `architectures`, which the bridge needs to pick an adapter.
-_ARCHITECTURES_BY_MODEL_TYPE = {
-    "gemma3_text": "Gemma3ForCausalLM",
-    "gemma3": "Gemma3ForCausalLM",
-    "llama": "LlamaForCausalLM",
-}
 
 # Names accepted for ``dtype=`` (and ``--dtype``).
 DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -154,14 +153,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``."""
     return str(dtype).removeprefix("torch.")
-
-
-def cache_dir() -> Path:
-    """headprobe's cache folder: ``$HEADPROBE_CACHE``, else ``$XDG_CACHE_HOME/headprobe``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "headprobe"
 
 
 def is_installed(distribution: str) -> bool:
@@ -259,7 +250,7 @@ def wrap_hf_model(
     torch_device = resolve_device(device)
     config = hf_model.config
     if not getattr(config, "architectures", None):
-        arch = _ARCHITECTURES_BY_MODEL_TYPE.get(config.model_type)
+        arch = ARCHITECTURES_BY_MODEL_TYPE.get(config.model_type)
         if arch is None:
             raise UnknownModelError(
                 f"{name}: config has no `architectures` and model_type {config.model_type!r} "
@@ -268,7 +259,7 @@ def wrap_hf_model(
         config.architectures = [arch]
     hf_model = hf_model.to(torch_device).eval()
     if dtype is not None:
-        _cast_parameters(hf_model, resolve_dtype(dtype, torch_device))
+        cast_parameters(hf_model, resolve_dtype(dtype, torch_device))
     param_dtype, param_device = _parameter_dtype_device(hf_model)
     with _given_processor(processor):
         bridge = TransformerBridge.boot_transformers(
@@ -332,7 +323,7 @@ def describe_model(model: Any) -> ModelSpec:
         return spec
     tokenizer = model.tokenizer
     param_dtype, param_device = _parameter_dtype_device(model.original_model)
-    return spec_from_hf_config(  # a VLM's config: the spec of its text model
+    return spec_from_hf_config(  # a VLM: text model's sizes, the wrapper's arch entry
         str(getattr(model.cfg, "model_name", "model")),
         model.original_model.config,
         bos_token_id=getattr(tokenizer, "bos_token_id", None),
@@ -340,14 +331,6 @@ def describe_model(model: Any) -> ModelSpec:
         dtype=dtype_name(param_dtype),
         device=str(param_device),
     )
-
-
-def _cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast floating parameters (not buffers: rotary frequencies stay fp32) to ``dtype``."""
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.is_floating_point() and param.dtype != dtype:
-                param.data = param.data.to(dtype)
 
 
 def _parameter_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -380,12 +363,13 @@ def _load_hf(name: str, *, dtype: torch.dtype, use_cache: bool) -> tuple[Any, An
                 f"which is not installed. Install it with: {packaged.install_hint}"
             )
         gguf_path = packaged.locate()
-        hf_model, tokenizer = _load_gguf(gguf_path, key=name, dtype=dtype, use_cache=use_cache)
+        key = f"{name}-{file_fingerprint(gguf_path)}"
+        hf_model, tokenizer = load_gguf(gguf_path, key=key, dtype=dtype, use_cache=use_cache)
         return hf_model, tokenizer, packaged.hf_name, None
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        key = f"{path.stem}-{_file_fingerprint(path)}"
-        hf_model, tokenizer = _load_gguf(path, key=key, dtype=dtype, use_cache=use_cache)
+        key = f"{path.stem}-{file_fingerprint(path)}"
+        hf_model, tokenizer = load_gguf(path, key=key, dtype=dtype, use_cache=use_cache)
         return hf_model, tokenizer, path.stem, None
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -410,14 +394,6 @@ def _looks_like_hub_name(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
-
-
 def is_vision_language_config(config: Any) -> bool:
     """A vision-language config: it has both a ``vision_config`` and a ``text_config``."""
     return (getattr(config, "vision_config", None) is not None
@@ -430,7 +406,7 @@ def _load_pretrained(path: Path, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     if not is_vision_language_config(AutoConfig.from_pretrained(path)):
-        return (*_load_hf_dir(path, dtype), None)
+        return (*load_hf_dir(path, dtype), None)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype,
                                                         attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(path)
@@ -468,66 +444,6 @@ def _load_from_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
         return model, AutoTokenizer.from_pretrained(name)
     except OSError as error:
         raise ModelUnavailableError(f"could not load {name!r} from the hub: {error}") from error
-
-
-def _file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    raw = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-    return hashlib.sha256(raw).hexdigest()[:12]
-
-
-def _find_cached(key: str) -> Path | None:
-    folder = cache_dir() / "models" / key
-    return folder if (folder / "config.json").is_file() else None
-
-
-def _load_gguf(
-    gguf_path: Path, *, key: str, dtype: torch.dtype, use_cache: bool
-) -> tuple[Any, Any]:
-    """Dequantize a GGUF file (or reuse the cached safetensors copy)."""
-    if use_cache:
-        key = f"{key}-{_file_fingerprint(gguf_path)}" if key in PACKAGED_MODELS else key
-        cached = _find_cached(key)
-        if cached is not None:
-            return _load_hf_dir(cached, dtype)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("dequantizing %s (this takes 20-90 s once; later loads use the cache)", gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent,
-        gguf_file=gguf_path.name,
-        dtype=torch.float32,
-        attn_implementation="eager",
-    )
-    # The dequantized weights are plain fp32 tensors: drop the GGUF quantizer record so that
-    # the model saves and reloads as an ordinary safetensors checkpoint.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    if not getattr(model.config, "architectures", None):
-        arch = _ARCHITECTURES_BY_MODEL_TYPE.get(model.config.model_type)
-        if arch:
-            model.config.architectures = [arch]
-    if use_cache:
-        _write_cache(model, tokenizer, cache_dir() / "models" / key)
-    _cast_parameters(model, dtype)
-    return model, tokenizer
-
-
-def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
-    """Save atomically: into a temporary sibling folder, then rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except OSError as error:  # a read-only cache must not stop the load
-        log.warning("could not write the model cache at %s: %s", target, error)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def gemma_available() -> bool:

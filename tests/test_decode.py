@@ -19,35 +19,6 @@ PROMPTS = ["the cat sat on", "a", "hello there, world"]
 NEW = 8
 
 
-@pytest.fixture(scope="module")
-def tiny_sliding_gemma():
-    """Gemma 3 with sliding-window layers (window 4, shorter than prompt + continuation)."""
-    import transformers as tf
-
-    from headprobe.models import wrap_hf_model
-    from headprobe.tiny import char_tokenizer
-
-    tokenizer = char_tokenizer()
-    config = tf.Gemma3TextConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=4,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        architectures=["Gemma3ForCausalLM"])
-    config._attn_implementation = "eager"
-    with torch.random.fork_rng():  # the global RNG is restored afterwards
-        torch.manual_seed(1)
-        hf_model = tf.AutoModelForCausalLM.from_config(config)
-        with torch.no_grad():
-            for name, param in hf_model.named_parameters():
-                if param.ndim >= 2:
-                    param.normal_(0.0, 0.08)
-                elif "norm" in name:
-                    param.add_(0.3 * torch.randn_like(param))
-    return wrap_hf_model(hf_model, tokenizer, name="tiny-gemma3-sliding",
-                         hf_name="tiny-gemma3-sliding", device="cpu")
-
-
 @pytest.fixture(params=["llama-gqa", "gpt2", "gemma3", "gemma3-sliding"])
 def decoder(request, tiny_llama, tiny_gpt2, tiny_gemma, tiny_sliding_gemma):
     return {"llama-gqa": tiny_llama, "gpt2": tiny_gpt2, "gemma3": tiny_gemma,
@@ -171,6 +142,35 @@ def test_sampling_is_seeded_local_and_route_independent(tiny_gemma):
     greedy = generate(model, PROMPTS, max_new_tokens=NEW)
     top1 = generate(model, PROMPTS, max_new_tokens=NEW, do_sample=True, top_k=1, seed=9)
     assert torch.equal(greedy.tokens, top1.tokens)
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "gpt2", "gemma3", "gemma3-sliding"])
+def test_cached_steps_go_through_the_layer_runner(kind, monkeypatch, request):
+    """layer_runner architectures decode through run_from_layer (one call per step, with the
+    growing cache); GPT-2 calls the HF model; the use_cache=False reference never uses it."""
+    import headprobe.runtime.decode as decode
+
+    fixture = {"llama-gqa": "tiny_llama", "gpt2": "tiny_gpt2", "gemma3": "tiny_gemma",
+               "gemma3-sliding": "tiny_sliding_gemma"}[kind]
+    model, spec = request.getfixturevalue(fixture)
+    calls = []
+    original = decode.run_from_layer
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["cache"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "run_from_layer", counting)
+    generate(model, PROMPTS, max_new_tokens=3, batch_size=8)
+    assert spec.facts.layer_runner == (kind != "gpt2")
+    if spec.facts.layer_runner:
+        assert len(calls) == 3 and all(cache is calls[0] for cache in calls)
+        assert calls[0].get_seq_length() == max(len(p) + 1 for p in PROMPTS) + 2
+    else:
+        assert calls == []
+    calls.clear()
+    generate(model, PROMPTS, max_new_tokens=3, use_cache=False)
+    assert calls == []
 
 
 def test_position_masks_follow_positions(tiny_sliding_gemma):

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_layers import (  # shared with the layer-runner tests; the fixture is reused here
-    LATE_ITEMS,
-    LATE_PREFIX_LENGTHS,
-    _late_batches,
-    tiny_sliding_gemma,  # noqa: F401
-)
+from test_layers import LATE_ITEMS, LATE_PREFIX_LENGTHS, _late_batches  # shared pair data
 
 from headprobe.errors import PromptPairError, TaskError
 from headprobe.fastscan import loop_scan, scan_heads, shared_prefix_length
@@ -192,3 +187,35 @@ def test_direction_has_one_spelling(tiny_llama):
                            progress=False, metric="logit_diff", layers=[2])
     assert noising.meta["params"]["direction"] == "noising"
     assert not noising["score"].equals(denoising["score"])
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+def test_fast_mean_ablation_equals_the_mean_intervention(fixture, request):
+    """The fast scan's mean ablation of one head is ``intervene(..., "mean",
+    per_position=False)`` with the task's prompts as reference, in a plain forward pass."""
+    from headprobe.interventions import intervene
+    from headprobe.runtime.forward import forward_batch
+
+    model, spec = request.getfixturevalue(fixture)
+    layer, head = 1, 2
+    table = scan_heads(model, TINY_ITEMS, method="mean", metric="logit_diff", layers=[layer],
+                       batch_size=3, progress=False)
+    prompts = [item.prompt for item in TINY_ITEMS]
+    lists = tokenize_prompts(model, prompts, spec)
+    answers = [model.to_tokens(it.answer, prepend_bos=False)[0, 0] for it in TINY_ITEMS]
+    wrong = [model.to_tokens(it.distractor, prepend_bos=False)[0, 0] for it in TINY_ITEMS]
+    ablated, effects = [], []
+    for row, ids in enumerate(lists):  # one prompt per forward: no padding
+        (batch,) = list(iter_batches([ids], 1))
+        with torch.inference_mode():
+            base = forward_batch(model, batch)[0, -1]
+        with (intervene(model, [(layer, head)], "mean", reference=prompts, per_position=False),
+              torch.inference_mode()):
+            logits = forward_batch(model, batch)[0, -1]
+        ld = float(logits[answers[row]] - logits[wrong[row]])
+        ablated.append(ld)
+        effects.append(ld - float(base[answers[row]] - base[wrong[row]]))
+    got = table.data.query("layer == @layer and head == @head")
+    assert got["mean_ld"].item() == pytest.approx(sum(ablated) / len(ablated), abs=1e-5)
+    assert got["score"].item() == pytest.approx(sum(effects) / len(effects), abs=1e-5)
+    assert abs(got["score"].item()) > 1e-3  # the ablation acts

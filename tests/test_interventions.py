@@ -469,3 +469,48 @@ def test_mean_and_resample_use_absolute_positions_under_left_padding(tiny_llama)
         start = int(batch.start[1])
         torch.testing.assert_close(padded[name][1, start:], alone[name][0], atol=1e-5,
                                    rtol=1e-4)
+
+
+# ------------------------------------------------------------------------- the one z replacement
+
+
+def test_write_heads_per_copy_and_shared():
+    """``copies=n``: copy i gets values[i] on heads[i] only; ``copies=1``: every row gets
+    every listed head; the input is never modified."""
+    from headprobe.interventions.heads import copies_z_hook, write_heads
+
+    generator = torch.Generator().manual_seed(0)
+    batch, seq, n_heads, d_head = 2, 3, 4, 5
+    z = torch.randn(3 * batch, seq, n_heads, d_head, generator=generator)
+    before = z.clone()
+    values = torch.randn(3, batch, seq, d_head, generator=generator)
+    heads = [2, 0, 2]  # one head may repeat across copies
+    out = write_heads(z, heads, values, copies=3)
+    torch.testing.assert_close(z, before, rtol=0, atol=0)
+    expected = before.clone().reshape(3, batch, seq, n_heads, d_head)
+    for copy, head in enumerate(heads):
+        expected[copy, :, :, head] = values[copy]
+    torch.testing.assert_close(out, expected.reshape_as(z), rtol=0, atol=0)
+    torch.testing.assert_close(copies_z_hook(heads, values, 3)(z), out, rtol=0, atol=0)
+    shared = write_heads(z[:batch], [1, 3], values[:2])
+    expected = before[:batch].clone()
+    expected[:, :, 1], expected[:, :, 3] = values[0], values[1]
+    torch.testing.assert_close(shared, expected, rtol=0, atol=0)
+    zeros = write_heads(z[:batch], [0], torch.zeros(1, 1, 1, 1))  # broadcast values
+    assert not zeros[:, :, 0].any() and torch.equal(zeros[:, :, 1:], before[:batch, :, 1:])
+    with pytest.raises(ValueError, match="copies"):
+        write_heads(z, [0, 1], values[:2], copies=3)
+
+
+def test_mean_and_resample_build_under_inference_mode(tiny_llama):
+    """Their caches stream under no_grad also when the caller is in inference_mode."""
+    model, _ = tiny_llama
+    tokens = model.to_tokens(["abcdefg"])
+    for method, options in [("mean", {"reference": ["abc", "defgh"]}),
+                            ("resample", {"sources": ["zyxwvutsrqp"]})]:
+        with torch.inference_mode(), intervene(model, [(0, 1)], method, **options):
+            inside = model(tokens)
+        with intervene(model, [(0, 1)], method, **options), torch.no_grad():
+            outside = model(tokens)
+        torch.testing.assert_close(inside, outside, rtol=0, atol=0)
+        assert not torch.equal(inside, model(tokens).detach())

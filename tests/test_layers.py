@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from headprobe.inputs import iter_batches, tokenize_prompts
-from headprobe.runtime.layers import record_kv, run_from_layer
+from headprobe.runtime.layers import (
+    build_layer_inputs,
+    embed,
+    position_masks,
+    record_kv,
+    run_from_layer,
+)
 from headprobe.tasks.base import TaskItem
 
 # Pairs that differ late: with the <s> token, "the cat " fills positions 0..8, so the scan
@@ -22,36 +28,6 @@ LATE_ITEMS = [
     TaskItem("the cat ate", "m", "x", "the cat ate"),  # identical: last token is 11
 ]
 LATE_PREFIX_LENGTHS = [10, 11]
-
-
-@pytest.fixture(scope="module")
-def tiny_sliding_gemma():
-    """Gemma 3 with sliding-window layers (window 4, shorter than the prompts) around a full
-    one; 4 query heads over 2 kv heads."""
-    import transformers as tf
-
-    from headprobe.models import wrap_hf_model
-    from headprobe.tiny import char_tokenizer
-
-    tokenizer = char_tokenizer()
-    config = tf.Gemma3TextConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=4,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        architectures=["Gemma3ForCausalLM"])
-    config._attn_implementation = "eager"
-    with torch.random.fork_rng():  # the global RNG is restored afterwards
-        torch.manual_seed(1)
-        hf_model = tf.AutoModelForCausalLM.from_config(config)
-        with torch.no_grad():
-            for name, param in hf_model.named_parameters():
-                if param.ndim >= 2:
-                    param.normal_(0.0, 0.08)
-                elif "norm" in name:
-                    param.add_(0.3 * torch.randn_like(param))
-    return wrap_hf_model(hf_model, tokenizer, name="tiny-gemma3-sliding",
-                         hf_name="tiny-gemma3-sliding", device="cpu")
 
 
 def _late_batches(model, spec, batch_size):
@@ -151,3 +127,148 @@ def test_run_from_layer_with_prefix_reproduces_forward(fixture, request):
                                   positions=clean.last.repeat(2), prefix=prefix)
             expected = reference[torch.arange(clean.size), clean.last].repeat(2, 1)
             assert (last - expected).abs().max() <= 1e-4, layer
+
+
+CACHE_PROMPTS = ["the cat sat on", "a", "hello there, world"]
+CONTINUATION = 6  # tokens fed one at a time after the prompts
+
+
+def _cache_setup(model, spec, side):
+    """A padded batch of CACHE_PROMPTS, a fixed continuation [B, CONTINUATION] per row, and
+    each row's reference logits [len_b + CONTINUATION, V] from a plain HF forward over its
+    own unpadded tokens."""
+    lists = tokenize_prompts(model, CACHE_PROMPTS, spec)
+    batch = next(iter_batches(lists, len(lists), pad_token_id=spec.pad_token_id or 0,
+                              padding_side=side))
+    generator = torch.Generator().manual_seed(0)
+    continuation = torch.randint(3, spec.d_vocab, (batch.size, CONTINUATION),
+                                 generator=generator)
+    with torch.inference_mode():
+        references = [model.original_model(
+            input_ids=torch.cat([ids, continuation[row]])[None]).logits[0].float()
+            for row, ids in enumerate(lists)]
+    return batch, continuation, references
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma", "tiny_sliding_gemma"])
+def test_run_from_layer_with_growing_cache_equals_forward(fixture, side, request):
+    """From the token embeddings with a DynamicCache: prefill, then one column per step
+    (pad columns stay between prompt and continuation under right padding); every step's
+    logits equal the full forward at that position, and the hooks see one column."""
+    from transformers import DynamicCache
+
+    model, spec = request.getfixturevalue(fixture)
+    batch, continuation, references = _cache_setup(model, spec, side)
+    cache = DynamicCache()
+    widths = []
+    hooks = [(spec.hooks.at("resid_pre", 0), lambda act, hook: widths.append(act.shape[1]))]
+    with torch.inference_mode():
+        logits = run_from_layer(model, embed(model, batch.tokens), 0, batch.attention_mask,
+                                batch.position_ids, hooks, cache=cache, positions=batch.last)
+        keys, real = batch.position_ids, batch.attention_mask.bool()
+        for step in range(CONTINUATION + 1):
+            for row in range(batch.size):
+                position = int(batch.lengths[row]) - 1 + step
+                torch.testing.assert_close(logits[row].float(), references[row][position],
+                                           atol=1e-4, rtol=0)
+            if step == CONTINUATION:
+                break
+            query = (batch.lengths + step)[:, None]
+            keys = torch.cat([keys, query], 1)
+            real = torch.cat([real, torch.ones_like(query, dtype=torch.bool)], 1)
+            column = torch.full((batch.size,), keys.shape[1] - 1)
+            logits = run_from_layer(model, embed(model, continuation[:, step:step + 1]), 0,
+                                    real, keys, hooks, cache=cache, positions=column)
+    assert widths == [batch.seq_len] + [1] * CONTINUATION
+    assert cache.get_seq_length() == batch.seq_len + CONTINUATION
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+def test_run_from_layer_at_k_with_cache_equals_forward(fixture, request):
+    """A cached prefix from layer 0, then the remaining columns from resid_pre[k] at every k."""
+    from transformers import DynamicCache
+
+    model, spec = request.getfixturevalue(fixture)
+    batch, continuation, _ = _cache_setup(model, spec, "left")
+    tokens = torch.cat([batch.tokens, continuation], 1)
+    mask = torch.cat([batch.attention_mask, torch.ones_like(continuation, dtype=torch.bool)], 1)
+    positions = torch.cat([batch.position_ids,
+                           batch.lengths[:, None] + torch.arange(CONTINUATION)], 1)
+    store = {}
+    hooks = [(spec.hooks.at("resid_pre", layer),
+              lambda act, hook, layer=layer: store.__setitem__(layer, act.clone()))
+             for layer in range(spec.n_layers)]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        reference = model(tokens, attention_mask=mask.long(), position_ids=positions)
+    start = batch.seq_len
+    with torch.inference_mode():
+        for layer in range(spec.n_layers):
+            cache = DynamicCache()
+            run_from_layer(model, embed(model, batch.tokens), 0, batch.attention_mask,
+                           batch.position_ids, cache=cache)
+            logits = run_from_layer(model, store[layer][:, start:], layer, mask, positions,
+                                    cache=cache)
+            assert (logits - reference[:, start:]).abs().max() <= 1e-5, layer
+
+
+def test_run_from_layer_cache_checks(tiny_llama):
+    from transformers import DynamicCache
+
+    model, spec = tiny_llama
+    batch = next(iter_batches(tokenize_prompts(model, ["hello world"], spec), 1))
+    resid = torch.zeros(1, batch.seq_len, spec.d_model)
+    cache = DynamicCache()
+    with torch.inference_mode():
+        run_from_layer(model, resid, 0, batch.attention_mask, batch.position_ids, cache=cache)
+        with pytest.raises(ValueError, match="cache holds"):  # masks not over cache + new
+            run_from_layer(model, resid[:, :1], 0, cache=cache)
+        prefix = record_kv(model, resid, batch.attention_mask, batch.position_ids)
+        with pytest.raises(ValueError, match="not both"):
+            run_from_layer(model, resid[:, :1], 0, prefix=prefix, cache=cache)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+def test_embed_is_hook_embed_and_resid_pre_0(fixture, request):
+    model, spec = request.getfixturevalue(fixture)
+    batch = next(iter_batches(tokenize_prompts(model, ["hello world", "ab"], spec), 2))
+    names = ["hook_embed", spec.hooks.at("resid_pre", 0)]
+    seen = {}
+    hooks = [(name, lambda act, hook, name=name: seen.__setitem__(name, act.clone()))
+             for name in names]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        model(batch.tokens, **batch.forward_kwargs())
+        reference = dict(seen)
+        seen.clear()
+        embedded = embed(model, batch.tokens)
+    assert torch.equal(embedded, reference["hook_embed"])
+    assert torch.equal(embedded, reference[spec.hooks.at("resid_pre", 0)])
+    assert torch.equal(seen["hook_embed"], embedded)  # the hook fired on the helper's call
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_position_masks_equal_hf_masks_on_real_rows(tiny_sliding_gemma, side):
+    """The one mask rule equals HF's (column-causal, key padding, window) on real queries."""
+    from transformers.masking_utils import (
+        create_causal_mask,
+        create_sliding_window_causal_mask,
+    )
+
+    model, spec = tiny_sliding_gemma
+    lists = tokenize_prompts(model, [it.prompt for it in LATE_ITEMS], spec)
+    batch = next(iter_batches(lists, len(lists), padding_side=side))
+    resid = torch.zeros(batch.size, batch.seq_len, spec.d_model)
+    inputs = build_layer_inputs(model, resid, batch.attention_mask, batch.position_ids)
+    kwargs = {"config": model.original_model.model.config, "inputs_embeds": resid,
+              "attention_mask": batch.attention_mask.long(), "past_key_values": None,
+              "position_ids": batch.position_ids}
+    hf = {"full_attention": create_causal_mask(**kwargs),
+          "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
+    assert set(inputs.masks) == set(hf)
+    real = batch.attention_mask
+    for layer_type, mask in inputs.masks.items():
+        assert mask.shape == (batch.size, 1, batch.seq_len, batch.seq_len)
+        assert torch.equal(mask[:, 0][real], hf[layer_type][:, 0][real]), layer_type
+    direct = position_masks(spec, batch.position_ids, batch.attention_mask,
+                            batch.position_ids, batch.attention_mask, torch.float32)
+    assert all(torch.equal(direct[key], inputs.masks[key]) for key in direct)

@@ -6,7 +6,8 @@ import torch
 
 from headprobe import describe_model, load_model
 from headprobe.errors import ModelUnavailableError, UnknownModelError
-from headprobe.inputs import ImagePrompt, encode, iter_batches
+from headprobe.fastscan import loop_scan, scan_heads
+from headprobe.inputs import ImagePrompt, encode, encode_prompts, iter_batches
 from headprobe.models import (
     PACKAGED_MODELS,
     available_models,
@@ -14,6 +15,10 @@ from headprobe.models import (
     resolve_device,
     resolve_dtype,
 )
+from headprobe.runtime.decode import generate
+from headprobe.runtime.layers import run_from_layer
+from headprobe.scorers.dla import attribute
+from headprobe.tasks.base import TaskItem
 from headprobe.tiny import tiny_model
 
 
@@ -228,3 +233,137 @@ def test_llava_bf16_casts_pixels():
     (batch,) = list(iter_batches([encoded], 1))
     with torch.no_grad():
         assert torch.isfinite(model(batch.tokens, **batch.forward_kwargs()).float()).all()
+
+
+# --- the tiny LLaVA through the layer runner, DLA and the fast scan ----------------------------
+
+@pytest.fixture(scope="module")
+def tiny_llava():
+    """The tiny LLaVA-style model (4 x 4 patch grid, 16 image tokens per image)."""
+    return tiny_model("llava")
+
+
+LLAVA_TEXT_ITEMS = [
+    TaskItem("ab cd ab", "c", "x", "ab xd ab"),
+    TaskItem("pq rs pq", "r", "x", "pq xs pq"),
+    TaskItem("hello", "l", "o", "jello"),  # shorter: exercises padding
+]
+
+
+def _noise_image(seed: int) -> torch.Tensor:
+    """[20, 30, 3] uint8 noise from a local generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (20, 30, 3), generator=generator, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("with_images", [False, True])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_llava_run_from_layer_equals_the_full_forward(tiny_llava, with_images, side):
+    """Resuming at layer k from the cached residual gives the full forward's logits; with
+    images the image features are already in the residual, so no pixel values are needed."""
+    model, spec = tiny_llava
+    prompts: list = ["the cat sat", "hello world, hi"]
+    if with_images:
+        prompts += [ImagePrompt("what is <image> here?", [_noise_image(1)]),
+                    ImagePrompt("<image>", [_noise_image(2)])]
+    encoded = encode_prompts(model, prompts, spec)
+    (batch,) = list(iter_batches(encoded, len(encoded), pad_token_id=spec.pad_token_id or 0,
+                                 padding_side=side))
+    assert ("pixel_values" in batch.extra) == with_images
+    store: dict[int, torch.Tensor] = {}
+    hooks = [(spec.hooks.at("resid_pre", layer),
+              lambda act, hook, layer=layer: store.__setitem__(layer, act.clone()))
+             for layer in range(spec.n_layers)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        reference = model(batch.tokens, **batch.forward_kwargs())
+    real = batch.attention_mask
+    for layer in range(spec.n_layers):
+        with torch.no_grad():
+            logits = run_from_layer(model, store[layer], layer, batch.attention_mask,
+                                    batch.position_ids)
+        assert (logits - reference)[real].abs().max() <= 1e-5, layer
+    if with_images:  # the image rows' residuals carry the image: a text-only run differs
+        with torch.no_grad():
+            text_only = model.original_model.get_input_embeddings()(batch.tokens)
+            blind = run_from_layer(model, text_only, 0, batch.attention_mask,
+                                   batch.position_ids)
+        assert not torch.allclose(blind[2:][real[2:]], reference[2:][real[2:]], atol=1e-3)
+
+
+def test_llava_dla_components_sum_to_the_logit_difference(tiny_llava):
+    model, _ = tiny_llava
+    result = attribute(model, LLAVA_TEXT_ITEMS)
+    assert result.measured.shape == (len(LLAVA_TEXT_ITEMS),)
+    assert float(result.measured.abs().max()) > 1e-3  # a logit difference to explain
+    assert float(result.error.abs().max()) <= 1e-4
+
+
+def test_llava_fast_scan_equals_the_loop(tiny_llava):
+    model, spec = tiny_llava
+    kwargs = {"method": "patch", "metric": "logit_diff", "direction": "denoising",
+              "batch_size": 2, "progress": False}
+    fast = scan_heads(model, LLAVA_TEXT_ITEMS, **kwargs)
+    loop = loop_scan(model, LLAVA_TEXT_ITEMS, **kwargs)
+    assert len(fast) == spec.n_total_heads
+    assert fast["score"].abs().max() > 1e-3
+    assert (fast["score"] - loop["score"]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_llava_kv_cached_generation_equals_recompute(tiny_llava, side):
+    """Text-only decoding of the tiny LLaVA through the layer runner (its ``llava`` facts)
+    gives the tokens and logits of the full recompute route."""
+    model, _ = tiny_llava
+    prompts = ["the cat sat", "hello world, hi there"]
+    cached = generate(model, prompts, max_new_tokens=5, padding_side=side, keep_logits=True)
+    full = generate(model, prompts, max_new_tokens=5, padding_side=side, use_cache=False,
+                    keep_logits=True)
+    assert torch.equal(cached.tokens, full.tokens)
+    assert cached.logits is not None and full.logits is not None
+    assert (cached.logits - full.logits).abs().max() <= 1e-4
+
+
+# --- the safetensors cache of dequantized GGUF models (headprobe.gguf) -------------------------
+
+def test_cache_write_find_and_reload(tmp_path, monkeypatch, caplog):
+    import transformers as tf
+
+    from headprobe.gguf import file_fingerprint, find_cached, load_hf_dir, write_cache
+    from headprobe.tiny import char_tokenizer
+
+    monkeypatch.setenv("HEADPROBE_CACHE", str(tmp_path))
+    tokenizer = char_tokenizer()
+    config = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1,
+                            vocab_size=len(tokenizer), architectures=["LlamaForCausalLM"])
+    with torch.random.fork_rng():  # the global RNG is restored afterwards
+        torch.manual_seed(0)
+        hf_model = tf.AutoModelForCausalLM.from_config(config)
+    assert find_cached("tiny-abc") is None
+    write_cache(hf_model, tokenizer, tmp_path / "models" / "tiny-abc")
+    folder = find_cached("tiny-abc")
+    assert folder == tmp_path / "models" / "tiny-abc"
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    reloaded, reloaded_tokenizer = load_hf_dir(folder, torch.bfloat16)
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16}
+    original = dict(hf_model.named_parameters())
+    for name, param in reloaded.named_parameters():
+        assert torch.equal(param, original[name].detach().to(torch.bfloat16)), name
+    assert reloaded_tokenizer("abc")["input_ids"] == tokenizer("abc")["input_ids"]
+    # a cache that cannot be written is logged and skipped, and leaves no temporary folder
+    def refuse(*args, **kwargs):
+        raise OSError("read-only")
+
+    monkeypatch.setattr(hf_model, "save_pretrained", refuse)
+    with caplog.at_level(logging.WARNING, logger="headprobe.gguf"):
+        write_cache(hf_model, tokenizer, tmp_path / "models" / "other")
+    assert "could not write the model cache" in caplog.text
+    assert find_cached("other") is None
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+    # the fingerprint follows the file's content size / modification time
+    path = tmp_path / "weights.gguf"
+    path.write_bytes(b"0")
+    before = file_fingerprint(path)
+    assert file_fingerprint(path) == before and len(before) == 12
+    path.write_bytes(b"01")
+    assert file_fingerprint(path) != before

@@ -1,4 +1,6 @@
-"""Head lists and the shared hook builder on ``z`` (head outputs before ``W_O``)."""
+"""Head lists and the one replacement of heads' ``z`` (head outputs before ``W_O``):
+:func:`write_heads`, used by the interventions' hooks (:func:`z_hooks`) and the fast scans'
+batched hooks (:func:`copies_z_hook`)."""
 
 from __future__ import annotations
 
@@ -80,6 +82,51 @@ def finite(value: float, name: str) -> float:
     return value
 
 
+def write_heads(z: torch.Tensor, heads: Sequence[int], values: torch.Tensor, *,
+                copies: int = 1) -> torch.Tensor:
+    """A copy of ``z`` in which some heads' outputs are replaced: the one z-replacement.
+
+    Args:
+        z: [copies * B, T, H, d_head] a ``hook_z`` activation; with ``copies > 1`` its rows
+            are ``copies`` stacked copies of the same ``B`` prompts (copy ``i`` holds rows
+            ``i * B .. (i + 1) * B - 1``).
+        heads: ``n`` query-head indices.
+        values: [n, B, T, d_head] (or broadcastable to it) new outputs, moved to ``z``'s
+            device and dtype.
+        copies: ``1``: every row gets ``values[i]`` on head ``heads[i]`` (``heads`` distinct);
+            ``n``: copy ``i`` gets ``values[i]`` on head ``heads[i]`` only, so one batched pass
+            intervenes on a different head in each copy (the fast scans).
+
+    Returns:
+        [copies * B, T, H, d_head]: ``z`` is never modified; only the targeted entries differ.
+    """
+    count = len(heads)
+    if copies not in (1, count):
+        raise ValueError(f"copies must be 1 or len(heads) = {count}, got {copies}")
+    total, seq, n_heads, d_head = z.shape
+    if total % copies:
+        raise ValueError(f"z has {total} rows, not a multiple of copies = {copies}")
+    rows = total // copies
+    out = z.clone().reshape(copies, rows, seq, n_heads, d_head)
+    head_index = torch.as_tensor(list(heads), dtype=torch.long, device=z.device)
+    copy_index = (torch.arange(count, device=z.device) if copies == count > 1
+                  else torch.zeros(count, dtype=torch.long, device=z.device))
+    # advanced indices around slices: the indexed view is [n, B, T, d_head]
+    out[copy_index, :, :, head_index] = values.to(device=z.device, dtype=z.dtype).expand(
+        count, rows, seq, d_head)
+    return out.reshape(total, seq, n_heads, d_head)
+
+
+def copies_z_hook(heads: Sequence[int], values: torch.Tensor, copies: int) -> HookFn:
+    """A ``hook_z`` hook that applies :func:`write_heads` (copy ``i`` of ``copies`` stacked
+    copies of the prompts gets ``values[i]`` [B, T, d_head] on head ``heads[i]``)."""
+
+    def hook(z: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        return write_heads(z, heads, values, copies=copies)
+
+    return hook
+
+
 # transform(z_head [B, T, d_head], layer, head, positions [B, T]) -> new z_head [B, T, d_head];
 # positions are the absolute positions of the columns (headprobe.runtime.positions).
 ZTransform = Callable[[torch.Tensor, int, int, torch.Tensor], torch.Tensor]
@@ -87,17 +134,20 @@ ZTransform = Callable[[torch.Tensor, int, int, torch.Tensor], torch.Tensor]
 
 def z_hooks(spec: ModelSpec, grouped: dict[int, list[int]], transform: ZTransform) -> HookList:
     """One ``hook_z`` ([B, T, H, d_head]) hook per layer applying ``transform`` to each
-    targeted head; the received tensor is never modified (a clone is returned)."""
+    targeted head (each sees the received ``z``); the received tensor is never modified
+    (:func:`write_heads` returns a new one)."""
     hooks: HookList = []
     for layer, head_list in grouped.items():
 
         def hook(z: torch.Tensor, hook: Any, layer: int = layer,
                  head_list: tuple[int, ...] = tuple(head_list)) -> torch.Tensor:
-            positions = query_positions(z.shape[0], z.shape[1], z.device)
-            out = z.clone()
-            for head in head_list:
-                out[:, :, head] = transform(z[:, :, head], layer, head, positions).to(z.dtype)
-            return out
+            batch, seq, _, d_head = z.shape
+            positions = query_positions(batch, seq, z.device)
+            values = torch.stack([
+                transform(z[:, :, head], layer, head, positions).to(z.dtype).expand(
+                    batch, seq, d_head)
+                for head in head_list])  # [n, B, T, d_head]
+            return write_heads(z, head_list, values)
 
         hooks.append((spec.hooks.at("z", layer), hook))
     return hooks

@@ -52,34 +52,38 @@ def compute_head_means(
 ) -> dict[Head, HeadMean]:
     """Means of ``z`` for ``heads`` (``None``: every head) over ``reference`` prompts.
 
-    One streaming pass (:func:`headprobe.runtime.stream.stream_reduce`): only running sums
-    [T_ref, H, d_head] per hooked layer are kept, accumulated by absolute position (so the
-    padding side does not matter).
+    One streaming pass (:func:`headprobe.runtime.stream.stream_reduce`, under ``no_grad``
+    also when called inside ``torch.inference_mode``): only running sums [T_ref, H, d_head]
+    per hooked layer are kept, accumulated by absolute position (so the padding side does
+    not matter).
     """
     spec = describe_model(model)
     head_list = spec.all_heads() if heads is None else normalize_heads(spec, heads)
     grouped = heads_by_layer(head_list)
     token_lists = tokenize_prompts(model, reference, spec)
     width = max(len(ids) for ids in token_lists)
-    sums = {layer: torch.zeros(width, spec.n_heads, spec.d_head, dtype=torch.float64)
-            for layer in grouped}
-    counts = torch.zeros(width, dtype=torch.float64)
+    # the sums and the streamed activations are ordinary tensors also when the caller runs
+    # under inference_mode (stream_reduce checks the activations' version counters)
+    with torch.inference_mode(False):
+        sums = {layer: torch.zeros(width, spec.n_heads, spec.d_head, dtype=torch.float64)
+                for layer in grouped}
+        counts = torch.zeros(width, dtype=torch.float64)
 
-    def reducer(z: torch.Tensor, context: ReduceContext) -> None:
-        real = context.batch.attention_mask  # [B, T]
-        positions = context.batch.position_ids if context.positions is None else (
-            context.positions)
-        values = z.detach()[real].to(torch.float64).cpu()  # [n_real, H, d_head]
-        sums[context.layer].index_add_(0, positions[real].cpu(), values)
+        def reducer(z: torch.Tensor, context: ReduceContext) -> None:
+            real = context.batch.attention_mask  # [B, T]
+            positions = context.batch.position_ids if context.positions is None else (
+                context.positions)
+            values = z.detach()[real].to(torch.float64).cpu()  # [n_real, H, d_head]
+            sums[context.layer].index_add_(0, positions[real].cpu(), values)
 
-    def count(batch: Batch) -> None:
-        real = batch.attention_mask
-        counts.index_add_(0, batch.position_ids[real].cpu(),
-                          torch.ones(int(real.sum()), dtype=torch.float64))
+        def count(batch: Batch) -> None:
+            real = batch.attention_mask
+            counts.index_add_(0, batch.position_ids[real].cpu(),
+                              torch.ones(int(real.sum()), dtype=torch.float64))
 
-    stream_reduce(model, spec, token_lists, {"z": reducer}, layers=list(grouped),
-                  batch_size=batch_size, padding_side="right", progress=progress,
-                  desc="mean z", on_batch_end=count)
+        stream_reduce(model, spec, token_lists, {"z": reducer}, layers=list(grouped),
+                      batch_size=batch_size, padding_side="right", progress=progress,
+                      desc="mean z", on_batch_end=count)
     total = counts.sum()
     out: dict[Head, HeadMean] = {}
     for layer, head in head_list:
@@ -90,6 +94,31 @@ def compute_head_means(
             counts=counts.clone(),
         )
     return out
+
+
+def pooled_head_means(
+    model: Any,
+    layers: Iterable[int],
+    reference: Prompts,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """``{layer: [H, d_head]}``: the pooled mean of every head's ``z`` over every real token
+    of every ``reference`` prompt (:attr:`HeadMean.pooled` of :func:`compute_head_means`,
+    stacked over the heads of each layer).
+
+    The mean-ablation value of the fast scans (mean ablation: Wang et al. 2022,
+    "Interpretability in the Wild"; Heimersheim & Nanda 2024); sums in float64, returned in
+    float32 on the CPU.
+    """
+    spec = describe_model(model)
+    layer_list = sorted(set(spec.check_layers(list(layers))))
+    heads = [(layer, head) for layer in layer_list for head in range(spec.n_heads)]
+    means = compute_head_means(model, heads, reference, batch_size=batch_size,
+                               progress=progress)
+    return {layer: torch.stack([means[(layer, head)].pooled for head in range(spec.n_heads)])
+            for layer in layer_list}
 
 
 def mean_ablation(
@@ -170,21 +199,22 @@ def cache_resample_source(
     token_lists = tokenize_prompts(model, sources, spec)
     lengths = torch.tensor([len(ids) for ids in token_lists])
     width = int(lengths.max())
-    store = {h: torch.zeros(len(token_lists), width, spec.d_head) for h in head_list}
+    with torch.inference_mode(False):  # ordinary tensors also under inference_mode
+        store = {h: torch.zeros(len(token_lists), width, spec.d_head) for h in head_list}
 
-    def reducer(z: torch.Tensor, context: ReduceContext) -> None:
-        batch = context.batch
-        real = batch.attention_mask.cpu()
-        positions = (batch.position_ids if context.positions is None
-                     else context.positions).cpu()
-        rows = batch.indices.cpu()[:, None].expand_as(real)
-        for head in grouped[context.layer]:
-            values = z[:, :, head].detach().float().cpu()[real]  # [n_real, d_head]
-            store[(context.layer, head)][rows[real], positions[real]] = values
+        def reducer(z: torch.Tensor, context: ReduceContext) -> None:
+            batch = context.batch
+            real = batch.attention_mask.cpu()
+            positions = (batch.position_ids if context.positions is None
+                         else context.positions).cpu()
+            rows = batch.indices.cpu()[:, None].expand_as(real)
+            for head in grouped[context.layer]:
+                values = z[:, :, head].detach().float().cpu()[real]  # [n_real, d_head]
+                store[(context.layer, head)][rows[real], positions[real]] = values
 
-    stream_reduce(model, spec, token_lists, {"z": reducer}, layers=list(grouped),
-                  batch_size=batch_size, padding_side="right", progress=progress,
-                  desc="resample z")
+        stream_reduce(model, spec, token_lists, {"z": reducer}, layers=list(grouped),
+                      batch_size=batch_size, padding_side="right", progress=progress,
+                      desc="resample z")
     return ResampleSource(store, lengths)
 
 

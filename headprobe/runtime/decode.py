@@ -1,12 +1,21 @@
-"""KV-cached generation through the bridge's Hugging Face model, with headprobe's hooks active.
+"""KV-cached generation through the bridge's Hugging Face modules, with headprobe's hooks active.
 
 :func:`generate` runs prompts in padded batches: one *prefill* forward over the prompts
 (step 0), then one forward per generated token (step ``k >= 1`` feeds the ``k``-th generated
 token) that computes only the newest column against the keys and values kept in a
-``transformers.DynamicCache``. The bridge's hooks live inside the HF model, so calling
-``model.original_model(...)`` fires them: interventions and reducers see [B, T, ...]
-activations at the prefill and [B, 1, ...] ones at each decode step (``hook_pattern``:
-[B, H, 1, T_k]).
+``transformers.DynamicCache``. The bridge's hooks live inside the HF model, so interventions
+and reducers see [B, T, ...] activations at the prefill and [B, 1, ...] ones at each decode
+step (``hook_pattern``: [B, H, 1, T_k]).
+
+Route. For every architecture with ``layer_runner=True`` in :mod:`headprobe.arch` (llama
+family, Gemma 3) each cached step runs through the layer runner
+(:func:`headprobe.runtime.layers.embed`, then
+:func:`headprobe.runtime.layers.run_from_layer` from layer 0 with ``cache=``), the same route
+as the fast scans, reading out the logits of one column per row only. Architectures without
+it (GPT-2: learned absolute positions, no rotary table) call the HF model
+(``model.original_model(...)``) directly, with the same position-built masks passed as its
+4-D ``attention_mask``. The ``use_cache=False`` reference route is always a plain full HF
+forward over prompt + generated tokens, independent of both.
 
 Cost per prompt of ``T`` tokens: the prefill is one forward over ``T`` columns (attention
 O(T^2)); each decode step is one column attending to the ``T + k`` cached keys (O(T) per
@@ -17,10 +26,11 @@ memory is O(L (T + n)) per row.
 
 Positions. Each row tracks the absolute position of its next token (its prompt length, then
 ``+ 1`` per step) and the absolute position and realness of every cached key column. The
-attention masks are built from those positions, not from columns (key visible iff real,
-``pos_k <= pos_q``, and on a sliding-window layer ``pos_q - pos_k < window``), so left and
-right padding give the same tokens (right padding leaves pad columns between a prompt and
-its continuation; they stay masked). Every forward runs inside
+attention masks are built from those positions, not from columns
+(:func:`headprobe.runtime.layers.position_masks`: key visible iff real, ``pos_k <= pos_q``,
+and on a sliding-window layer ``pos_q - pos_k < window``), so left and right padding give the
+same tokens (right padding leaves pad columns between a prompt and its continuation; they
+stay masked). Every forward runs inside
 :func:`headprobe.runtime.positions.forward_positions`, so interventions address absolute
 positions in both routes.
 """
@@ -38,8 +48,11 @@ from headprobe.arch import ModelSpec
 from headprobe.inputs import Batch, PaddingSide, Prompts, iter_batches, tokenize_prompts
 from headprobe.models import describe_model
 from headprobe.runtime.hooks import Hook, attached, model_device, model_dtype
+from headprobe.runtime.layers import embed, position_masks, run_from_layer
 from headprobe.runtime.positions import forward_positions
 from headprobe.runtime.stream import ReduceContext, Reducer, call_reducer
+
+__all__ = ["Generation", "generate", "position_masks"]  # position_masks: re-exported
 
 
 @dataclass
@@ -61,45 +74,6 @@ class Generation:
     texts: list[str]
     prompt_lengths: torch.Tensor
     logits: torch.Tensor | None = None
-
-
-def position_masks(
-    spec: ModelSpec,
-    query_positions: torch.Tensor,
-    query_real: torch.Tensor,
-    key_positions: torch.Tensor,
-    key_real: torch.Tensor,
-    dtype: torch.dtype,
-) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Additive attention masks built from absolute positions, per layer type.
-
-    Args:
-        spec: the model's spec (``layer_types``, ``sliding_window``).
-        query_positions, query_real: [B, T_q] position and realness of the query columns.
-        key_positions, key_real: [B, T_k] the same for the key columns (cache + current).
-        dtype: the model's dtype (masked entries hold its most negative value).
-
-    Returns:
-        [B, 1, T_q, T_k] when every layer has the same type, else ``{layer_type: mask}``
-        (the form Gemma 3's decoder takes).
-    """
-    visible = ((key_positions[:, None, :] <= query_positions[:, :, None])
-               & key_real[:, None, :] & query_real[:, :, None])
-    masks: dict[str, torch.Tensor] = {}
-    for layer_type in dict.fromkeys(spec.layer_types or ("full_attention",)):
-        allowed = visible
-        if layer_type == "sliding_attention":
-            if spec.sliding_window is None:
-                raise NotImplementedError(f"{spec.name} has sliding layers but no window")
-            distance = query_positions[:, :, None] - key_positions[:, None, :]
-            allowed = visible & (distance < spec.sliding_window)
-        elif layer_type != "full_attention":
-            raise NotImplementedError(
-                f"layer type {layer_type!r} of {spec.name} is not supported by the decode "
-                "step; add its mask rule to headprobe.runtime.decode.position_masks")
-        additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        masks[layer_type] = additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
 def generate(
@@ -269,7 +243,8 @@ def _reducer_hooks(spec: ModelSpec, batch: Batch, reducers: dict[str, Reducer],
 
 
 class _BatchRun:
-    """One batch's generation state: cached (``DynamicCache``) or recomputed each step."""
+    """One batch's generation state: cached (``DynamicCache``; through the layer runner or
+    the HF model, see the module docstring) or recomputed each step."""
 
     def __init__(self, model: Any, spec: ModelSpec, batch: Batch, session: object,
                  use_cache: bool, padding_side: PaddingSide, pad: int) -> None:
@@ -288,6 +263,8 @@ class _BatchRun:
         self.key_real = batch.attention_mask.clone()
         self.last = batch.tokens[:, :1]
         self.cache = DynamicCache() if use_cache else None  # all layers keep every key
+        # KV-cached steps through the layer runner where the architecture has one
+        self.runner = spec.facts.layer_runner and spec.causal
         self.query_positions = batch.position_ids
 
     @property
@@ -304,34 +281,46 @@ class _BatchRun:
 
     def forward(self, step: int) -> torch.Tensor:
         """Run step ``step``; returns [B, V] next-token logits."""
-        hf = self.model.original_model
         batch = self.batch
         if not self.use_cache:
-            full = next(iter_batches(self.ids, len(self.ids), pad_token_id=self.pad,
-                                     padding_side=self.padding_side,
-                                     device=batch.tokens.device))
-            self.query_positions = full.position_ids
-            with forward_positions(full.position_ids, rows=batch.indices,
-                                   session=self.session):
-                out = hf(input_ids=full.tokens, attention_mask=full.attention_mask.long(),
-                         position_ids=full.position_ids, use_cache=False)
-            return out.logits[torch.arange(full.size), full.last]
+            return self._recompute()
         if step == 0:
             ids, query, query_real = batch.tokens, batch.position_ids, batch.attention_mask
+            readout = batch.last
         else:
             ids = self.last
             query = (self.next_position + step - 1)[:, None]
             query_real = torch.ones_like(query, dtype=torch.bool)
             self.key_positions = torch.cat([self.key_positions, query], 1)
             self.key_real = torch.cat([self.key_real, query_real], 1)
+            readout = torch.full((batch.size,), self.key_positions.shape[1] - 1,
+                                 dtype=torch.long, device=query.device)
         self.query_positions = query
+        published = {"key": self.key_positions, "rows": batch.indices, "session": self.session}
+        if self.runner:
+            with forward_positions(query, **published):
+                resid = embed(self.model, ids)  # hook_embed sees the step's positions
+            return run_from_layer(self.model, resid, 0, self.key_real, self.key_positions,
+                                  cache=self.cache, positions=readout, rows=batch.indices,
+                                  session=self.session)
         masks = position_masks(self.spec, query, query_real, self.key_positions,
                                self.key_real, self.dtype)
-        with forward_positions(query, key=self.key_positions, rows=batch.indices,
-                               session=self.session):
-            out = hf(input_ids=ids, attention_mask=masks, position_ids=query,
-                     past_key_values=self.cache, use_cache=True)
+        with forward_positions(query, **published):
+            out = self.model.original_model(input_ids=ids, attention_mask=masks,
+                                            position_ids=query, past_key_values=self.cache,
+                                            use_cache=True)
         self.cache = out.past_key_values
-        if step == 0:
-            return out.logits[torch.arange(batch.size), batch.last]
-        return out.logits[:, -1]
+        offset = self.key_positions.shape[1] - query.shape[1]  # HF logits: query columns only
+        return out.logits[torch.arange(batch.size), readout - offset]
+
+    def _recompute(self) -> torch.Tensor:
+        """The reference route: a plain full HF forward over prompt + generated so far."""
+        batch = self.batch
+        full = next(iter_batches(self.ids, len(self.ids), pad_token_id=self.pad,
+                                 padding_side=self.padding_side, device=batch.tokens.device))
+        self.query_positions = full.position_ids
+        with forward_positions(full.position_ids, rows=batch.indices, session=self.session):
+            out = self.model.original_model(
+                input_ids=full.tokens, attention_mask=full.attention_mask.long(),
+                position_ids=full.position_ids, use_cache=False)
+        return out.logits[torch.arange(full.size), full.last]

@@ -24,21 +24,13 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.errors import HeadprobeError, NonCausalModelError
+from headprobe.errors import NonCausalModelError, ScorerNeedsError
+from headprobe.errors import ScorerParamError as ScorerParamError  # re-exported for scorers
 from headprobe.headtable import HeadTable
 from headprobe.models import describe_model
 from headprobe.provenance import Timer, result_meta
 from headprobe.runtime.hooks import model_device
 from headprobe.types import Need
-
-
-class ScorerNeedsError(HeadprobeError, ValueError):
-    """The model cannot give a scorer what it needs (images, a chat template, ...)."""
-
-
-class ScorerParamError(HeadprobeError, ValueError):
-    """A scorer parameter has a value the scorer does not accept."""
-
 
 # Needs that make a scorer impossible to run (``gpu`` is a budget hint: the atlas skips such a
 # scorer on a CPU, but calling it directly still runs).

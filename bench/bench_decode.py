@@ -1,0 +1,62 @@
+"""KV-cached generation vs recomputing the sequence every step, on the default model.
+
+8 prompts of about 100 tokens (BOS + 50 random tokens repeated twice), 32 new greedy tokens
+each, batch size 8, left padding. Three routes: ``headprobe.runtime.decode.generate`` with the
+KV cache, the same with ``use_cache=False`` (the reference that recomputes every step), and
+Hugging Face's ``generate`` on the bridge's HF model. Tokens must agree. Prints a JSON record
+(written to ``bench/decode.json``).
+
+Run: ``.venv/bin/python bench/bench_decode.py [--n 8] [--new 32]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    from _machine import machine
+
+    from headprobe.models import load_model
+    from headprobe.prompts import repeated_random_tokens
+    from headprobe.runtime.decode import generate
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--new", type=int, default=32)
+    args = parser.parse_args()
+    model, spec = load_model()
+    prompts = repeated_random_tokens(model, spec, args.n, seq_len=50, seed=0)
+    record: dict = {"machine": machine(), "model": spec.name, "n_prompts": args.n,
+                    "prompt_tokens": int(prompts[0].numel()), "new_tokens": args.new}
+    generate(model, prompts[:1], max_new_tokens=2)  # warm-up
+    timings, tokens = {}, {}
+    for name, use_cache in (("cached", True), ("recomputed", False)):
+        started = time.perf_counter()
+        out = generate(model, prompts, max_new_tokens=args.new, batch_size=args.n,
+                       use_cache=use_cache)
+        timings[name] = time.perf_counter() - started
+        tokens[name] = out.tokens
+    ids = torch.stack(prompts)  # equal lengths: no padding needed
+    started = time.perf_counter()
+    with torch.inference_mode():
+        hf = model.original_model.generate(ids, attention_mask=torch.ones_like(ids),
+                                           max_new_tokens=args.new, min_new_tokens=args.new,
+                                           do_sample=False)
+    timings["hf_generate"] = time.perf_counter() - started
+    tokens["hf_generate"] = hf[:, ids.shape[1]:]
+    record["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    record["speedup_cached_vs_recomputed"] = round(timings["recomputed"] / timings["cached"], 2)
+    record["tokens_equal"] = {k: bool(torch.equal(tokens["cached"], v.cpu()))
+                              for k, v in tokens.items()}
+    Path(__file__).with_name("decode.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
