@@ -94,3 +94,7 @@ class ScorerParamError(HeadprobeError, ValueError):
 
 class UsageError(HeadprobeError, ValueError):
     """A command-line value headprobe cannot use (a count below its minimum, bad KEY=VALUE)."""
+
+
+class ImageGenerationError(HeadprobeError, ValueError):
+    """Generation was asked for from an image prompt, which the decode step cannot do yet."""

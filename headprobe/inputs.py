@@ -7,9 +7,12 @@ Chat, encode_prompts`` keeps working; image prompts are encoded by :mod:`headpro
 
 :func:`iter_batches` pads encoded prompts into :class:`Batch` objects with an attention mask,
 the position ids that make a padded prompt compute exactly what it computes alone, the spans of
-every prompt and the batched extra inputs. :func:`tokenize_prompts` is the text-only shortcut
-(one 1-D id tensor per prompt) that most engines use; :func:`fingerprint` hashes a tokenized
-prompt set for result metadata.
+every prompt and the batched extra inputs. The streaming scorers, the judges, the ablation
+experiments, the patching engine and DLA batch :class:`Encoded` prompts, so image prompts reach
+them with their pixels. :func:`tokenize_prompts` is the text-only shortcut (one 1-D id tensor
+per prompt) kept for the routes that run from token embeddings (the fast scans, attribution
+and the decode step, which refuse image prompts with a clear error); :func:`fingerprint` hashes
+a tokenized prompt set for result metadata.
 """
 
 from __future__ import annotations

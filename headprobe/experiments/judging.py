@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from headprobe.answers import first_token_id
 from headprobe.arch import ModelSpec
 from headprobe.errors import TaskError
-from headprobe.inputs import iter_batches, tokenize_prompts
+from headprobe.inputs import Encoded, encode_prompts, iter_batches
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
 from headprobe.runtime.decode import generate
@@ -53,6 +53,10 @@ def judge_task(
 ) -> np.ndarray:
     """Judge every prompt of ``task`` with the model as it is (hooks attached stay attached).
 
+    Prompts may be of any kind; image prompts are judged with ``next_token`` (their pixel
+    values reach the forward pass). The generation judges (``contains`` / ``function``) raise
+    :class:`~headprobe.errors.ImageGenerationError` on image prompts.
+
     Returns:
         [N] bool array, True where the model's output is correct.
     """
@@ -60,7 +64,7 @@ def judge_task(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec = describe_model(model)
-    token_lists = tokenize_prompts(model, task.prompts, spec)
+    token_lists = encode_prompts(model, task.prompts, spec)  # any prompt kind
     if task.judge == "next_token":
         return _judge_next_token(model, spec, task, token_lists, batch_size, progress, desc)
     texts = greedy_continuations(model, token_lists, task.max_new_tokens, spec=spec,
@@ -82,7 +86,7 @@ def answer_first_tokens(model: Any, task: Task) -> torch.Tensor:
 
 
 def _judge_next_token(model: Any, spec: ModelSpec, task: Task,
-                      token_lists: list[torch.Tensor], batch_size: int, progress: bool,
+                      token_lists: list[Encoded], batch_size: int, progress: bool,
                       desc: str) -> np.ndarray:
     answers = answer_first_tokens(model, task)
     pad = spec.pad_token_id if spec.pad_token_id is not None else 0
@@ -102,7 +106,7 @@ def _judge_next_token(model: Any, spec: ModelSpec, task: Task,
 
 def greedy_continuations(
     model: Any,
-    token_lists: Sequence[torch.Tensor],
+    token_lists: Sequence[torch.Tensor | Encoded],
     max_new_tokens: int,
     *,
     spec: ModelSpec | None = None,
@@ -119,7 +123,11 @@ def greedy_continuations(
     (``generate(..., use_cache=False)``; tested for every intervention method).
 
     Args:
-        token_lists: one 1-D tensor of token ids per prompt (BOS included if wanted).
+        token_lists: one 1-D tensor of token ids (or a text-only
+            :class:`~headprobe.inputs.Encoded`) per prompt (BOS included if wanted).
+
+    Raises:
+        ImageGenerationError: an image prompt (see :func:`headprobe.runtime.decode.generate`).
         max_new_tokens: tokens generated per prompt (>= 1).
     """
     if max_new_tokens < 1:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from headprobe.arch import ModelSpec
 from headprobe.errors import InterventionError
 from headprobe.experiments.judging import judge_task
-from headprobe.inputs import fingerprint, tokenize_prompts
+from headprobe.inputs import encode_prompts, fingerprint
 from headprobe.interventions import (
     HookList,
     build_hooks,
@@ -107,7 +107,7 @@ def experiment_meta(model: Any, spec: ModelSpec, task: Task, *, name: str, descr
     ``task_meta``, ``judge``), ``experiment`` = ``name``, and every parameter both under
     ``params`` and at the top level (as saved results always had them).
     """
-    token_lists = tokenize_prompts(model, task.prompts, spec)
+    token_lists = encode_prompts(model, task.prompts, spec)  # pixels hashed too
     return result_meta(
         kind="experiment", name=name, spec=spec, params=params,
         fingerprint=fingerprint(token_lists), n_prompts=len(task), seed=seed, timer=timer,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from headprobe.errors import InterventionError
-from headprobe.inputs import Batch, Prompts, tokenize_prompts
+from headprobe.inputs import Batch, Prompts, encode_prompts
 from headprobe.interventions.heads import (
     HookList,
     heads_by_layer,
@@ -60,7 +60,7 @@ def compute_head_means(
     spec = describe_model(model)
     head_list = spec.all_heads() if heads is None else normalize_heads(spec, heads)
     grouped = heads_by_layer(head_list)
-    token_lists = tokenize_prompts(model, reference, spec)
+    token_lists = encode_prompts(model, reference, spec)  # any prompt kind, images included
     width = max(len(ids) for ids in token_lists)
     # the sums and the streamed activations are ordinary tensors also when the caller runs
     # under inference_mode (stream_reduce checks the activations' version counters)
@@ -196,7 +196,7 @@ def cache_resample_source(
     spec = describe_model(model)
     head_list = normalize_heads(spec, heads)
     grouped = heads_by_layer(head_list)
-    token_lists = tokenize_prompts(model, sources, spec)
+    token_lists = encode_prompts(model, sources, spec)  # any prompt kind, images included
     lengths = torch.tensor([len(ids) for ids in token_lists])
     width = int(lengths.max())
     with torch.inference_mode(False):  # ordinary tensors also under inference_mode

@@ -18,7 +18,7 @@ import torch
 
 from headprobe.answers import token_ids
 from headprobe.errors import PromptPairError, TaskError
-from headprobe.inputs import Batch, Prompts, fingerprint, iter_batches, tokenize_prompts
+from headprobe.inputs import Batch, Prompts, encode_prompts, fingerprint, iter_batches
 from headprobe.metrics import (
     Metric,
     aggregate_metric,
@@ -69,8 +69,10 @@ class PatchingEngine:
 
     Args:
         model: a TransformerLens bridge.
-        clean, corrupt: the prompt pairs (strings, token-id lists or an [N, T] tensor); pair
-            ``i`` must tokenize to the same length (different pairs may differ).
+        clean, corrupt: the prompt pairs (any prompt kind: strings, :class:`Text`,
+            :class:`Chat`, :class:`ImagePrompt`, token-id lists or an [N, T] tensor); pair
+            ``i`` must encode to the same length (different pairs may differ), e.g. the same
+            text with different images.
         answer: [N] correct-answer token ids, or single-token strings (``" Mary"``).
         distractor: [N] incorrect-answer ids / strings (needed for logit differences).
         prompts: texts used in error messages (default: the clean prompts when strings).
@@ -79,6 +81,9 @@ class PatchingEngine:
 
     Raises:
         PromptPairError: counts differ, or a pair has different token lengths.
+
+    Attributes ``clean_encoded`` / ``corrupt_encoded`` hold the encoded prompts (ids, spans,
+    extra inputs); ``clean_tokens`` / ``corrupt_tokens`` their [T_i] ids.
 
     Source activations (clean / corrupt runs) are cached per hook on first use and kept (in
     the model's dtype); the baselines (clean and corrupt final logits, float32) are computed
@@ -106,9 +111,12 @@ class PatchingEngine:
         self.spec = describe_model(model)
         self.batch_size = batch_size
         self.device = model_device(model)
-        self.clean_tokens = tokenize_prompts(model, clean, self.spec, prepend_bos=prepend_bos)
-        self.corrupt_tokens = tokenize_prompts(model, corrupt, self.spec,
-                                               prepend_bos=prepend_bos)
+        # any prompt kind: image prompts carry their pixel values into every run
+        self.clean_encoded = encode_prompts(model, clean, self.spec, prepend_bos=prepend_bos)
+        self.corrupt_encoded = encode_prompts(model, corrupt, self.spec,
+                                              prepend_bos=prepend_bos)
+        self.clean_tokens = [item.ids for item in self.clean_encoded]
+        self.corrupt_tokens = [item.ids for item in self.corrupt_encoded]
         if prompts is None and not isinstance(clean, torch.Tensor) and all(
                 isinstance(p, str) for p in clean):
             prompts = list(clean)  # type: ignore[arg-type]
@@ -153,15 +161,15 @@ class PatchingEngine:
 
     def fingerprint(self) -> str:
         """sha256 prefix of the tokenized pairs (result metadata)."""
-        return fingerprint(self.clean_tokens + self.corrupt_tokens)
+        return fingerprint(self.clean_encoded + self.corrupt_encoded)
 
     # ------------------------------------------------------------------ batches and caches
     def batches(self) -> Iterator[PairBatch]:
         """The prompt pairs in padded batches (same order every time)."""
         pad = self.spec.pad_token_id if self.spec.pad_token_id is not None else 0
-        clean = iter_batches(self.clean_tokens, self.batch_size, pad_token_id=pad,
+        clean = iter_batches(self.clean_encoded, self.batch_size, pad_token_id=pad,
                              device=self.device)
-        corrupt = iter_batches(self.corrupt_tokens, self.batch_size, pad_token_id=pad,
+        corrupt = iter_batches(self.corrupt_encoded, self.batch_size, pad_token_id=pad,
                                device=self.device)
         for clean_batch, corrupt_batch in zip(clean, corrupt, strict=True):
             lo = int(clean_batch.indices[0])

@@ -45,7 +45,8 @@ import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.inputs import Batch, PaddingSide, Prompts, iter_batches, tokenize_prompts
+from headprobe.errors import ImageGenerationError
+from headprobe.inputs import Batch, Encoded, PaddingSide, Prompts, encode_prompts, iter_batches
 from headprobe.models import describe_model
 from headprobe.runtime.hooks import Hook, attached, model_device, model_dtype
 from headprobe.runtime.layers import embed, position_masks, run_from_layer
@@ -127,11 +128,15 @@ def generate(
 
     Returns:
         :class:`Generation`.
+
+    Raises:
+        ImageGenerationError: a prompt has extra model inputs (an image prompt): the decode
+            step runs the layers from token embeddings, which would miss the image features.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     spec = describe_model(model)
-    token_lists = tokenize_prompts(model, prompts, spec)
+    token_lists = _text_only(encode_prompts(model, prompts, spec))
     if any(len(ids) + max_new_tokens > spec.n_ctx for ids in token_lists):
         raise ValueError(f"a prompt plus {max_new_tokens} new tokens exceeds the context of "
                          f"{spec.n_ctx} tokens; generate fewer tokens")
@@ -324,3 +329,16 @@ class _BatchRun:
                 input_ids=full.tokens, attention_mask=full.attention_mask.long(),
                 position_ids=full.position_ids, use_cache=False)
         return out.logits[torch.arange(full.size), full.last]
+
+
+def _text_only(encoded: list[Encoded]) -> list[torch.Tensor]:
+    """The [T_i] ids of each encoded prompt; :class:`ImageGenerationError` for a prompt with
+    extra model inputs (``pixel_values``...), which the decode step cannot feed yet."""
+    for index, item in enumerate(encoded):
+        if item.extra:
+            raise ImageGenerationError(
+                f"prompt {index} is an image prompt (extra inputs: {', '.join(item.extra)}); "
+                "headprobe cannot generate from image prompts yet: the decode step runs the "
+                "layers from token embeddings, which would miss the image features. Judge it "
+                "with the 'next_token' judge, or give a text-only prompt")
+    return [item.ids for item in encoded]

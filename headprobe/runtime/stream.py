@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import ReducerError
-from headprobe.inputs import Batch, PaddingSide, iter_batches
+from headprobe.inputs import Batch, Encoded, PaddingSide, iter_batches
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, model_device
 
@@ -56,7 +56,7 @@ Reducer = Callable[[torch.Tensor, ReduceContext], None]
 def stream_reduce(
     model: Any,
     spec: ModelSpec,
-    token_lists: Sequence[torch.Tensor],
+    token_lists: Sequence[torch.Tensor | Encoded],
     reducers: dict[str, Reducer],
     *,
     layers: Iterable[int] | None = None,
@@ -71,7 +71,11 @@ def stream_reduce(
     Args:
         model: a TransformerLens bridge.
         spec: its :class:`ModelSpec`.
-        token_lists: the tokenized prompts (see :func:`headprobe.inputs.tokenize_prompts`).
+        token_lists: the prompts, each a 1-D id tensor [T_i] or an
+            :class:`~headprobe.inputs.Encoded` prompt (from
+            :func:`headprobe.inputs.encode_prompts`: any prompt kind, text, chat or image),
+            whose spans and extra inputs (``pixel_values`` [N_images, 3, H, W]) the batches
+            carry to the forward pass.
         reducers: ``{hook kind: reducer}``, where the kind is a :class:`HookNames` field
             (``pattern``, ``z``, ``q``, ...); the reducer is called once per layer per batch
             with the activation and a :class:`ReduceContext` (batch, layer, positions).
@@ -121,7 +125,7 @@ def call_reducer(reducer: Reducer, activation: torch.Tensor, context: ReduceCont
 def collect_per_prompt(
     model: Any,
     spec: ModelSpec,
-    token_lists: Sequence[torch.Tensor],
+    token_lists: Sequence[torch.Tensor | Encoded],
     kind: str,
     reduce: Callable[[torch.Tensor, Batch], torch.Tensor],
     *,
@@ -133,7 +137,9 @@ def collect_per_prompt(
 ) -> torch.Tensor:
     """Reduce one hook kind per prompt and layer; returns ``[N, n_layers_hooked, ...]`` on CPU.
 
-    ``reduce(activation, batch)`` must return a tensor whose first dimension is the batch.
+    ``token_lists``: 1-D id tensors or :class:`~headprobe.inputs.Encoded` prompts (any kind,
+    images included), as for :func:`stream_reduce`. ``reduce(activation, batch)`` must return
+    a tensor whose first dimension is the batch.
     """
     layer_list = list(range(spec.n_layers)) if layers is None else list(layers)
     position = {layer: i for i, layer in enumerate(layer_list)}

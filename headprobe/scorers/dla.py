@@ -37,7 +37,14 @@ import torch
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import TaskError
-from headprobe.inputs import Batch, PaddingSide, fingerprint, iter_batches, tokenize_prompts
+from headprobe.inputs import (
+    Batch,
+    Encoded,
+    PaddingSide,
+    encode_prompts,
+    fingerprint,
+    iter_batches,
+)
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
 from headprobe.runtime.forward import forward_batch
@@ -203,7 +210,7 @@ def attribute(
     spec = describe_model(model)
     task = as_task(task_or_items)
     correct, incorrect = checked_answer_ids(model, task)
-    token_lists = tokenize_prompts(model, task.prompts, spec)
+    token_lists = encode_prompts(model, task.prompts, spec)  # any prompt kind, images included
     return attribute_tokens(model, spec, token_lists, correct, incorrect, prompts=task.prompts,
                             batch_size=batch_size, padding_side=padding_side, progress=progress)
 
@@ -302,7 +309,7 @@ def _through_norm(direction: torch.Tensor, weight: torch.Tensor | None, scale: t
 def attribute_tokens(
     model: Any,
     spec: ModelSpec,
-    token_lists: Sequence[torch.Tensor],
+    token_lists: Sequence[torch.Tensor | Encoded],
     correct: torch.Tensor,
     incorrect: torch.Tensor,
     *,
@@ -314,7 +321,8 @@ def attribute_tokens(
     """DLA of every component at each prompt's last real token.
 
     Args:
-        token_lists: N tokenized prompts (1-D tensors).
+        token_lists: N prompts: 1-D id tensors [T_i] or :class:`Encoded` (any kind; image
+            prompts carry their pixel values to the forward pass).
         correct, incorrect: [N] token ids; the score is ``logit[correct] - logit[incorrect]``.
     """
     from tqdm.auto import tqdm
@@ -422,7 +430,7 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
         task = as_task(prompts)
         description = f"task {task.name!r}, {len(task)} items"
     correct, incorrect = checked_answer_ids(model, task)
-    token_lists = tokenize_prompts(model, task.prompts, spec)
+    token_lists = encode_prompts(model, task.prompts, spec)  # any prompt kind, images included
     digest = fingerprint([*token_lists, correct, incorrect])
     return ScorerData((task, token_lists, correct, incorrect), digest, len(task), description)
 

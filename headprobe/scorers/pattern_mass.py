@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.inputs import Batch, fingerprint, tokenize_prompts
+from headprobe.inputs import Batch, Encoded, encode_prompts, fingerprint
 from headprobe.prompts import repeated_random_tokens
 from headprobe.runtime.stream import ReduceContext, stream_reduce
 from headprobe.scorers.base import ScorerData, ScoreResult
@@ -86,16 +86,22 @@ def allowed_keys(batch: Batch, *, exclude_bos: bool, exclude_current: bool) -> t
 def prepare_pattern_data(
     model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int, params: dict[str, Any]
 ) -> ScorerData:
-    """Default data: ``n`` sequences of ``seq_len`` random tokens repeated ``repeats`` times."""
+    """Default data: ``n`` sequences of ``seq_len`` random tokens repeated ``repeats`` times.
+
+    User ``prompts`` may be any prompt kind (text, chat, image prompts, token ids): they are
+    encoded (:func:`headprobe.inputs.encode_prompts`), so image prompts carry their pixel
+    values to the forward pass and the pattern covers text and image positions. The
+    fingerprint of a text-only set is the hash of its token ids, as before.
+    """
     if prompts is None:
         token_lists = repeated_random_tokens(
             model, spec, n, seq_len=params["seq_len"], repeats=params["repeats"], seed=seed
         )
         description = (f"{n} x (BOS + {params['seq_len']} random tokens x {params['repeats']}),"
                        f" seed {seed}")
-        token_lists = tokenize_prompts(model, token_lists, spec)  # checks context length
+        token_lists = encode_prompts(model, token_lists, spec)  # checks context length
     else:
-        token_lists = tokenize_prompts(model, prompts, spec)
+        token_lists = encode_prompts(model, prompts, spec)
         description = f"{len(token_lists)} user prompts"
     return ScorerData(token_lists, fingerprint(token_lists), len(token_lists), description)
 
@@ -103,7 +109,7 @@ def prepare_pattern_data(
 def per_prompt_pattern_scores(
     model: Any,
     spec: ModelSpec,
-    token_lists: Sequence[torch.Tensor],
+    token_lists: Sequence[torch.Tensor | Encoded],
     target_fn: TargetFn,
     *,
     exclude_bos: bool,

@@ -24,7 +24,7 @@ import torch
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import EmptyPromptsError
-from headprobe.inputs import Batch, fingerprint, tokenize_prompts
+from headprobe.inputs import Batch, encode_prompts, fingerprint
 from headprobe.prompts import load_resource, repeated_random_tokens
 from headprobe.runtime.stream import ReduceContext, stream_reduce
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
@@ -33,10 +33,12 @@ from headprobe.weights import head_output_weights
 
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
              params: dict[str, Any]) -> ScorerData:
+    """Per-domain encoded prompts; user prompts (a list, or ``{domain: list}``) may be any
+    prompt kind, image prompts included (their pixel values reach the forward pass)."""
     if prompts is None:
         texts = {k: v for k, v in load_resource("sink_domains.json").items()
                  if not k.startswith("_")}
-        domains = {name: tokenize_prompts(model, items[:n], spec) for name, items in texts.items()}
+        domains = {name: encode_prompts(model, items[:n], spec) for name, items in texts.items()}
         domains["random"] = repeated_random_tokens(model, spec, min(n, 8), seq_len=48,
                                                    repeats=2, seed=seed)
         description = "project-written prose/code/math/dialogue prompts + repeated random tokens"
@@ -45,7 +47,7 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
             prompts = {"prompts": prompts}
         if not prompts:
             raise EmptyPromptsError("the sink scorer needs at least one domain of prompts")
-        domains = {str(name): tokenize_prompts(model, items, spec)
+        domains = {str(name): encode_prompts(model, items, spec)
                    for name, items in prompts.items()}
         description = f"user prompts in domains {sorted(domains)}"
     everything = [ids for name in sorted(domains) for ids in domains[name]]

@@ -17,7 +17,7 @@ import torch
 
 from headprobe.answers import single_token_id
 from headprobe.errors import PromptPairError, TaskError
-from headprobe.inputs import tokenize_prompts
+from headprobe.inputs import Encoded, tokenize_prompts
 from headprobe.models import describe_model
 from headprobe.tasks.base import Task, TaskItem
 
@@ -44,12 +44,12 @@ class ScanData:
     prompts: list[str] | None = None
 
 
-def check_pairs(clean: Sequence[torch.Tensor], corrupt: Sequence[torch.Tensor],
+def check_pairs(clean: Sequence[torch.Tensor | Encoded], corrupt: Sequence[torch.Tensor | Encoded],
                 prompts: Sequence[str] | None = None) -> None:
     """Raise :class:`PromptPairError` unless each clean/corrupt pair has equal token length.
 
     Args:
-        clean, corrupt: N 1-D token tensors each.
+        clean, corrupt: N prompts each, 1-D token tensors [T_i] or :class:`Encoded`.
         prompts: the clean texts, quoted in the error when given.
     """
     if len(clean) != len(corrupt):
@@ -57,11 +57,11 @@ def check_pairs(clean: Sequence[torch.Tensor], corrupt: Sequence[torch.Tensor],
             f"{len(clean)} clean prompts but {len(corrupt)} corrupt prompts; give one corrupt "
             "prompt per clean prompt")
     for index, (a, b) in enumerate(zip(clean, corrupt, strict=True)):
-        if a.numel() != b.numel():
+        if len(a) != len(b):
             shown = f" ({prompts[index]!r})" if prompts is not None else ""
             raise PromptPairError(
-                f"prompt pair {index}{shown}: clean has {a.numel()} tokens, corrupt has "
-                f"{b.numel()}; patching needs pairs of equal token length (change the corrupt "
+                f"prompt pair {index}{shown}: clean has {len(a)} tokens, corrupt has "
+                f"{len(b)}; patching needs pairs of equal token length (change the corrupt "
                 "prompt so that it tokenizes to the same length)")
 
 
