@@ -28,7 +28,8 @@ class HookNames:
     Shapes (bridge conventions): ``pattern`` [B, H, T_q, T_k]; ``z`` [B, T, H, d_head];
     ``q`` [B, T, H, d_head]; ``k``/``v`` [B, T, H_kv, d_head]; ``resid_pre`` /
     ``resid_post`` [B, T, d_model]. ``rot_q`` [B, T, H, d_head]: queries after rotary (and
-    after a pre-rotary q norm), rotary models only; ``q_normed`` [B, H, T, d_head]: queries
+    after a pre-rotary q norm), rotary models only (``rot_k`` [B, T, H_kv, d_head]: the
+    keys likewise); ``q_normed`` [B, H, T, d_head]: queries
     after the q norm, models with one (Gemma 3).
     """
 
@@ -39,6 +40,7 @@ class HookNames:
     k: str = "blocks.{layer}.attn.hook_k"
     v: str = "blocks.{layer}.attn.hook_v"
     rot_q: str = "blocks.{layer}.attn.hook_rot_q"
+    rot_k: str = "blocks.{layer}.attn.hook_rot_k"
     q_normed: str = "blocks.{layer}.attn.hook_q_normed"
     attn_out: str = "blocks.{layer}.hook_attn_out"
     mlp_out: str = "blocks.{layer}.hook_mlp_out"
@@ -81,6 +83,11 @@ class ArchitectureFacts:
     keyed by the top-level config's ``model_type``; its paths point at the text model inside
     the wrapper (``model.language_model.layers``, a top-level ``lm_head``) and its other facts
     are the text model's. The spec's sizes still come from ``config.text_config``.
+
+    ``attn_scaling_attr``: the attribute of the HF attention module holding the factor its
+    scores ``q . k`` are multiplied by (``1 / sqrt(d_head)`` for Llama; Gemma 3's
+    ``query_pre_attn_scalar ** -0.5``; GPT-2's layer-wise variant), read by the decode-time
+    observer (:mod:`headprobe.runtime.observer`).
     """
 
     family: str
@@ -106,6 +113,7 @@ class ArchitectureFacts:
     layer_runner: bool = True
     final_softcap_attr: str = "final_logit_softcapping"
     attn_softcap_attr: str = "attn_logit_softcapping"
+    attn_scaling_attr: str = "scaling"
     vision_language: bool = False
     hooks: HookNames = field(default_factory=HookNames)
 

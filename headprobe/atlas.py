@@ -3,7 +3,9 @@
 The report holds each scorer's L x H heatmap, its top heads, and the scorer-to-scorer
 Spearman correlations of head scores. plotly.js is embedded once, so the file opens offline.
 Each table is also saved under ``<out>/tables/<scorer>/`` as soon as it is computed, so a run
-that dies keeps the finished scorers.
+that dies keeps the finished scorers: started again with the same arguments it skips the
+scorers whose table is saved under the same run key and resumes the interrupted one per batch
+where that scorer can (:mod:`headprobe.checkpoint`).
 
 Which scorers run is read from their flags, never their names: by default every ``cheap``
 scorer; a scorer whose ``needs`` the model cannot meet (images without a processor, a chat
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from headprobe.checkpoint import log_echo, saved_table_matches
 from headprobe.errors import HeadprobeError
 from headprobe.headtable import HeadTable, atomic_write, ensure_output_dir, write_json
 from headprobe.models import describe_model
@@ -56,10 +59,19 @@ def build_atlas(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    fresh: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> AtlasResult:
     """Run ``scorers`` (names or :class:`Scorer` records; default: every cheap one) and write
     ``<out_dir>/atlas.html`` and ``meta.json``. Scorers whose needs the model cannot meet are
-    skipped with the reason (listed in the report and in :attr:`AtlasResult.skipped`)."""
+    skipped with the reason (listed in the report and in :attr:`AtlasResult.skipped`).
+
+    Resumable: a scorer whose table is already saved under ``<out_dir>/tables/<scorer>/``
+    with the same run key (model, parameters, seed, ``n``, batch size, data fingerprint,
+    version; :func:`headprobe.checkpoint.saved_table_matches`) is loaded instead of run, and a
+    scorer that resumes per batch keeps its checkpoint under ``<out_dir>/.checkpoints/``.
+    ``fresh`` recomputes everything; ``echo`` receives the resume lines (default: a log
+    record)."""
     folder = ensure_output_dir(out_dir)
     chosen = [get_scorer(s) if isinstance(s, str) else s
               for s in (scorers if scorers is not None else cheap_scorers())]
@@ -69,6 +81,7 @@ def build_atlas(
     started = time.perf_counter()
     tables = []
     skipped: dict[str, str] = {}
+    say = echo if echo is not None else log_echo
     for scorer in chosen:
         name = scorer.name
         unmet = scorer.unmet(model, spec)
@@ -76,11 +89,18 @@ def build_atlas(
             skipped[name] = "; ".join(unmet.values())
             continue
         try:
-            table = scorer(model, n=n, seed=seed, batch_size=batch_size, progress=progress)
+            run = scorer.plan(model, n=n, seed=seed, batch_size=batch_size)
+            saved = folder / "tables" / name
+            if not fresh and saved_table_matches(saved, run.key, name=name,
+                                                 fields=run.key_fields, echo=say):
+                say(f"{name}: table already saved in {saved} with the same run key; skipped")
+                tables.append(HeadTable.load(saved, scorer=name))
+                continue
+            table = run.run(progress=progress, checkpoint_dir=folder, fresh=fresh, echo=echo)
         except HeadprobeError as error:  # e.g. a task this model's tokenizer cannot express
             skipped[name] = str(error)
             continue
-        table.save(folder / "tables" / name)
+        table.save(saved)
         tables.append(table)
     seconds = time.perf_counter() - started
     timer.lap("scorers")

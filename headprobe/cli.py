@@ -3,10 +3,12 @@
 Subcommands: ``models`` (what can be loaded here), ``scorers``, ``scan``, ``atlas``,
 ``ablate`` (ablation experiment against random heads) and ``recipe``. Every command that
 loads a model takes ``--model``, ``--dtype`` and ``--device`` and says which dtype and
-device it ran with. Errors caused by input (unknown model or scorer, bad count, bad output
-path...) are :class:`~headprobe.errors.HeadprobeError` subclasses: :func:`main` prints them as
-one line ``headprobe: error: ...`` and exits with status 2. ``--quiet`` turns progress bars
-off.
+device it ran with. ``scan``, ``atlas`` and ``recipe`` resume a run killed half-way when
+started again with the same arguments and ``--out`` (checkpoints in
+``<out>/.checkpoints/``, :mod:`headprobe.checkpoint`; ``--fresh`` starts over). Errors caused
+by input (unknown model or scorer, bad count, bad output path...) are
+:class:`~headprobe.errors.HeadprobeError` subclasses: :func:`main` prints them as one line
+``headprobe: error: ...`` and exits with status 2. ``--quiet`` turns progress bars off.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     out = ensure_output_dir(args.out)
     model, _ = _load_from(args, args.model)
     table = scorer(model, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                   progress=not args.quiet, **params)
+                   progress=not args.quiet, checkpoint_dir=out, fresh=args.fresh, echo=print,
+                   **params)
     table.save(out)
     print(table.top(args.top)[["layer", "head", "kv_head", "score"]].to_string(index=False))
     print(f"wrote {out}/{scorer.name}.csv|parquet|html and {out}/meta.json "
@@ -166,7 +169,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     out = ensure_output_dir(args.out)
     model, _ = _load_from(args, args.model)
     result = build_atlas(model, out, scorers=names, n=args.n, seed=args.seed,
-                         batch_size=args.batch_size, progress=not args.quiet)
+                         batch_size=args.batch_size, progress=not args.quiet,
+                         fresh=args.fresh, echo=print)
     for table in result.tables:
         best = table.top(3)
         heads = ", ".join(f"L{r.layer}H{r.head} {r.score:.2f}" for r in best.itertuples())
@@ -184,7 +188,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.path)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     model, _ = _load_from(args, args.model or recipe.model)
-    run_recipe(recipe, model, out, progress=not args.quiet)
+    run_recipe(recipe, model, out, progress=not args.quiet, fresh=args.fresh)
     print(f"wrote {out}")
     return 0
 
@@ -303,6 +307,14 @@ def _run_options(parser: argparse.ArgumentParser, *, n_help: str = "number of pr
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _fresh_option(parser: argparse.ArgumentParser) -> None:
+    """``--fresh``: ignore the checkpoints and saved tables of an earlier run in ``--out``."""
+    parser.add_argument("--fresh", action="store_true",
+                        help="start afresh: ignore checkpoints and finished tables of an "
+                        "earlier run in the output folder (by default a run killed half-way "
+                        "and started again with the same arguments resumes)")
+
+
 def _add_ablate(sub: Any) -> None:
     from headprobe.interventions import METHODS
 
@@ -353,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="scorer parameter (repeatable)")
     _run_options(scan)
+    _fresh_option(scan)
     scan.set_defaults(func=cmd_scan)
 
     atlas = sub.add_parser("atlas", help="every CPU-cheap scorer, one HTML report")
@@ -360,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     atlas.add_argument("--out", required=True)
     atlas.add_argument("--scorers", default=None, help="comma-separated subset")
     _run_options(atlas)
+    _fresh_option(atlas)
     atlas.set_defaults(func=cmd_atlas)
 
     _add_ablate(sub)
@@ -369,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--out", default=None)
     _model_options(recipe, recipe=True)
     recipe.add_argument("--quiet", action="store_true", help="no progress bars")
+    _fresh_option(recipe)
     recipe.set_defaults(func=cmd_recipe)
     return parser
 

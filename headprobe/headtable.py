@@ -145,10 +145,14 @@ class HeadTable:
         """Write ``<scorer>.parquet``, ``.csv``, ``.html`` (heatmap) and ``meta.json``.
 
         Each file is written under a temporary name in the same folder and renamed into
-        place, so a run that dies never leaves a half-written result.
+        place, so a run that dies never leaves a half-written result. An older ``meta.json``
+        is removed first and the new one written last, so a ``meta.json`` present means every
+        file beside it belongs to it (what a resumed atlas or recipe relies on,
+        :func:`headprobe.checkpoint.saved_table_matches`).
         """
         folder = ensure_output_dir(directory)
         name = self.scorer
+        (folder / "meta.json").unlink(missing_ok=True)
         frame = self.to_frame()
         frame.attrs = {}  # parquet would embed attrs; meta.json is the one place for them
         atomic_write(folder / f"{name}.parquet", lambda p: frame.to_parquet(p, index=False))

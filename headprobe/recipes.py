@@ -17,7 +17,9 @@ A recipe names a model, the scans to run and what to report::
     threshold = 0.5
 
 Running it writes each table under ``<out>/<scorer>/`` and a ``summary.json`` with the top
-heads and the number of heads above the threshold.
+heads and the number of heads above the threshold. A recipe killed half-way and run again with
+the same arguments skips the steps already done under the same run key and resumes the
+interrupted step per batch where its scorer can (:mod:`headprobe.checkpoint`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headprobe.checkpoint import saved_table_matches
 from headprobe.errors import RecipeError
 from headprobe.headtable import HeadTable, ensure_output_dir, write_json
 from headprobe.registry import get_scorer
@@ -82,8 +85,15 @@ def run_recipe(
     *,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    fresh: bool = False,
 ) -> dict[str, HeadTable]:
-    """Run every scan of ``recipe`` on ``model``; save tables and ``summary.json``."""
+    """Run every scan of ``recipe`` on ``model``; save tables and ``summary.json``.
+
+    Resumable: a step whose table is already saved under ``<out_dir>/<scorer>/`` with the same
+    run key (:func:`headprobe.checkpoint.saved_table_matches`) is loaded instead of run (and
+    ``echo`` says so), and a step whose scorer resumes per batch keeps its checkpoint under
+    ``<out_dir>/.checkpoints/``; ``fresh`` recomputes every step.
+    """
     folder = ensure_output_dir(out_dir)
     top = int(recipe.report.get("top", 10))
     threshold = recipe.report.get("threshold")
@@ -92,10 +102,16 @@ def run_recipe(
                                "model": recipe.model, "scans": {}}
     for step in recipe.scans:
         scorer = get_scorer(step["scorer"])
-        table = scorer(model, n=step.get("n"), seed=int(step.get("seed", 0)),
-                       batch_size=int(step.get("batch_size", 8)), progress=progress,
-                       **step.get("params", {}))
-        table.save(folder / scorer.name)
+        run = scorer.plan(model, n=step.get("n"), seed=int(step.get("seed", 0)),
+                          batch_size=int(step.get("batch_size", 8)), **step.get("params", {}))
+        saved = folder / scorer.name
+        if not fresh and saved_table_matches(saved, run.key, name=scorer.name,
+                                             fields=run.key_fields, echo=echo):
+            echo(f"{scorer.name}: step already done (same run key, table in {saved}); skipped")
+            table = HeadTable.load(saved, scorer=scorer.name)
+        else:
+            table = run.run(progress=progress, checkpoint_dir=folder, fresh=fresh, echo=echo)
+            table.save(saved)
         tables[scorer.name] = table
         best = table.top(top)[["layer", "head", "score"]]
         entry: dict[str, Any] = {"top": best.to_dict(orient="records")}

@@ -53,3 +53,50 @@ def test_build_atlas_on_tiny_llama(tiny_llama, tmp_path):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["kind"] == "atlas" and set(meta["skipped"]) == set(result.skipped)
     assert set(meta["tables"]) == ran and "headprobe_version" in meta
+
+
+def test_atlas_resumes_skipping_saved_tables(tiny_llama, tmp_path):
+    """An atlas that dies at its third scorer, started again, loads the two saved tables (same
+    run key) instead of recomputing them; a changed seed recomputes and says what changed."""
+    model, _ = tiny_llama
+    fail = [True]
+
+    def prepare(model, spec, prompts, n, seed, params):
+        return ScorerData(None, "0", 1, "nothing")
+
+    def compute(model, spec, data, params, batch_size, progress):
+        if fail[0]:
+            raise RuntimeError("killed")
+        return ScoreResult(torch.ones(spec.n_layers, spec.n_heads))
+
+    dies = Scorer("dies_once", "fails on its first run", "none", prepare, compute)
+    scorers = ["previous_token", "induction", dies]
+    try:
+        build_atlas(model, tmp_path, scorers=scorers, n=2, progress=False)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the first run should have died")
+    saved = json.loads((tmp_path / "tables" / "induction" / "meta.json").read_text())
+    assert not (tmp_path / "atlas.html").exists()
+    fail[0] = False
+    lines: list[str] = []
+    result = build_atlas(model, tmp_path, scorers=scorers, n=2, progress=False,
+                         echo=lines.append)
+    assert [t.scorer for t in result.tables] == ["previous_token", "induction", "dies_once"]
+    for name in ("previous_token", "induction"):
+        assert any(line.startswith(f"{name}: table already saved") for line in lines)
+    assert not any(line.startswith("dies_once: table already") for line in lines)
+    reloaded = result.tables[1]
+    assert reloaded.meta["created"] == saved["created"]  # loaded, not recomputed
+    direct = get_scorer("induction")(model, n=2, progress=False)
+    assert reloaded.to_frame()["score"].tolist() == direct.to_frame()["score"].tolist()
+
+    lines.clear()
+    build_atlas(model, tmp_path, scorers=["induction"], n=2, seed=1, progress=False,
+                echo=lines.append)
+    assert any("recomputing" in line and "seed: 0 -> 1" in line for line in lines)
+    lines.clear()
+    build_atlas(model, tmp_path, scorers=["induction"], n=2, seed=1, progress=False,
+                fresh=True, echo=lines.append)
+    assert not any("already saved" in line for line in lines)

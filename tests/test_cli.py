@@ -186,3 +186,34 @@ def test_recipe_runs(tmp_path, capsys):
     assert set(summary["scans"]) == {"induction", "previous_token"}
     assert "n_above_threshold" in summary["scans"]["induction"]
     assert (out / "induction" / "induction.csv").is_file()
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_scan_resumes_from_its_out_folder_unless_fresh(tmp_path, capsys, monkeypatch, fresh):
+    from headprobe.checkpoint import Checkpoint
+
+    out = tmp_path / "scan"
+    argv = ["scan", "previous_token", "--model", "tiny:llama-gqa", "--out", str(out), "--n", "4",
+            "--batch-size", "1", "--quiet", "--param", "seq_len=8", "--device", "cpu"]
+    class Killed(Exception):
+        pass
+
+    original = Checkpoint.save
+
+    def dies(self, state, progress=""):
+        original(self, state, progress)
+        raise Killed
+
+    monkeypatch.setattr(Checkpoint, "save", dies)
+    with pytest.raises(Killed):
+        main(argv)
+    assert (out / ".checkpoints" / "previous_token.pt").is_file()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*argv, "--fresh"] if fresh else argv) == 0
+    printed = capsys.readouterr().out
+    if fresh:
+        assert "--fresh: discarding checkpoint" in printed and "resuming" not in printed
+    else:
+        assert "previous_token: resuming" in printed and "batch 1 of 4 done" in printed
+    assert not (out / ".checkpoints").exists() and (out / "previous_token.parquet").is_file()

@@ -13,9 +13,15 @@ from headprobe.tasks.base import Task, TaskItem, answer_token_ids, single_token_
 SAME_LENGTH_NAMES = ("Anna", "Mary", "John", "Paul", "Kate", "Emma", "Jack", "Lucy")
 
 
+TEXT_TASKS = ("facts", "ioi", "induction_copy")  # plain-string prompts; niah: tests/test_niah.py
+
+
 def test_every_registered_task_builds_well_formed_items():
-    assert set(list_tasks()) == {"facts", "ioi", "induction_copy"} <= set(TASK_MODULES)
+    assert set(list_tasks()) == {*TEXT_TASKS, "niah"} == set(TASK_MODULES)
     for name in list_tasks():
+        task = get_task(name)
+        assert isinstance(task, Task) and task.name == name and len(task) > 0
+    for name in TEXT_TASKS:
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name and len(task) > 0
         assert task.prompts == [item.prompt for item in task.items]

@@ -33,13 +33,19 @@ same tokens (right padding leaves pad columns between a prompt and its continuat
 stay masked). Every forward runs inside
 :func:`headprobe.runtime.positions.forward_positions`, so interventions address absolute
 positions in both routes.
+
+Observers. ``generate(..., observers=[...])`` takes :class:`StepObserver` objects (e.g.
+:class:`headprobe.runtime.observer.AttentionObserver`): each gets hooks attached with the
+batch's others (after the user's ``hooks`` and the reducers, so it sees their edits; removed
+with them, also on error) and, after every step's token is chosen, the batch's
+:class:`DecodeStep` (cache, key positions, newest query column, chosen tokens).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -53,7 +59,8 @@ from headprobe.runtime.layers import embed, position_masks, run_from_layer
 from headprobe.runtime.positions import forward_positions
 from headprobe.runtime.stream import ReduceContext, Reducer, call_reducer
 
-__all__ = ["Generation", "generate", "position_masks"]  # position_masks: re-exported
+__all__ = [  # position_masks: re-exported
+    "DecodeStep", "Generation", "StepObserver", "generate", "position_masks"]
 
 
 @dataclass
@@ -77,6 +84,56 @@ class Generation:
     logits: torch.Tensor | None = None
 
 
+@dataclass
+class DecodeStep:
+    """One batch's decode state as observers see it; :func:`generate` updates it in place.
+
+    The fields up to ``cache`` are set *before* each step's forward (so a hook may read them
+    while the step runs); ``tokens`` and ``live`` after the step's tokens are chosen, just
+    before :meth:`StepObserver.after_step`.
+
+    Attributes:
+        batch: the padded batch (``batch.indices``: the prompts' indices).
+        step: 0 for the prefill, ``k >= 1`` for the forward of the ``k``-th generated token.
+        use_cache: whether the run is KV-cached (``False``: the recomputing reference route,
+            whose every step is a full forward over prompt + generated tokens).
+        query_positions: [B, T_step] absolute positions of the step's query columns.
+        query_column: [B] the column (in ``0..T_step-1``) of each row's newest query, the one
+            whose logits choose the next token.
+        key_positions, key_real: [B, T_k] absolute position and realness of every key column
+            the step's queries attend over (cached columns + the step's own).
+        cache: the ``transformers.DynamicCache`` after the step (keys per layer
+            [B, H_kv, T_k, d_head], after k norm and rotary), ``None`` when not cached.
+        tokens: [B] the token chosen from each row's newest query (CPU).
+        live: [B] rows that had not stopped at EOS before this step (CPU bool).
+    """
+
+    batch: Batch
+    step: int
+    use_cache: bool
+    query_positions: torch.Tensor
+    query_column: torch.Tensor
+    key_positions: torch.Tensor
+    key_real: torch.Tensor
+    cache: Any = None
+    tokens: torch.Tensor | None = None
+    live: torch.Tensor | None = None
+
+
+class StepObserver(Protocol):
+    """Something :func:`generate` shows every decode step (see
+    :class:`headprobe.runtime.observer.AttentionObserver`)."""
+
+    def batch_hooks(self, model: Any, spec: ModelSpec, state: DecodeStep) -> Sequence[Hook]:
+        """Hooks attached for one batch's steps; ``state`` is updated in place by
+        :func:`generate` (read it inside the hooks, never edit it)."""
+        ...
+
+    def after_step(self, state: DecodeStep) -> None:
+        """Called after each step's tokens are chosen (``state.tokens`` set)."""
+        ...
+
+
 def generate(
     model: Any,
     prompts: Prompts | Sequence[torch.Tensor],
@@ -98,6 +155,7 @@ def generate(
     keep_logits: bool = False,
     progress: bool = False,
     desc: str = "generate",
+    observers: Sequence[StepObserver] = (),
 ) -> Generation:
     """Generate ``max_new_tokens`` tokens after each prompt (greedy unless ``do_sample``).
 
@@ -125,6 +183,9 @@ def generate(
         layers: layers the reducers hook (default: all).
         keep_logits: also return the per-step logits ([N, max_new_tokens, V], CPU float32).
         progress: a tqdm bar over batches x steps.
+        observers: :class:`StepObserver` objects shown every step of every batch (e.g.
+            :class:`headprobe.runtime.observer.AttentionObserver`: each (layer, head)'s
+            attention row of the newest query); their hooks are removed with the others.
 
     Returns:
         :class:`Generation`.
@@ -162,6 +223,8 @@ def generate(
             state = {"step": 0}
             hook_list = [*hooks, *_reducer_hooks(spec, batch, reducers or {}, layer_list,
                                                  run, state)]
+            for observer in observers:
+                hook_list.extend(observer.batch_hooks(model, spec, run.state))
             rows = batch.indices.cpu()
             finished = torch.zeros(batch.size, dtype=torch.bool)
             with torch.no_grad(), attached(model, hook_list):
@@ -170,6 +233,11 @@ def generate(
                     logits = run.forward(step).float()  # [B, V]
                     chosen = chooser(logits, rows, run.sequences).cpu()
                     live = ~finished
+                    if observers:
+                        run.state.cache = run.cache
+                        run.state.tokens, run.state.live = chosen, live.clone()
+                        for observer in observers:
+                            observer.after_step(run.state)
                     out_tokens[rows[live], step] = chosen[live]
                     out_lengths[rows[live]] += 1
                     if keep_logits:
@@ -271,6 +339,16 @@ class _BatchRun:
         # KV-cached steps through the layer runner where the architecture has one
         self.runner = spec.facts.layer_runner and spec.causal
         self.query_positions = batch.position_ids
+        self.state = DecodeStep(batch, 0, use_cache, batch.position_ids, batch.last,
+                                batch.position_ids, batch.attention_mask)
+
+    def _publish(self, step: int, query: torch.Tensor, column: torch.Tensor,
+                 key_positions: torch.Tensor, key_real: torch.Tensor) -> None:
+        """Update :attr:`state` before a step's forward (see :class:`DecodeStep`)."""
+        state = self.state
+        state.step, state.query_positions, state.query_column = step, query, column
+        state.key_positions, state.key_real = key_positions, key_real
+        state.tokens = state.live = None
 
     @property
     def sequences(self) -> torch.Tensor:
@@ -288,7 +366,7 @@ class _BatchRun:
         """Run step ``step``; returns [B, V] next-token logits."""
         batch = self.batch
         if not self.use_cache:
-            return self._recompute()
+            return self._recompute(step)
         if step == 0:
             ids, query, query_real = batch.tokens, batch.position_ids, batch.attention_mask
             readout = batch.last
@@ -301,6 +379,8 @@ class _BatchRun:
             readout = torch.full((batch.size,), self.key_positions.shape[1] - 1,
                                  dtype=torch.long, device=query.device)
         self.query_positions = query
+        self._publish(step, query, readout - (self.key_positions.shape[1] - query.shape[1]),
+                      self.key_positions, self.key_real)
         published = {"key": self.key_positions, "rows": batch.indices, "session": self.session}
         if self.runner:
             with forward_positions(query, **published):
@@ -318,12 +398,14 @@ class _BatchRun:
         offset = self.key_positions.shape[1] - query.shape[1]  # HF logits: query columns only
         return out.logits[torch.arange(batch.size), readout - offset]
 
-    def _recompute(self) -> torch.Tensor:
+    def _recompute(self, step: int) -> torch.Tensor:
         """The reference route: a plain full HF forward over prompt + generated so far."""
         batch = self.batch
         full = next(iter_batches(self.ids, len(self.ids), pad_token_id=self.pad,
                                  padding_side=self.padding_side, device=batch.tokens.device))
         self.query_positions = full.position_ids
+        self._publish(step, full.position_ids, full.last, full.position_ids,
+                      full.attention_mask)
         with forward_positions(full.position_ids, rows=batch.indices, session=self.session):
             out = self.model.original_model(
                 input_ids=full.tokens, attention_mask=full.attention_mask.long(),

@@ -65,6 +65,7 @@ def stream_reduce(
     progress: bool = True,
     desc: str = "batches",
     on_batch_end: Callable[[Batch], None] | None = None,
+    start_batch: int = 0,
 ) -> None:
     """Run every prompt once and feed the requested activations to reducers.
 
@@ -83,7 +84,12 @@ def stream_reduce(
         batch_size, padding_side: batching of the prompts.
         progress: show a tqdm bar over batches.
         on_batch_end: called after each batch's forward pass (e.g. to checkpoint).
+        start_batch: skip the first ``start_batch`` batches (no forward pass, no reducer or
+            ``on_batch_end`` call): how a run resumed from a checkpoint
+            (:mod:`headprobe.checkpoint`) leaves out the batches it already reduced.
     """
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
     layer_list = list(range(spec.n_layers)) if layers is None else list(layers)
     for layer in layer_list:
         spec.check_layer(layer)
@@ -92,7 +98,10 @@ def stream_reduce(
     n_batches = -(-len(token_lists) // batch_size)
     batches = iter_batches(token_lists, batch_size, pad_token_id=pad,
                            padding_side=padding_side, device=device)
-    for batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress, leave=False):
+    bar = tqdm(batches, total=n_batches, desc=desc, disable=not progress, leave=False)
+    for index, batch in enumerate(bar):
+        if index < start_batch:
+            continue
         hooks = [
             (spec.hooks.at(kind, layer),
              partial(_call_reducer, reducer,

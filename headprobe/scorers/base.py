@@ -10,6 +10,14 @@ prompts are given, times the run and wraps the result in a
 records the model, the parameters, a fingerprint of the data, the seed and the headprobe
 version.
 
+A killed run can resume: ``scorer(model, ..., checkpoint_dir=out)`` keeps a
+:class:`~headprobe.checkpoint.Checkpoint` under ``<out>/.checkpoints/``, keyed by the run's
+parameters and data fingerprint. A scorer whose ``compute`` takes a ``checkpoint`` keyword
+(:attr:`Scorer.resumes_per_batch`: the pattern scorers and ``sink``) saves its partial state
+after every batch and skips finished batches when started again; the others restart.
+:meth:`Scorer.plan` prepares a run without computing it, so the atlas and recipes can compare
+its run key with a saved table's.
+
 A scorer declares what it needs beyond a forward pass (:data:`headprobe.types.Need`) and
 whether it is cheap enough for a CPU; the atlas and the CLI read these flags
 (:func:`unmet_needs`), never a scorer's name.
@@ -17,13 +25,16 @@ whether it is cheap enough for a CPU; the atlas and the CLI read these flags
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from headprobe.arch import ModelSpec
+from headprobe.checkpoint import Checkpoint, run_key, run_key_fields
 from headprobe.errors import NonCausalModelError, ScorerNeedsError
 from headprobe.errors import ScorerParamError as ScorerParamError  # re-exported for scorers
 from headprobe.headtable import HeadTable
@@ -141,7 +152,14 @@ class Scorer:
                                  f"{spec.name} ({spec.model_type}) is an encoder")
         return reasons
 
-    def __call__(
+    @property
+    def resumes_per_batch(self) -> bool:
+        """Whether ``compute`` takes a ``checkpoint`` keyword (a
+        :class:`~headprobe.checkpoint.Checkpoint`) and so resumes a killed run per batch;
+        other scorers restart from the beginning."""
+        return "checkpoint" in inspect.signature(self.compute).parameters
+
+    def plan(
         self,
         model: Any,
         prompts: Any = None,
@@ -149,9 +167,11 @@ class Scorer:
         n: int | None = None,
         seed: int = 0,
         batch_size: int = 8,
-        progress: bool = True,
         **params: Any,
-    ) -> HeadTable:
+    ) -> ScorerRun:
+        """Check the model, needs and parameters and prepare the data; the returned
+        :class:`ScorerRun` knows the run key (so a caller can tell whether a saved table is
+        this run's) and :meth:`ScorerRun.run` computes the table."""
         spec = describe_model(model)
         unmet = self.unmet(model, spec)
         if "causal" in unmet:
@@ -172,12 +192,90 @@ class Scorer:
         timer = Timer()
         data = self.prepare(model, spec, prompts, n or self.default_n, seed, merged)
         timer.lap("prepare")
-        result = self.compute(model, spec, data, merged, batch_size, progress)
-        timer.lap("compute")
+        fields = run_key_fields(name=self.name, spec=spec, params=merged, seed=seed,
+                                n=n or self.default_n, batch_size=batch_size,
+                                fingerprint=data.fingerprint)
+        return ScorerRun(self, model, spec, data, merged, seed, batch_size, timer, fields)
+
+    def __call__(
+        self,
+        model: Any,
+        prompts: Any = None,
+        *,
+        n: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        progress: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        fresh: bool = False,
+        echo: Callable[[str], None] | None = None,
+        **params: Any,
+    ) -> HeadTable:
+        """Score every head: ``plan(...).run(...)``.
+
+        ``checkpoint_dir``: keep a checkpoint under ``<checkpoint_dir>/.checkpoints/`` so a
+        killed run started again with the same arguments resumes (per batch where
+        :attr:`resumes_per_batch`); ``fresh`` discards a stored checkpoint; ``echo`` receives
+        the "resuming" / "starting afresh" lines (default: a log record).
+        """
+        return self.plan(model, prompts, n=n, seed=seed, batch_size=batch_size,
+                         **params).run(progress=progress, checkpoint_dir=checkpoint_dir,
+                                       fresh=fresh, echo=echo)
+
+
+@dataclass
+class ScorerRun:
+    """A checked, prepared scorer run (from :meth:`Scorer.plan`).
+
+    Attributes:
+        scorer, model, spec: what runs on what.
+        data: the prepared data.
+        params: the scorer parameters (defaults merged in).
+        seed, batch_size: as given.
+        timer: started before ``prepare``.
+        key_fields: the :func:`~headprobe.checkpoint.run_key_fields` of this run.
+    """
+
+    scorer: Scorer
+    model: Any
+    spec: ModelSpec
+    data: ScorerData
+    params: dict[str, Any]
+    seed: int
+    batch_size: int
+    timer: Timer
+    key_fields: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """The run key (:func:`~headprobe.checkpoint.run_key` of :attr:`key_fields`)."""
+        return run_key(self.key_fields)
+
+    def run(self, *, progress: bool = True, checkpoint_dir: str | Path | None = None,
+            fresh: bool = False, echo: Callable[[str], None] | None = None) -> HeadTable:
+        """Compute the table; with ``checkpoint_dir`` a resumable scorer saves its partial
+        state after every batch and resumes from it (see :meth:`Scorer.__call__`)."""
+        scorer = self.scorer
+        checkpoint = None
+        if checkpoint_dir is not None and scorer.resumes_per_batch:
+            checkpoint = Checkpoint(checkpoint_dir, scorer.name, self.key_fields, fresh=fresh,
+                                    echo=echo)
+        if checkpoint is not None:
+            result = scorer.compute(self.model, self.spec, self.data, self.params,
+                                    self.batch_size, progress,
+                                    checkpoint=checkpoint)  # type: ignore[call-arg]
+        else:
+            result = scorer.compute(self.model, self.spec, self.data, self.params,
+                                    self.batch_size, progress)
+        self.timer.lap("compute")
         meta = result_meta(
-            kind="scorer", name=self.name, spec=spec, params=merged,
-            fingerprint=data.fingerprint, n_prompts=data.n_prompts, seed=seed, timer=timer,
-            description=self.description, reference=self.reference,
-            batch_size=batch_size, data=data.description)
+            kind="scorer", name=scorer.name, spec=self.spec, params=self.params,
+            fingerprint=self.data.fingerprint, n_prompts=self.data.n_prompts, seed=self.seed,
+            timer=self.timer, description=scorer.description, reference=scorer.reference,
+            batch_size=self.batch_size, data=self.data.description,
+            run_key=self.key, run_key_fields=self.key_fields)
         meta.update(result.meta)  # the scorer's own keys (counts, summaries) come last
-        return HeadTable.from_grid(result.score, spec, columns=result.columns, meta=meta)
+        table = HeadTable.from_grid(result.score, self.spec, columns=result.columns, meta=meta)
+        if checkpoint is not None:
+            checkpoint.finish()
+        return table

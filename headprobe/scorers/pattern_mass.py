@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
+from headprobe.checkpoint import Checkpoint
 from headprobe.inputs import Batch, Encoded, encode_prompts, fingerprint
 from headprobe.prompts import repeated_random_tokens
 from headprobe.runtime.stream import ReduceContext, stream_reduce
@@ -118,9 +119,23 @@ def per_prompt_pattern_scores(
     padding_side: str,
     progress: bool,
     desc: str,
+    checkpoint: Checkpoint | None = None,
 ) -> torch.Tensor:
-    """[N, L, H] per-prompt scores (NaN where a prompt has no scored row)."""
-    scores = torch.full((len(token_lists), spec.n_layers, spec.n_heads), float("nan"))
+    """[N, L, H] per-prompt scores (NaN where a prompt has no scored row).
+
+    With a ``checkpoint`` the [N, L, H] tensor and the number of finished batches are saved
+    after every batch, and a run started again under the same run key restores them and skips
+    the finished batches; the result is bitwise that of an uninterrupted run (each batch
+    fills only its own rows).
+    """
+    shape = (len(token_lists), spec.n_layers, spec.n_heads)
+    scores = torch.full(shape, float("nan"))
+    done = 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None and tuple(state["scores"].shape) == shape:
+        scores.copy_(state["scores"])
+        done = int(state["batches_done"])
+    n_batches = -(-len(token_lists) // batch_size)
     masks: dict[str, torch.Tensor] = {}
 
     def reducer(pattern: torch.Tensor, context: ReduceContext) -> None:
@@ -142,21 +157,31 @@ def per_prompt_pattern_scores(
         means[counts == 0] = float("nan")
         scores[batch.indices.cpu(), layer] = means.cpu()
 
+    def on_batch_end(batch: Batch) -> None:
+        nonlocal done
+        done += 1
+        if checkpoint is not None:
+            checkpoint.save({"scores": scores, "batches_done": done},
+                            progress=f"batch {done} of {n_batches} done")
+
     stream_reduce(model, spec, token_lists, {"pattern": reducer}, batch_size=batch_size,
-                  padding_side=padding_side, progress=progress, desc=desc)  # type: ignore[arg-type]
+                  padding_side=padding_side, progress=progress, desc=desc,  # type: ignore[arg-type]
+                  on_batch_end=on_batch_end, start_batch=done)
     return scores
 
 
 def pattern_compute(target_fn: TargetFn, desc: str) -> Callable[..., ScoreResult]:
-    """A scorer ``compute`` function for the pattern ``target_fn``."""
+    """A scorer ``compute`` function for the pattern ``target_fn``; it takes an optional
+    ``checkpoint`` and so resumes per batch (:func:`per_prompt_pattern_scores`)."""
 
     def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
-                batch_size: int, progress: bool) -> ScoreResult:
+                batch_size: int, progress: bool,
+                checkpoint: Checkpoint | None = None) -> ScoreResult:
         per_prompt = per_prompt_pattern_scores(
             model, spec, data.payload, target_fn,
             exclude_bos=params["exclude_bos"], exclude_current=params["exclude_current"],
             batch_size=batch_size, padding_side=params["padding_side"], progress=progress,
-            desc=desc,
+            desc=desc, checkpoint=checkpoint,
         )
         scored = ~torch.isnan(per_prompt)
         n_scored = scored.sum(0)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
+from headprobe.checkpoint import Checkpoint
 from headprobe.errors import EmptyPromptsError
 from headprobe.inputs import Batch, encode_prompts, fingerprint
 from headprobe.prompts import load_resource, repeated_random_tokens
@@ -55,16 +56,28 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
 
 
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
-             batch_size: int, progress: bool) -> ScoreResult:
+             batch_size: int, progress: bool,
+             checkpoint: Checkpoint | None = None) -> ScoreResult:
+    """Per-domain sink shares and output norms; with a ``checkpoint`` the running sums of every
+    domain and its finished batch count are saved after each batch, and a run started again
+    under the same run key restores them and skips the finished batches (bitwise the same
+    sums: the additions happen in the same order)."""
     w_o = head_output_weights(model, spec).float()
+    saved = checkpoint.load() if checkpoint is not None else None
+    sums: dict[str, dict[str, torch.Tensor]] = dict(saved["sums"]) if saved else {}
+    done: dict[str, int] = dict(saved["batches_done"]) if saved else {}
     columns: dict[str, torch.Tensor] = {}
     dormant_count = torch.zeros(spec.n_layers, spec.n_heads)
     sink_shares = []
     summary = {}
     for domain, token_lists in data.payload.items():
-        sink_sum = torch.zeros(spec.n_layers, spec.n_heads)
-        norm_sum = torch.zeros(spec.n_layers, spec.n_heads)
-        n_prompts = torch.zeros(1)
+        restored = sums.get(domain, {})
+        sink_sum = restored.get("sink_sum", torch.zeros(spec.n_layers, spec.n_heads)).clone()
+        norm_sum = restored.get("norm_sum", torch.zeros(spec.n_layers, spec.n_heads)).clone()
+        n_prompts = restored.get("n_prompts", torch.zeros(1)).clone()
+        sums[domain] = {"sink_sum": sink_sum, "norm_sum": norm_sum, "n_prompts": n_prompts}
+        n_batches = -(-len(token_lists) // batch_size)
+        start = done.get(domain, 0)
 
         def on_pattern(pattern: torch.Tensor, context: ReduceContext,
                        sink_sum: torch.Tensor = sink_sum) -> None:
@@ -87,9 +100,16 @@ def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, An
             if layer == 0:
                 n_prompts += batch.size
 
+        def on_batch_end(batch: Batch, domain: str = domain, n_batches: int = n_batches) -> None:
+            done[domain] = done.get(domain, 0) + 1
+            if checkpoint is not None:
+                checkpoint.save({"sums": sums, "batches_done": done},
+                                progress=f"{domain}: batch {done[domain]} of {n_batches} done")
+
         stream_reduce(model, spec, token_lists, {"pattern": on_pattern, "z": on_z},
                       batch_size=batch_size, padding_side=params["padding_side"],
-                      progress=progress, desc=f"sink[{domain}]")
+                      progress=progress, desc=f"sink[{domain}]", on_batch_end=on_batch_end,
+                      start_batch=start)
         sink_share = sink_sum / n_prompts
         out_norm = norm_sum / n_prompts
         dormant = (sink_share >= params["dormant_sink"]) & (

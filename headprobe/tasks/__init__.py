@@ -15,6 +15,7 @@ TASK_MODULES: dict[str, str] = {
     "facts": "headprobe.tasks.facts",
     "induction_copy": "headprobe.tasks.induction_copy",
     "ioi": "headprobe.tasks.ioi",
+    "niah": "headprobe.tasks.niah",
 }
 
 
