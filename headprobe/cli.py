@@ -1,7 +1,8 @@
 """The ``headprobe`` command line.
 
 Subcommands: ``models`` (what can be loaded here), ``scorers``, ``scan``, ``atlas``,
-``ablate`` (ablation experiment against random heads) and ``recipe``. Every command that
+``ablate`` (ablation experiment against random heads), ``dose`` (dose-response: the top-k heads
+for several k against random k-sets) and ``recipe``. Every command that
 loads a model takes ``--model``, ``--dtype`` and ``--device`` and says which dtype and
 device it ran with. ``scan``, ``atlas`` and ``recipe`` resume a run killed half-way when
 started again with the same arguments and ``--out`` (checkpoints in
@@ -280,6 +281,65 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_ks(text: str) -> list[int]:
+    """``"1,2,4,8" -> [1, 2, 4, 8]``; :class:`UsageError` unless every k is an integer >= 1."""
+    ks: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            k = int(part)
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise UsageError(f"--ks takes integers >= 1 separated by commas (e.g. 1,2,4,8), "
+                             f"got {text!r}")
+        ks.append(k)
+    if not ks:
+        raise UsageError("--ks is empty: give the k values, e.g. --ks 1,2,4,8")
+    return sorted(set(ks))
+
+
+def cmd_dose(args: argparse.Namespace) -> int:
+    """Ablate the top-k heads for several k and random k-sets; print accuracy against k."""
+    import pandas as pd
+
+    from headprobe.experiments import dose_response
+    from headprobe.headtable import ensure_output_dir
+
+    check_counts(args)
+    ks = parse_ks(args.ks)
+    top = args.top if args.top is not None else (max(ks) if Path(args.heads).exists() else None)
+    heads, source = resolve_heads(args.heads, top)
+    if max(ks) > len(heads):
+        raise UsageError(f"--ks goes up to {max(ks)} but --heads gives {len(heads)} heads "
+                         f"({source}); lower --ks or give more heads")
+    options = parse_key_values(args.option, option="--option")
+    task = _make_task(args.task, args.n, args.seed)
+    out = ensure_output_dir(args.out) if args.out else None
+    model, spec = _load_from(args, args.model)
+    result = dose_response(
+        model, task, heads, ks=ks, method=args.method, n_random=args.n_random, seed=args.seed,
+        random_from=args.random_from, batch_size=args.batch_size, progress=not args.quiet,
+        n_bootstrap=args.n_bootstrap, method_options=options,
+    )
+    summary = result.summary
+    print(f"{spec.name} · task {task.name} ({len(task)} prompts) · method {args.method}")
+    ranked = ",".join(f"{layer}.{head}" for layer, head in heads[:max(ks)])
+    print(f"ranked heads ({source}): {ranked}")
+    random_mean = summary["mean_random_accuracy"]
+    frame = pd.DataFrame(
+        [{"k": k, "top_k_accuracy": acc, "mean_random_accuracy": random_mean.get(k)}
+         for k, acc in summary["top_k_accuracy"].items()],
+        columns=["k", "top_k_accuracy", "mean_random_accuracy"])
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"baseline {summary['baseline_accuracy']:.3f} · {args.n_random} random sets per k")
+    if out is not None:
+        folder = result.save(out)
+        print(f"wrote {folder}/dose_response.csv, dose_response.html, meta.json")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Parser and entry point
 
@@ -318,6 +378,8 @@ def _fresh_option(parser: argparse.ArgumentParser) -> None:
 def _add_ablate(sub: Any) -> None:
     from headprobe.interventions import METHODS
 
+    methods = [m for m, entry in METHODS.items()
+               if m not in _TENSOR_METHODS and entry.unit == "head"]
     ablate = sub.add_parser(
         "ablate", help="ablate heads on a task and compare with random head sets",
         description="Judge a task on the clean model, with the target heads ablated, and with "
@@ -332,8 +394,7 @@ def _add_ablate(sub: Any) -> None:
     ablate.add_argument("--top", type=int, default=None,
                         help="number of top heads to take from a head table (default 5), or "
                         "the first K of a list")
-    ablate.add_argument("--method", default="zero",
-                        choices=[m for m in METHODS if m not in _TENSOR_METHODS],
+    ablate.add_argument("--method", default="zero", choices=methods,
                         help="intervention (default: %(default)s)")
     ablate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="method option, e.g. --option factor=1e-5 (repeatable)")
@@ -346,6 +407,33 @@ def _add_ablate(sub: Any) -> None:
                         help="write ablation.csv, ablation.html and meta.json here")
     _run_options(ablate, n_help="number of task prompts")
     ablate.set_defaults(func=cmd_ablate)
+
+    dose = sub.add_parser(
+        "dose", help="dose-response: ablate the top-k heads for several k vs random k-sets",
+        description="Judge a task on the clean model, with the k best heads ablated for every "
+        "k of --ks, and with --n-random random sets of k heads ablated; print accuracy "
+        "against k.")
+    _model_options(dose)
+    dose.add_argument("--task", required=True, help="registered task name (e.g. induction_copy)")
+    dose.add_argument("--heads", required=True,
+                      help="a folder / file written by HeadTable.save (its best heads, in "
+                      "order), or an ordered 'LAYER.HEAD,...' list, best first")
+    dose.add_argument("--top", type=int, default=None,
+                      help="heads to take from a head table (default: the largest k)")
+    dose.add_argument("--ks", default="1,2,4,8",
+                      help="k values, comma-separated (default: %(default)s)")
+    dose.add_argument("--method", default="zero", choices=methods,
+                      help="intervention (default: %(default)s)")
+    dose.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="method option, e.g. --option factor=1e-5 (repeatable)")
+    dose.add_argument("--n-random", type=int, default=5,
+                      help="random head sets per k (default: %(default)s)")
+    dose.add_argument("--random-from", default="same_layers", choices=("same_layers", "uniform"))
+    dose.add_argument("--n-bootstrap", type=int, default=1000)
+    dose.add_argument("--out", default=None,
+                      help="write dose_response.csv, dose_response.html and meta.json here")
+    _run_options(dose, n_help="number of task prompts")
+    dose.set_defaults(func=cmd_dose)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,3 +98,8 @@ class UsageError(HeadprobeError, ValueError):
 
 class ImageGenerationError(HeadprobeError, ValueError):
     """Generation was asked for from an image prompt, which the decode step cannot do yet."""
+
+
+class NoRetrievalError(HeadprobeError, RuntimeError):
+    """No retrieval trial passed the gate (the model never answered), so no head can be
+    scored; the message says how many trials ran and what the model answered."""

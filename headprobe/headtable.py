@@ -5,6 +5,15 @@ A HeadTable wraps a long pandas DataFrame with one row per (layer, head): column
 attention), ``score`` and any scorer-specific columns. Metadata (model, scorer, parameters,
 data fingerprint, seed, headprobe version, timings) lives in ``DataFrame.attrs`` and is
 written to a ``meta.json`` sidecar by :meth:`HeadTable.save`.
+
+Units. A table is per *query head* (``meta["unit"]`` absent or ``"head"``, the default) or per
+*key/value head* (``meta["unit"] == "kv_head"``: one row per (layer, kv head), built by
+:meth:`HeadTable.from_kv_grid`; its ``head`` column holds the kv head index and equals
+``kv_head``). Under grouped-query attention a kv head is the unit a KV cache keeps or drops
+(DuoAttention, Xiao et al. 2024; RazorAttention, Tang et al. 2024), so KV-budget plans
+(:mod:`headprobe.kv_budget`) are kv-head tables. ``save``, ``load``, ``pivot`` ([L, H_kv]),
+``heatmap`` (x axis ``kv head``), ``top`` and ``join`` work in both units; ``join`` refuses to
+mix them.
 """
 
 from __future__ import annotations
@@ -21,9 +30,17 @@ import numpy as np
 import pandas as pd
 
 from headprobe.arch import ModelSpec
-from headprobe.errors import OutputPathError
+from headprobe.errors import HeadprobeError, OutputPathError
 
 REQUIRED_COLUMNS = ("layer", "head", "kv_head", "score")
+HEAD_UNIT = "head"
+KV_HEAD_UNIT = "kv_head"
+UNITS = (HEAD_UNIT, KV_HEAD_UNIT)
+
+
+class TableUnitError(HeadprobeError, ValueError):
+    """Tables of different units (query heads vs kv heads) were combined, or a kv-head table
+    has rows whose ``head`` differs from ``kv_head``."""
 
 
 class HeadTable:
@@ -40,6 +57,11 @@ class HeadTable:
             raise ValueError(f"a HeadTable needs columns {REQUIRED_COLUMNS}; missing {missing}")
         data = data.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
         data.attrs = dict(meta if meta is not None else data.attrs)
+        consistent = bool((data["head"] == data["kv_head"]).all())
+        if data.attrs.get("unit") == KV_HEAD_UNIT and not consistent:
+            raise TableUnitError(
+                "a kv-head table (meta['unit'] == 'kv_head') must have head == kv_head in "
+                "every row; build it with HeadTable.from_kv_grid")
         self.data = data
 
     # ------------------------------------------------------------------ construction
@@ -68,6 +90,31 @@ class HeadTable:
             frame[name] = _as_grid(values, spec).ravel()
         return cls(frame, meta)
 
+    @classmethod
+    def from_kv_grid(
+        cls,
+        scores: Any,
+        spec: ModelSpec,
+        *,
+        columns: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> HeadTable:
+        """A kv-head table from an [L, H_kv] score grid plus [L, H_kv] extra columns.
+
+        Rows are (layer, kv head) with ``head == kv_head`` (the kv head index);
+        ``meta["unit"]`` is set to ``"kv_head"`` and ``meta["group_size"]`` to the number of
+        query heads that read each kv head (``spec.group_size``).
+        """
+        grid = _as_grid(scores, spec, kv=True)
+        layers, heads = np.meshgrid(np.arange(spec.n_layers), np.arange(spec.n_kv_heads),
+                                    indexing="ij")
+        frame = pd.DataFrame({"layer": layers.ravel(), "head": heads.ravel(),
+                              "kv_head": heads.ravel(), "score": grid.ravel()})
+        for name, values in (columns or {}).items():
+            frame[name] = _as_grid(values, spec, kv=True).ravel()
+        return cls(frame, {**dict(meta or {}), "unit": KV_HEAD_UNIT,
+                           "group_size": spec.group_size})
+
     # ------------------------------------------------------------------ access
     @property
     def meta(self) -> dict[str, Any]:
@@ -81,6 +128,20 @@ class HeadTable:
     def model(self) -> str:
         return str(self.meta.get("model", ""))
 
+    @property
+    def unit(self) -> str:
+        """``"head"`` (one row per query head) or ``"kv_head"`` (one per key/value head)."""
+        return KV_HEAD_UNIT if self.meta.get("unit") == KV_HEAD_UNIT else HEAD_UNIT
+
+    @property
+    def is_kv(self) -> bool:
+        """True for a kv-head table (:meth:`from_kv_grid`)."""
+        return self.unit == KV_HEAD_UNIT
+
+    @property
+    def _noun(self) -> str:
+        return "kv heads" if self.is_kv else "heads"
+
     def __len__(self) -> int:
         return len(self.data)
 
@@ -89,10 +150,12 @@ class HeadTable:
 
     def __repr__(self) -> str:
         top = self.top(5)[["layer", "head", "score"]].to_string(index=False)
-        return f"HeadTable({self.scorer}, model={self.model!r}, {len(self)} heads)\ntop 5:\n{top}"
+        return (f"HeadTable({self.scorer}, model={self.model!r}, {len(self)} {self._noun})"
+                f"\ntop 5:\n{top}")
 
     def _repr_html_(self) -> str:
-        title = f"<b>HeadTable</b> {self.scorer} &middot; {self.model} &middot; {len(self)} heads"
+        title = (f"<b>HeadTable</b> {self.scorer} &middot; {self.model} &middot; {len(self)} "
+                 f"{self._noun}")
         return title + self.top(10).to_html(index=False)
 
     def to_frame(self) -> pd.DataFrame:
@@ -108,7 +171,9 @@ class HeadTable:
         )
 
     def heads(self, k: int | None = None, threshold: float | None = None) -> list[tuple[int, int]]:
-        """Top heads as ``(layer, head)`` pairs: the ``k`` best and/or those above threshold."""
+        """Top heads as ``(layer, head)`` pairs: the ``k`` best and/or those above threshold.
+
+        In a kv-head table the pairs are ``(layer, kv head)``."""
         frame = self.data.sort_values("score", ascending=False, kind="stable")
         if threshold is not None:
             frame = frame[frame["score"] > threshold]
@@ -117,7 +182,8 @@ class HeadTable:
         return [(int(r.layer), int(r.head)) for r in frame.itertuples()]
 
     def pivot(self, value: str = "score") -> pd.DataFrame:
-        """An L x H grid of ``value`` (index ``layer``, columns ``head``)."""
+        """An L x H grid of ``value`` (index ``layer``, columns ``head``); L x H_kv (columns
+        are kv heads) in a kv-head table."""
         return self.data.pivot(index="layer", columns="head", values=value)
 
     def heatmap(self, value: str = "score", title: str | None = None, **imshow_kwargs: Any) -> Any:
@@ -131,7 +197,7 @@ class HeadTable:
             imshow_kwargs.setdefault("color_continuous_midpoint", 0.0)
         figure = px.imshow(
             grid,
-            labels={"x": "head", "y": "layer", "color": value},
+            labels={"x": "kv head" if self.is_kv else "head", "y": "layer", "color": value},
             aspect="auto",
             color_continuous_scale=imshow_kwargs.pop("color_continuous_scale", "Viridis"),
             title=title or f"{self.scorer} — {self.model}",
@@ -183,15 +249,29 @@ class HeadTable:
     # ------------------------------------------------------------------ combining
     @staticmethod
     def join(tables: Sequence[HeadTable], value: str = "score") -> pd.DataFrame:
-        """One wide table: ``layer``, ``head``, ``kv_head`` and one column per scorer."""
+        """One wide table: ``layer``, ``head``, ``kv_head`` and one column per scorer.
+
+        All tables must have the same unit (query heads or kv heads); the wide table's
+        ``attrs["unit"]`` says which.
+
+        Raises:
+            TableUnitError: a query-head table joined with a kv-head table.
+        """
         if not tables:
             raise ValueError("join needs at least one HeadTable")
+        units = {t.unit for t in tables}
+        if len(units) > 1:
+            listing = ", ".join(f"{t.scorer}: {t.unit}" for t in tables)
+            raise TableUnitError(
+                f"cannot join tables of different units ({listing}); aggregate the per-head "
+                "tables to kv heads first (headprobe.kv_budget.kv_head_table) or join each "
+                "unit separately")
         keys = ["layer", "head", "kv_head"]
         wide = tables[0].data[keys].copy()
         for table in tables:
             column = table.data[[*keys, value]].rename(columns={value: table.scorer})
             wide = wide.merge(column, on=keys, how="outer")
-        wide.attrs = {"tables": {t.scorer: t.meta for t in tables}}
+        wide.attrs = {"tables": {t.scorer: t.meta for t in tables}, "unit": tables[0].unit}
         return wide
 
     @staticmethod
@@ -201,13 +281,16 @@ class HeadTable:
         return wide[[t.scorer for t in tables]].corr(method=method)
 
 
-def _as_grid(values: Any, spec: ModelSpec) -> np.ndarray:
+def _as_grid(values: Any, spec: ModelSpec, *, kv: bool = False) -> np.ndarray:
+    """``values`` as an [L, H] (or, with ``kv``, [L, H_kv]) numpy array; ``ValueError``
+    on another shape."""
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
     grid = np.asarray(values)
-    if grid.shape != (spec.n_layers, spec.n_heads):
+    width, what = (spec.n_kv_heads, "n_kv_heads") if kv else (spec.n_heads, "n_heads")
+    if grid.shape != (spec.n_layers, width):
         raise ValueError(
-            f"expected an [n_layers, n_heads] = [{spec.n_layers}, {spec.n_heads}] grid, "
+            f"expected an [n_layers, {what}] = [{spec.n_layers}, {width}] grid, "
             f"got shape {grid.shape}"
         )
     return grid

@@ -1,51 +1,141 @@
 """Scripted head-discovery recipes: small TOML files that the CLI runs.
 
-A recipe names a model, the scans to run and what to report::
+A recipe names a model and an ordered list of steps: scans that score every head, then causal
+checks of the best heads of an earlier scan against random head sets of the same size::
 
     name = "induction-heads"
     description = "..."
     model = "smollm2-135m-instruct"
 
-    [[scan]]
+    [[step]]
+    kind = "scan"                  # score every head with one scorer
     scorer = "induction"
     n = 32
     seed = 0
     params = { seq_len = 50 }
 
+    [[step]]
+    kind = "ablate"                # headprobe.experiments.ablation_experiment
+    name = "induction_ablation"    # the step's folder and summary key (default: its kind)
+    task = "induction_copy"
+    task_options = { n = 48 }
+    heads_from = "induction"       # an earlier scan step (its name: the scorer by default)
+    top = 6                        # and/or threshold = 0.5; or heads = "18.6,17.3"
+    method = "zero"
+    n_random = 10
+
+    [[step]]
+    kind = "dose"                  # headprobe.experiments.dose_response
+    task = "induction_copy"
+    heads_from = "induction"
+    ks = [1, 2, 4, 6]              # top defaults to max(ks)
+
     [report]
     top = 10
     threshold = 0.5
 
-Running it writes each table under ``<out>/<scorer>/`` and a ``summary.json`` with the top
-heads and the number of heads above the threshold. A recipe killed half-way and run again with
-the same arguments skips the steps already done under the same run key and resumes the
-interrupted step per batch where its scorer can (:mod:`headprobe.checkpoint`).
+Steps run in the order written. One ``[[step]]`` array keeps that order: TOML does not keep
+the relative order of arrays of tables with different names, so ``[[ablate]]`` / ``[[dose]]``
+arrays are refused with a message saying so. Older files made only of ``[[scan]]`` tables
+(no ``kind``) are still read, as scan steps in their order.
+
+Keys of a scan step: ``scorer`` (required), ``name``, ``n``, ``seed``, ``batch_size``,
+``params``. Keys of an ``ablate`` / ``dose`` step: ``task`` (required, a registered task),
+``task_options``, either ``heads_from`` (with ``top`` and/or ``threshold``; a dose step
+defaults to ``top = max(ks)``) or ``heads`` (``"18.6,17.3"`` or ``[[18, 6], [17, 3]]``),
+``method`` (:data:`headprobe.interventions.METHODS`; default ``zero``), ``method_options``,
+``n_random`` (default 10 for ablate, 5 for dose), ``random_from`` (``same_layers`` or
+``uniform``), ``seed``, ``n_bootstrap`` (default 1000), ``batch_size`` and, for ``dose``,
+``ks`` (required). :func:`load_recipe` checks all of this before any model is loaded and raises
+:class:`~headprobe.errors.RecipeError` naming the step and the problem.
+
+Running it writes each step under ``<out>/<step name>/`` (a scan step's name is its scorer
+unless it says otherwise) and rewrites ``summary.json`` after every step: the scans' top heads
+and counts above the report threshold under ``scans``, the causal steps' headline numbers
+(heads used, target delta with its 95% interval, mean and lowest random delta, share of random
+sets as low; for dose the accuracy per k) under ``experiments``, and the order of the steps
+under ``steps``. A recipe killed half-way and run again with the same arguments skips the
+steps already done under the same run key and resumes the interrupted scan per batch where its
+scorer can (:mod:`headprobe.checkpoint`). A causal step's run key covers its parameters, the
+heads it used (so a rerun scan that ranks heads differently reruns it), the model and the
+task's fingerprint (tokenized prompts, answers and judge).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
+import json
+import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headprobe.checkpoint import saved_table_matches
-from headprobe.errors import RecipeError
-from headprobe.headtable import HeadTable, ensure_output_dir, write_json
+import pandas as pd
+
+from headprobe.checkpoint import (
+    describe_changes,
+    run_key,
+    run_key_fields,
+    saved_table_matches,
+)
+from headprobe.errors import HeadprobeError, RecipeError
+from headprobe.headtable import HeadTable, ensure_output_dir, to_jsonable, write_json
 from headprobe.registry import get_scorer
 
+STEP_KINDS = ("scan", "ablate", "dose")
+_TOP_KEYS = {"name", "description", "model", "step", "scan", "report"}
+_REPORT_KEYS = {"top", "threshold"}
 _SCAN_KEYS = {"scorer", "n", "seed", "batch_size", "params"}
+_CAUSAL_KEYS = {"task", "task_options", "heads_from", "top", "threshold", "heads", "method",
+                "method_options", "n_random", "random_from", "seed", "n_bootstrap",
+                "batch_size"}
+_STEP_KEYS = {"scan": _SCAN_KEYS, "ablate": _CAUSAL_KEYS, "dose": _CAUSAL_KEYS | {"ks"}}
+_DEFAULT_N_RANDOM = {"ablate": 10, "dose": 5}
+# Interventions that need a tensor option cannot be written in a TOML file.
+_TENSOR_METHODS = ("add_to_output", "set_pattern")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One validated step of a recipe.
+
+    Attributes:
+        kind: ``scan``, ``ablate`` or ``dose``.
+        name: unique in the recipe; the step's output folder and summary key.
+        options: the step's table from the file, without ``kind`` and ``name``.
+    """
+
+    kind: str
+    name: str
+    options: dict[str, Any]
 
 
 @dataclass
 class Recipe:
+    """A parsed recipe: what :func:`run_recipe` runs, in order."""
+
     name: str
     description: str
     model: str
-    scans: list[dict[str, Any]]
+    steps: list[Step]
     report: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def scans(self) -> list[dict[str, Any]]:
+        """The scan steps' tables (``scorer``, ``n``, ``seed``, ``batch_size``, ``params``)."""
+        return [step.options for step in self.steps if step.kind == "scan"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -57,25 +147,213 @@ def load_recipe(path: str | Path) -> Recipe:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise RecipeError(f"recipe {path} is not valid TOML: {error}") from error
-    scans = raw.get("scan")
-    if not isinstance(scans, list) or not scans:
-        raise RecipeError(f"recipe {path} has no [[scan]] steps")
-    for index, step in enumerate(scans):
-        unknown = set(step) - _SCAN_KEYS
-        if "scorer" not in step or unknown:
+    where = f"recipe {path}"
+    for kind in ("ablate", "dose"):
+        if kind in raw:
             raise RecipeError(
-                f"recipe {path}: scan step {index} needs 'scorer' and may have only "
-                f"{sorted(_SCAN_KEYS)}; got {sorted(step)}"
-            )
-        get_scorer(step["scorer"])  # unknown scorer -> UnknownScorerError now, not mid-run
+                f"{where}: write [[{kind}]] steps as [[step]] tables with kind = \"{kind}\" "
+                "(TOML does not keep the order between arrays of different names)")
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; a recipe may have only "
+                          f"{sorted(_TOP_KEYS)}")
+    if "step" in raw and "scan" in raw:
+        raise RecipeError(f"{where} mixes [[scan]] and [[step]] tables, whose relative order "
+                          "TOML does not keep: write every step as [[step]] with a kind")
+    tables = raw.get("step", raw.get("scan"))
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict)
+                                                             for t in tables):
+        raise RecipeError(f"{where} has no steps: add [[step]] tables (kind = \"scan\", "
+                          "\"ablate\" or \"dose\"), or the older [[scan]] tables")
+    if "scan" in raw:
+        for index, table in enumerate(tables):
+            if "kind" in table:
+                raise RecipeError(f"{where}: [[scan]] step {index} has a kind; write it as "
+                                  "[[step]] instead")
+        tables = [{"kind": "scan", **table} for table in tables]
+    steps: list[Step] = []
+    for index, table in enumerate(tables):
+        steps.append(_parse_step(table, index, steps, where))
+    report = raw.get("report", {})
+    if not isinstance(report, dict) or set(report) - _REPORT_KEYS:
+        raise RecipeError(f"{where}: [report] may have only {sorted(_REPORT_KEYS)}; "
+                          f"got {report!r}")
+    if "top" in report:
+        _check_int(report["top"], "top", 1, f"{where}: [report]")
+    if "threshold" in report:
+        _check_number(report["threshold"], "threshold", f"{where}: [report]")
     return Recipe(
         name=str(raw.get("name", path.stem)),
         description=str(raw.get("description", "")),
         model=str(raw.get("model", "smollm2-135m-instruct")),
-        scans=scans,
-        report=dict(raw.get("report", {})),
+        steps=steps,
+        report=dict(report),
         path=path,
     )
+
+
+def _parse_step(table: dict[str, Any], index: int, earlier: Sequence[Step],
+                where: str) -> Step:
+    """Validate step ``index`` given the steps before it; the :class:`Step`."""
+    kind = table.get("kind")
+    if kind not in STEP_KINDS:
+        raise RecipeError(f"{where}: step {index} has kind {kind!r}; kind must be one of "
+                          f"{list(STEP_KINDS)}")
+    options = {k: v for k, v in table.items() if k not in ("kind", "name")}
+    allowed = _STEP_KEYS[kind]
+    label = f"{where}: {kind} step {index}"
+    required = "scorer" if kind == "scan" else "task"
+    unknown = sorted(set(options) - allowed)
+    if required not in options or unknown:
+        raise RecipeError(
+            f"{label} needs {required!r} and may have only {sorted(allowed | {'kind', 'name'})}"
+            f"; got {sorted(table)}" + (f" (unknown: {unknown})" if unknown else ""))
+    if kind == "scan":
+        default_name = str(options["scorer"])
+        get_scorer(options["scorer"])  # unknown scorer -> UnknownScorerError now, not mid-run
+        if "n" in options:
+            _check_int(options["n"], "n", 1, label)
+        if "params" in options and not isinstance(options["params"], dict):
+            raise RecipeError(f"{label}: params must be a table, e.g. params = {{ seq_len = 8 }}")
+    else:
+        default_name = kind
+    name = table.get("name", default_name)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RecipeError(f"{label}: name {name!r} must be letters, digits, '_', '.', '-' "
+                          "(it names the step's folder)")
+    label = f"{where}: step {name!r}"
+    if any(step.name == name for step in earlier):
+        raise RecipeError(f"{label}: another step before it has the same name; give one of "
+                          "them a different name = \"...\"")
+    for key in ("seed",):
+        if key in options:
+            _check_int(options[key], key, None, label)
+    if "batch_size" in options:
+        _check_int(options["batch_size"], "batch_size", 1, label)
+    if kind != "scan":
+        _check_causal(kind, options, earlier, label)
+    return Step(kind=kind, name=name, options=options)
+
+
+def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
+                  label: str) -> None:
+    """Validate the keys of an ``ablate`` / ``dose`` step (see the module docstring)."""
+    from headprobe.errors import InterventionError
+    from headprobe.experiments.runner import check_method_options
+    from headprobe.interventions import METHODS
+    from headprobe.tasks import TASK_MODULES
+
+    task = options["task"]
+    if task not in TASK_MODULES:
+        raise RecipeError(f"{label}: unknown task {task!r}; registered tasks: "
+                          f"{', '.join(TASK_MODULES)}")
+    task_options = options.get("task_options", {})
+    if not isinstance(task_options, dict):
+        raise RecipeError(f"{label}: task_options must be a table, e.g. task_options = "
+                          "{ n = 48 }")
+    make_task = importlib.import_module(TASK_MODULES[task]).make_task
+    parameters = inspect.signature(make_task).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(task_options) - set(parameters))
+        if unknown:
+            raise RecipeError(f"{label}: task {task!r} has no option {', '.join(unknown)}; its "
+                              f"options: {', '.join(parameters) or 'none'}")
+    methods = [m for m in METHODS if m not in _TENSOR_METHODS]
+    method = options.get("method", "zero")
+    if method not in methods:
+        raise RecipeError(f"{label}: unknown method {method!r}; methods: {', '.join(methods)}")
+    method_options = options.get("method_options", {})
+    if not isinstance(method_options, dict):
+        raise RecipeError(f"{label}: method_options must be a table, e.g. method_options = "
+                          "{ factor = 0.5 }")
+    try:
+        check_method_options(method, method_options)
+    except InterventionError as error:
+        raise RecipeError(f"{label}: {error}") from error
+    for key in ("n_random", "n_bootstrap"):
+        if key in options:
+            _check_int(options[key], key, 0, label)
+    random_from = options.get("random_from", "same_layers")
+    if random_from not in ("same_layers", "uniform"):
+        raise RecipeError(f"{label}: random_from must be 'same_layers' or 'uniform', got "
+                          f"{random_from!r}")
+    if ("heads_from" in options) == ("heads" in options):
+        raise RecipeError(f"{label} needs exactly one of heads_from = \"<earlier scan step>\" "
+                          "(with top and/or threshold) and heads = \"LAYER.HEAD,...\"")
+    if "top" in options:
+        _check_int(options["top"], "top", 1, label)
+    if "threshold" in options:
+        _check_number(options["threshold"], "threshold", label)
+    n_heads: int | None = None
+    if "heads" in options:
+        if "top" in options or "threshold" in options:
+            raise RecipeError(f"{label}: top and threshold pick heads from heads_from; with an "
+                              "explicit heads list leave them out")
+        n_heads = len(explicit_heads(options["heads"], label))
+    else:
+        source = options["heads_from"]
+        scans = [step.name for step in earlier if step.kind == "scan"]
+        match = [step for step in earlier if step.name == source]
+        if not match:
+            raise RecipeError(f"{label}: heads_from = {source!r} names no earlier step; earlier "
+                              f"scan steps: {scans or 'none'} (a step may only use steps "
+                              "written before it)")
+        if match[0].kind != "scan":
+            raise RecipeError(f"{label}: heads_from = {source!r} is a {match[0].kind} step; "
+                              f"heads come from a scan step: {scans or 'none'}")
+        if kind == "ablate" and "top" not in options and "threshold" not in options:
+            raise RecipeError(f"{label}: say which heads of {source!r} to ablate: top = K "
+                              "and/or threshold = X")
+        n_heads = options.get("top")
+    if kind == "dose":
+        ks = options.get("ks")
+        if (not isinstance(ks, list) or not ks
+                or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                           for k in ks)):
+            raise RecipeError(f"{label}: a dose step needs ks = [1, 2, 4, ...] (integers >= 1), "
+                              f"got {ks!r}")
+        if n_heads is not None and max(ks) > n_heads:
+            raise RecipeError(f"{label}: k = {max(ks)} is more than the {n_heads} heads the "
+                              "step takes; lower ks or raise top")
+
+
+def _check_int(value: Any, key: str, minimum: int | None, label: str) -> None:
+    """:class:`RecipeError` unless ``value`` is an integer (``>= minimum``)."""
+    if not isinstance(value, int) or isinstance(value, bool) or (
+            minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise RecipeError(f"{label}: {key} must be an integer{bound}, got {value!r}")
+
+
+def _check_number(value: Any, key: str, label: str) -> None:
+    """:class:`RecipeError` unless ``value`` is a number."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise RecipeError(f"{label}: {key} must be a number, got {value!r}")
+
+
+def explicit_heads(value: Any, label: str = "heads") -> list[tuple[int, int]]:
+    """A step's ``heads``: ``"18.6,17.3"`` or ``[[18, 6], [17, 3]]`` -> ``[(18, 6), (17, 3)]``.
+
+    :class:`RecipeError` (prefixed with ``label``) for any other form.
+    """
+    from headprobe.experiments import parse_heads
+
+    if isinstance(value, str):
+        try:
+            return parse_heads(value)
+        except HeadprobeError as error:
+            raise RecipeError(f"{label}: {error}") from error
+    if (isinstance(value, list) and value
+            and all(isinstance(p, list) and len(p) == 2
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in p)
+                    for p in value)):
+        return [(int(p[0]), int(p[1])) for p in value]
+    raise RecipeError(f"{label}: heads must be \"LAYER.HEAD,...\" (e.g. \"18.6,17.3\") or "
+                      f"[[LAYER, HEAD], ...], got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
 
 
 def run_recipe(
@@ -84,43 +362,228 @@ def run_recipe(
     out_dir: str | Path,
     *,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
+    echo: Echo = print,
     fresh: bool = False,
-) -> dict[str, HeadTable]:
-    """Run every scan of ``recipe`` on ``model``; save tables and ``summary.json``.
+) -> dict[str, Any]:
+    """Run every step of ``recipe`` on ``model`` in order; save results and ``summary.json``.
 
-    Resumable: a step whose table is already saved under ``<out_dir>/<scorer>/`` with the same
-    run key (:func:`headprobe.checkpoint.saved_table_matches`) is loaded instead of run (and
-    ``echo`` says so), and a step whose scorer resumes per batch keeps its checkpoint under
-    ``<out_dir>/.checkpoints/``; ``fresh`` recomputes every step.
+    Returns ``{step name: result}``: a :class:`HeadTable` for a scan step, an
+    :class:`~headprobe.experiments.ExperimentResult` for an ``ablate`` / ``dose`` step.
+
+    Resumable: a step whose result is already saved under ``<out_dir>/<step name>/`` with the
+    same run key is loaded instead of run (and ``echo`` says so; a scan's key is
+    :func:`headprobe.checkpoint.saved_table_matches`'s, a causal step's covers its parameters,
+    heads, model and task fingerprint), and a scan whose scorer resumes per batch keeps its
+    checkpoint under ``<out_dir>/.checkpoints/``; ``fresh`` recomputes every step.
     """
     folder = ensure_output_dir(out_dir)
     top = int(recipe.report.get("top", 10))
     threshold = recipe.report.get("threshold")
+    results: dict[str, Any] = {}
     tables: dict[str, HeadTable] = {}
     summary: dict[str, Any] = {"recipe": recipe.name, "description": recipe.description,
-                               "model": recipe.model, "scans": {}}
-    for step in recipe.scans:
-        scorer = get_scorer(step["scorer"])
-        run = scorer.plan(model, n=step.get("n"), seed=int(step.get("seed", 0)),
-                          batch_size=int(step.get("batch_size", 8)), **step.get("params", {}))
-        saved = folder / scorer.name
-        if not fresh and saved_table_matches(saved, run.key, name=scorer.name,
-                                             fields=run.key_fields, echo=echo):
-            echo(f"{scorer.name}: step already done (same run key, table in {saved}); skipped")
-            table = HeadTable.load(saved, scorer=scorer.name)
+                               "model": recipe.model, "steps": [], "scans": {}}
+    for step in recipe.steps:
+        if step.kind == "scan":
+            table = _run_scan(step, model, folder, progress=progress, echo=echo, fresh=fresh)
+            tables[step.name] = results[step.name] = table
+            best = table.top(top)[["layer", "head", "score"]]
+            entry: dict[str, Any] = {"top": best.to_dict(orient="records")}
+            if threshold is not None:
+                entry["threshold"] = threshold
+                entry["n_above_threshold"] = int((table["score"] > threshold).sum())
+            summary["scans"][step.name] = entry
+            echo(f"{step.name}: top {top} heads\n{best.to_string(index=False)}")
+            if threshold is not None:
+                echo(f"{entry['n_above_threshold']} of {len(table)} heads score above "
+                     f"{threshold}")
         else:
-            table = run.run(progress=progress, checkpoint_dir=folder, fresh=fresh, echo=echo)
-            table.save(saved)
-        tables[scorer.name] = table
-        best = table.top(top)[["layer", "head", "score"]]
-        entry: dict[str, Any] = {"top": best.to_dict(orient="records")}
-        if threshold is not None:
-            entry["threshold"] = threshold
-            entry["n_above_threshold"] = int((table["score"] > threshold).sum())
-        summary["scans"][scorer.name] = entry
-        echo(f"{scorer.name}: top {top} heads\n{best.to_string(index=False)}")
-        if threshold is not None:
-            echo(f"{entry['n_above_threshold']} of {len(table)} heads score above {threshold}")
+            result, entry = _run_causal(step, model, folder, tables, progress=progress,
+                                        echo=echo, fresh=fresh)
+            results[step.name] = result
+            summary.setdefault("experiments", {})[step.name] = entry
+            echo(_describe_entry(step, entry))
+        summary["steps"].append({"name": step.name, "kind": step.kind})
         write_json(folder / "summary.json", summary)  # after every step: nothing lost
-    return tables
+    return results
+
+
+def _run_scan(step: Step, model: Any, folder: Path, *, progress: bool, echo: Echo,
+              fresh: bool) -> HeadTable:
+    """Run (or load, when already done under the same run key) one scan step."""
+    options = step.options
+    scorer = get_scorer(options["scorer"])
+    run = scorer.plan(model, n=options.get("n"), seed=int(options.get("seed", 0)),
+                      batch_size=int(options.get("batch_size", 8)), **options.get("params", {}))
+    saved = folder / step.name
+    if not fresh and saved_table_matches(saved, run.key, name=scorer.name,
+                                         fields=run.key_fields, echo=echo):
+        echo(f"{step.name}: step already done (same run key, table in {saved}); skipped")
+        return HeadTable.load(saved, scorer=scorer.name)
+    table = run.run(progress=progress, checkpoint_dir=folder, fresh=fresh, echo=echo)
+    table.save(saved)
+    return table
+
+
+def select_heads(step: Step, tables: Mapping[str, HeadTable]) -> tuple[list[tuple[int, int]],
+                                                                        str]:
+    """The heads an ``ablate`` / ``dose`` step uses, best first, and where they came from.
+
+    From ``heads``, or from the table of the scan step ``heads_from``: its ``top`` best heads
+    and/or those scoring above ``threshold`` (a dose step without either takes
+    ``max(ks)``). :class:`RecipeError` when that leaves no head, or fewer than a dose needs.
+    """
+    options = step.options
+    label = f"step {step.name!r}"
+    if "heads" in options:
+        heads = explicit_heads(options["heads"], label)
+        source = "given list"
+    else:
+        name = options["heads_from"]
+        top = options.get("top")
+        threshold = options.get("threshold")
+        if step.kind == "dose" and top is None and threshold is None:
+            top = max(options["ks"])
+        heads = tables[name].heads(k=top, threshold=threshold)
+        parts = ([f"top {top}"] if top is not None else []) + (
+            [f"above {threshold}"] if threshold is not None else [])
+        source = f"{' and '.join(parts)} heads of {name}"
+        if not heads:
+            raise RecipeError(f"{label}: no head of {name!r} scores above {threshold}; lower "
+                              "the threshold or use top = K")
+    if step.kind == "dose" and max(step.options["ks"]) > len(heads):
+        raise RecipeError(f"{label}: k = {max(step.options['ks'])} but only {len(heads)} heads "
+                          f"({source}); lower ks or the threshold")
+    return heads, source
+
+
+def task_fingerprint(model: Any, task: Any) -> str:
+    """sha256 prefix of a task as ``model`` sees it: tokenized prompts, answers, judge."""
+    from headprobe.inputs import encode_prompts, fingerprint
+    from headprobe.models import describe_model
+
+    prompts = fingerprint(encode_prompts(model, task.prompts, describe_model(model)))
+    payload = {"name": task.name, "prompts": prompts, "judge": task.judge,
+               "max_new_tokens": task.max_new_tokens,
+               "answers": [item.answer for item in task.items],
+               "distractors": [item.distractor for item in task.items]}
+    text = json.dumps(payload, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _causal_params(step: Step, heads: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """Every parameter of a causal step with its default filled in, and the heads in order."""
+    options = step.options
+    params: dict[str, Any] = {
+        "kind": step.kind,
+        "task": options["task"],
+        "task_options": dict(options.get("task_options", {})),
+        "method": options.get("method", "zero"),
+        "method_options": dict(options.get("method_options", {})),
+        "n_random": int(options.get("n_random", _DEFAULT_N_RANDOM[step.kind])),
+        "random_from": options.get("random_from", "same_layers"),
+        "n_bootstrap": int(options.get("n_bootstrap", 1000)),
+        "heads": ",".join(f"{layer}.{head}" for layer, head in heads),
+    }
+    if step.kind == "dose":
+        params["ks"] = sorted({int(k) for k in options["ks"]})
+    return params
+
+
+def _saved_step_matches(saved: Path, key: str, name: str, fields: Mapping[str, Any],
+                        echo: Echo) -> dict[str, Any] | None:
+    """The saved ``meta.json`` of step ``name`` when it holds run ``key``, else ``None``.
+
+    :func:`headprobe.experiments.save_experiment` writes ``meta.json`` last and the step's old
+    one is removed before saving, so a matching ``meta.json`` means complete files. A result
+    saved under another key makes ``echo`` say which fields changed.
+    """
+    meta_path = saved / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("run_key") == key and meta.get("recipe_step") == name:
+        return meta
+    if meta.get("run_key_fields") is not None:
+        changed = describe_changes(meta["run_key_fields"], fields) or ["run key"]
+        echo(f"{name}: the saved result in {saved} is from a different run "
+             f"(changed: {'; '.join(changed)}); recomputing")
+    return None
+
+
+def _run_causal(step: Step, model: Any, folder: Path, tables: Mapping[str, HeadTable], *,
+                progress: bool, echo: Echo, fresh: bool) -> tuple[Any, dict[str, Any]]:
+    """Run (or load) one ``ablate`` / ``dose`` step; its result and its summary entry."""
+    from headprobe.experiments import ExperimentResult, ablation_experiment, dose_response
+    from headprobe.experiments.ablation import ablation_figure
+    from headprobe.experiments.dose import dose_figure
+    from headprobe.models import describe_model
+    from headprobe.tasks import get_task
+
+    options = step.options
+    heads, source = select_heads(step, tables)
+    task = get_task(options["task"], **options.get("task_options", {}))
+    spec = describe_model(model)
+    params = _causal_params(step, heads)
+    seed = int(options.get("seed", 0))
+    batch_size = int(options.get("batch_size", 8))
+    fields = run_key_fields(name=step.name, spec=spec, params=params, seed=seed, n=len(task),
+                            batch_size=batch_size, fingerprint=task_fingerprint(model, task))
+    key = run_key(fields)
+    saved = folder / step.name
+    stem = "ablation" if step.kind == "ablate" else "dose_response"
+    meta = None if fresh else _saved_step_matches(saved, key, step.name, fields, echo)
+    if meta is not None:
+        echo(f"{step.name}: step already done (same run key, results in {saved}); skipped")
+        table = pd.read_csv(saved / f"{stem}.csv")
+        title = f"{params['method']} {step.kind} on {task.name} — {spec.name}"
+        figure = ablation_figure(table, title) if step.kind == "ablate" else dose_figure(
+            table, title)
+        summary = dict(meta.get("summary", {}))
+        result = ExperimentResult(table, figure, summary,
+                                  {k: v for k, v in meta.items() if k != "summary"}, name=stem)
+    else:
+        common: dict[str, Any] = {
+            "method": params["method"], "n_random": params["n_random"], "seed": seed,
+            "random_from": params["random_from"], "batch_size": batch_size,
+            "progress": progress, "n_bootstrap": params["n_bootstrap"],
+            "method_options": dict(params["method_options"]),
+        }
+        if step.kind == "ablate":
+            result = ablation_experiment(model, task, heads, **common)
+        else:
+            result = dose_response(model, task, heads, ks=params["ks"], **common)
+        result.meta.update({"recipe_step": step.name, "heads_source": source,
+                            "run_key": key, "run_key_fields": fields})
+        (saved / "meta.json").unlink(missing_ok=True)  # a half-saved result never matches
+        result.save(saved)
+    entry = {"kind": step.kind, "task": task.name, "method": params["method"],
+             "heads": params["heads"], "heads_source": source, "n_prompts": len(task),
+             **result.summary}
+    # through JSON once, so a fresh and a skipped step give the same entry (int keys...)
+    return result, json.loads(json.dumps(to_jsonable(entry)))
+
+
+def _describe_entry(step: Step, entry: Mapping[str, Any]) -> str:
+    """One or two lines for ``echo`` about a finished ``ablate`` / ``dose`` step."""
+    head = (f"{step.name}: {entry['method']} {step.kind} of {entry['heads']} "
+            f"({entry['heads_source']}) on {entry['task']} ({entry['n_prompts']} prompts)")
+    if step.kind == "ablate":
+        low, high = entry["target_delta_ci"]
+        ci = (f" [{low:+.3f}, {high:+.3f}]" if low is not None and high is not None
+              else " (no interval: n_bootstrap = 0)")
+        line = (f"baseline {entry['baseline_accuracy']:.3f} · target delta "
+                f"{entry['target_delta']:+.3f}{ci}")
+        if "mean_random_delta" in entry:
+            line += (f" · random delta mean {entry['mean_random_delta']:+.3f}, min "
+                     f"{entry['min_random_delta']:+.3f} · share of random sets as low "
+                     f"{entry['share_random_as_low']:.2f}")
+        return f"{head}\n{line}"
+    random = entry.get("mean_random_accuracy", {})
+    rows = [f"k={k}: top-k {acc:.3f}" + (f", random mean {random[k]:.3f}" if k in random
+                                         else "")
+            for k, acc in entry["top_k_accuracy"].items()]
+    return f"{head}\nbaseline {entry['baseline_accuracy']:.3f} · " + " · ".join(rows)

@@ -22,6 +22,7 @@ SCORER_MODULES: dict[str, str] = {
     "activation_patching": "headprobe.scorers.activation_patching",
     "ablation_scan": "headprobe.scorers.ablation_scan",
     "attribution_patching": "headprobe.scorers.attribution_patching",
+    "retrieval": "headprobe.scorers.retrieval",
 }
 
 

@@ -358,3 +358,14 @@ def test_induction_heads_on_induction_copy(smol):
     assert target_delta < summary["mean_random_delta"] - 0.4
     assert summary["share_random_as_low"] == 0.0
     assert summary["target_delta_ci"][1] < 0  # the paired interval excludes no effect
+
+
+def test_kv_head_methods_are_refused_by_ablation_experiments(tiny_llama):
+    """streaming_attention names kv heads; random control sets are query heads: refused."""
+    from headprobe.errors import InterventionError
+
+    model, _ = tiny_llama
+    task = Task("tiny", [TaskItem("abcabc", "a")], judge="next_token")
+    with pytest.raises(InterventionError, match="kv head"):
+        ablation_experiment(model, task, [(0, 0)], method="streaming_attention", n_random=1,
+                            progress=False)

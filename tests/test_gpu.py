@@ -23,6 +23,8 @@ Skipped without CUDA.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -31,7 +33,7 @@ from headprobe import patching as P
 from headprobe.attribution import attribution_patching
 from headprobe.experiments import ablation_experiment
 from headprobe.fastscan import loop_scan, scan_heads
-from headprobe.inputs import iter_batches, tokenize_prompts
+from headprobe.inputs import Text, iter_batches, tokenize_prompts
 from headprobe.interventions import intervene
 from headprobe.metrics import final_logits
 from headprobe.registry import get_scorer, list_scorers
@@ -153,6 +155,25 @@ def _scorer_inputs(name: str) -> tuple[object, dict]:
     return None, {"n": 4}
 
 
+def _retrieval_items(model: object) -> list[TaskItem]:
+    """Needle prompts (the 24 characters before " Q?") answered by a word of the model's own
+    greedy reply, so that the gate passes on the CPU reference (prompts whose reply has no
+    word are left out; at least one must remain)."""
+    prompts = ["Note rz<rz<rz<rz<rz<rz<rz<rz<. Q? A:", "Key tztztztztztztztztztztztz. Q? A:",
+               "Code abcabcabcabcabcabcabcabc. Q? A:", "See xy1xy1xy1xy1xy1xy1xy1xy1. Q? A:",
+               "Tag mo mo mo mo mo mo mo mo mo. Q? A:", "Say 42 42 42 42 42 42 42 42 4. Q? A:"]
+    replies = generate(model, prompts, max_new_tokens=6).texts
+    items = []
+    for prompt, reply in zip(prompts, replies, strict=True):
+        words = re.findall(r"[a-z0-9]+", reply.lower())
+        if words:
+            end = prompt.index(" Q?")
+            items.append(TaskItem(Text(prompt, spans={"needle": prompt[end - 24:end]}),
+                                  answer=words[0]))
+    assert items, f"no reply of the tiny model holds a word: {replies}"
+    return items
+
+
 @pytest.mark.parametrize("name", list_scorers())
 def test_scorer_on_device(pair, name):
     (ref, _), (model, spec), tol = pair
@@ -161,6 +182,10 @@ def test_scorer_on_device(pair, name):
     if hard:
         pytest.skip(f"the tiny {spec.name} cannot meet {name}'s needs: {hard}")
     prompts, params = _scorer_inputs(name)
+    if name == "retrieval":  # trials whose answers are the CPU model's own greedy replies
+        if tol != FP32_TOL:
+            pytest.skip("retrieval's gate reads the greedy text, which bf16 may change")
+        prompts, params = _retrieval_items(ref), {"max_new_tokens": 6}
     expected = get_scorer(name)(ref, prompts, progress=False, **params)
     got = get_scorer(name)(model, prompts, progress=False, **params)
     _table_close(expected, got, tol, name)

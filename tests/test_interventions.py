@@ -397,6 +397,7 @@ def method_options(method: str, spec) -> dict:
                           "positions": [1, 3, 16, 18]},
         "set_pattern": {"pattern": torch.rand(width, width, generator=generator) + 0.01},
         "redistribute_sink": {"beta": 0.1},
+        "streaming_attention": {"sink": 1, "window": 3},
     }[method]
 
 
@@ -406,7 +407,8 @@ def test_every_method_same_continuation_with_and_without_cache(any_tiny, method)
     from headprobe.runtime.decode import generate
 
     model, spec = any_tiny
-    heads = [(0, 1), (1, 2)]
+    # streaming_attention takes (layer, kv head): every tiny model has kv head 0
+    heads = [(0, 0), (1, 0)] if method == "streaming_attention" else [(0, 1), (1, 2)]
     options = method_options(method, spec)
     before = n_hooks(model)
     results = {}

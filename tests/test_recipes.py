@@ -1,9 +1,16 @@
+"""Recipes: parsing and validation, ordered scan / ablate / dose steps, summaries, resume."""
+
+import json
+import random
+import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from headprobe.errors import RecipeError, UnknownScorerError
-from headprobe.recipes import load_recipe
+from headprobe.recipes import load_recipe, run_recipe
 
 RECIPES = sorted(Path("recipes").glob("*.toml"))
 
@@ -12,6 +19,18 @@ RECIPES = sorted(Path("recipes").glob("*.toml"))
 def test_shipped_recipes_parse(path):
     recipe = load_recipe(path)
     assert recipe.scans and recipe.model
+
+
+def test_induction_recipe_ends_with_its_ablation_check():
+    recipe = load_recipe("recipes/induction.toml")
+    assert [(s.kind, s.name) for s in recipe.steps] == [
+        ("scan", "induction"), ("scan", "previous_token"), ("ablate", "induction_ablation"),
+        ("dose", "induction_dose")]
+    ablate = recipe.steps[2].options
+    assert ablate["heads_from"] == "induction" and ablate["top"] == 6
+    assert ablate["method"] == "zero" and ablate["n_random"] == 10
+    assert ablate["task"] == "induction_copy" and ablate["task_options"]["n"] == 48
+    assert recipe.scans[0]["n"] == 32
 
 
 def test_recipe_errors(tmp_path):
@@ -23,11 +42,11 @@ def test_recipe_errors(tmp_path):
         load_recipe(bad)
     empty = tmp_path / "empty.toml"
     empty.write_text('name = "x"\n')
-    with pytest.raises(RecipeError, match="no \\[\\[scan\\]\\]"):
+    with pytest.raises(RecipeError, match="has no steps"):
         load_recipe(empty)
     typo = tmp_path / "typo.toml"
     typo.write_text('[[scan]]\nscorer = "induction"\nseeed = 1\n')
-    with pytest.raises(RecipeError, match="may have only"):
+    with pytest.raises(RecipeError, match=r"may have only.*unknown: \['seeed'\]"):
         load_recipe(typo)
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('[[scan]]\nscorer = "inductionn"\n')
@@ -35,15 +54,65 @@ def test_recipe_errors(tmp_path):
         load_recipe(unknown)
 
 
+SCAN = '[[step]]\nkind = "scan"\nscorer = "induction"\nn = 2\nparams = { seq_len = 8 }\n'
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('[[step]]\nkind = "probe"\nscorer = "induction"\n', "kind must be one of"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
+         'colour = 1\n', "unknown: \\['colour'\\]"),
+        ('[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n' + SCAN,
+         "heads_from = 'induction' names no earlier step"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "inductio"\ntop = 2\n',
+         "names no earlier step; earlier scan steps: \\['induction'\\]"),
+        (SCAN + '[[step]]\nkind = "ablate"\nname = "a"\ntask = "ioi"\nheads_from = "induction"'
+         '\ntop = 2\n[[step]]\nkind = "dose"\ntask = "ioi"\nheads_from = "a"\nks = [1]\n',
+         "'a' is a ablate step; heads come from a scan step"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
+         'method = "zap"\n', "unknown method 'zap'"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
+         'method = "scale_output"\nmethod_options = { facter = 2 }\n',
+         "method 'scale_output' has no option facter"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "nope"\nheads_from = "induction"\ntop = 2\n',
+         "unknown task 'nope'"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "induction_copy"\nheads_from = "induction"\n'
+         'top = 2\ntask_options = { size = 3 }\n', "task 'induction_copy' has no option size"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\n',
+         "top = K and/or threshold = X"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\n', "exactly one of heads_from"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads = "1.0,x"\n',
+         "cannot read head 'x'"),
+        (SCAN + '[[step]]\nkind = "dose"\ntask = "ioi"\nheads_from = "induction"\n',
+         "needs ks"),
+        (SCAN + '[[step]]\nkind = "dose"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
+         'ks = [1, 4]\n', "k = 4 is more than the 2 heads"),
+        (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads = "1.0"\nn_random = -1\n',
+         "n_random must be an integer >= 0"),
+        (SCAN + SCAN, "same name"),
+        (SCAN + '[[ablate]]\ntask = "ioi"\nheads = "1.0"\n', 'kind = "ablate"'),
+        ('[[scan]]\nscorer = "induction"\n' + SCAN, "mixes \\[\\[scan\\]\\] and \\[\\[step\\]\\]"),
+        (SCAN + '[reprot]\ntop = 3\n', "unknown key\\(s\\) \\['reprot'\\]"),
+        (SCAN + '[report]\ntop = 0\n', "top must be an integer >= 1"),
+    ],
+    ids=["kind", "key", "later", "missing", "not-scan", "method", "method-option", "task",
+         "task-option", "no-top", "no-heads", "bad-heads", "no-ks", "ks-top", "n-random",
+         "duplicate", "ablate-array", "mixed", "top-level", "report"],
+)
+def test_bad_steps_are_recipe_errors(tmp_path, text, message):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
 def test_recipe_resumes_steps_and_batches(tiny_llama, tmp_path, monkeypatch):
     """A recipe killed in its second step's second batch, run again, skips the finished step,
     resumes the second one at batch 1, and writes what an uninterrupted run writes."""
-    import json
-
     import pandas as pd
 
     from headprobe.checkpoint import Checkpoint
-    from headprobe.recipes import run_recipe
 
     model, _ = tiny_llama
     path = tmp_path / "two.toml"
@@ -86,3 +155,176 @@ def test_recipe_resumes_steps_and_batches(tiny_llama, tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads((tmp_path / "reference" / "summary.json").read_text())
     assert not (out / ".checkpoints").exists()
+
+
+# ------------------------------------------------------------------------- causal steps
+
+
+def self_task_module(model, name="tiny_self"):
+    """A module whose ``make_task(n, seed)`` builds prompts answered by the model's own greedy
+    next character (baseline accuracy 1 by construction), as a registered task would be."""
+    from headprobe.tasks.base import Task, TaskItem
+
+    def make_task(n: int = 12, seed: int = 0) -> Task:
+        rng = random.Random(seed)
+        items = []
+        for _ in range(n):
+            prompt = "".join(rng.choice("abcdefghij") for _ in range(rng.randint(4, 9)))
+            with torch.no_grad():
+                logits = model(model.to_tokens(prompt))
+            answer = model.tokenizer.decode([int(logits[0, -1].argmax())])
+            items.append(TaskItem(prompt=prompt, answer=answer))
+        return Task(name, items, judge="next_token")
+
+    module = types.ModuleType(f"headprobe_test_{name}")
+    module.make_task = make_task
+    return module
+
+
+@pytest.fixture
+def tiny_task(tiny_llama, monkeypatch):
+    """``tiny_self`` registered for the test (TASK_MODULES and sys.modules, both restored)."""
+    import headprobe.tasks as tasks
+
+    module = self_task_module(tiny_llama[0])
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(tasks.TASK_MODULES, "tiny_self", module.__name__)
+    return module
+
+
+CAUSAL = '''name = "causal"
+model = "tiny:llama-gqa"
+
+[[step]]
+kind = "scan"
+scorer = "previous_token"
+n = 2
+params = { seq_len = 8 }
+
+[[step]]
+kind = "ablate"
+name = "check"
+task = "tiny_self"
+task_options = { n = 10, seed = 1 }
+heads_from = "induction"
+top = 3
+n_random = 3
+n_bootstrap = 50
+
+[[step]]
+kind = "scan"
+scorer = "induction"
+n = 2
+params = { seq_len = 8 }
+
+[[step]]
+kind = "dose"
+task = "tiny_self"
+task_options = { n = 10, seed = 1 }
+heads_from = "previous_token"
+threshold = -1.0
+ks = [1, 2]
+n_random = 2
+n_bootstrap = 50
+
+[report]
+top = 3
+'''
+
+
+def test_causal_steps_in_order_with_heads_from_the_named_scan(tiny_llama, tiny_task, tmp_path):
+    model, _ = tiny_llama
+    path = tmp_path / "causal.toml"
+    # "check" names "induction", which comes later in the file: refused
+    path.write_text(CAUSAL)
+    with pytest.raises(RecipeError, match="step 'check': heads_from = 'induction' names no "
+                                          "earlier step; earlier scan steps: "
+                                          "\\['previous_token'\\]"):
+        load_recipe(path)
+    text = CAUSAL.replace('heads_from = "induction"\ntop = 3', 'heads_from = "previous_token"'
+                          '\ntop = 3', 1)
+    path.write_text(text)
+    recipe = load_recipe(path)
+    assert [s.name for s in recipe.steps] == ["previous_token", "check", "induction", "dose"]
+    out = tmp_path / "out"
+    lines: list[str] = []
+    results = run_recipe(recipe, model, out, progress=False, echo=lines.append)
+    # the order of the file is the order of the run, and of summary.json
+    order = [next(i for i, line in enumerate(lines) if line.startswith(f"{name}:"))
+             for name in ("previous_token", "check", "induction", "dose")]
+    assert order == sorted(order)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in summary["steps"]] == ["previous_token", "check", "induction",
+                                                     "dose"]
+    assert [s["kind"] for s in summary["steps"]] == ["scan", "ablate", "scan", "dose"]
+    # heads of the ablation: the top 3 of previous_token, not of induction
+    top3 = results["previous_token"].heads(k=3)
+    assert top3 != results["induction"].heads(k=3)
+    check = summary["experiments"]["check"]
+    assert check["heads"] == ",".join(f"{layer}.{head}" for layer, head in top3)
+    assert check["heads_source"] == "top 3 heads of previous_token"
+    for key in ("target_delta", "target_delta_ci", "mean_random_delta", "min_random_delta",
+                "share_random_as_low", "baseline_accuracy"):
+        assert key in check, key
+    assert check["baseline_accuracy"] == 1.0 and check["n_prompts"] == 10
+    assert check["target_delta"] == pytest.approx(results["check"].summary["target_delta"])
+    table = results["check"].table
+    random_deltas = table[table["condition"].str.startswith("random_")]["delta"]
+    assert check["mean_random_delta"] == pytest.approx(random_deltas.mean())
+    assert len(random_deltas) == 3
+    # the dose step: threshold -1 keeps every head of previous_token, ranked
+    dose = summary["experiments"]["dose"]
+    assert dose["heads"].split(",")[:2] == [f"{h[0]}.{h[1]}"
+                                            for h in results["previous_token"].heads(k=2)]
+    assert set(dose["top_k_accuracy"]) == {"1", "2"}
+    assert set(dose["mean_random_accuracy"]) == {"1", "2"}
+    for name, files in (("check", ("ablation.csv", "ablation.html", "meta.json")),
+                        ("dose", ("dose_response.csv", "dose_response.html", "meta.json")),
+                        ("induction", ("induction.parquet", "meta.json"))):
+        for file in files:
+            assert (out / name / file).is_file(), (name, file)
+    meta = json.loads((out / "check" / "meta.json").read_text())
+    assert meta["recipe_step"] == "check" and meta["heads_source"] == check["heads_source"]
+    assert meta["run_key_fields"]["params"]["heads"] == check["heads"]
+
+    # a re-run skips every finished step and writes the same summary
+    lines.clear()
+    again = run_recipe(recipe, model, out, progress=False, echo=lines.append)
+    for name in ("previous_token", "check", "induction", "dose"):
+        assert any(line.startswith(f"{name}: step already done") for line in lines), name
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert again["check"].summary == results["check"].summary
+    assert list(again["dose"].table["accuracy"]) == pytest.approx(
+        list(results["dose"].table["accuracy"]))
+
+    # a changed parameter reruns that step only, and says what changed
+    path.write_text(text.replace("n_random = 3", "n_random = 2"))
+    lines.clear()
+    run_recipe(load_recipe(path), model, out, progress=False, echo=lines.append)
+    assert any("check: the saved result" in line and "params.n_random: 3 -> 2" in line
+               for line in lines)
+    assert not any(line.startswith("check: step already done") for line in lines)
+    assert any(line.startswith("dose: step already done") for line in lines)
+    assert json.loads((out / "summary.json").read_text())["experiments"]["check"]["n_random"] \
+        == 2
+
+
+def test_explicit_heads_and_too_few_heads(tiny_llama, tiny_task, tmp_path):
+    model, _ = tiny_llama
+    path = tmp_path / "explicit.toml"
+    path.write_text(SCAN + '[[step]]\nkind = "ablate"\ntask = "tiny_self"\n'
+                    'task_options = { n = 4 }\nheads = [[2, 1], [0, 3]]\nn_random = 1\n'
+                    'n_bootstrap = 0\n'
+                    '[[step]]\nkind = "dose"\ntask = "tiny_self"\ntask_options = { n = 4 }\n'
+                    'heads_from = "induction"\nthreshold = 1000.0\nks = [1]\n')
+    lines: list[str] = []
+    with pytest.raises(RecipeError, match=r"step 'dose': no head of 'induction' scores above "
+                                          r"1000\.0"):
+        run_recipe(load_recipe(path), model, tmp_path / "out", progress=False,
+                   echo=lines.append)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["experiments"]["ablate"]["heads"] == "2.1,0.3"
+    assert summary["experiments"]["ablate"]["heads_source"] == "given list"
+    assert summary["experiments"]["ablate"]["target_delta_ci"] == [None, None]
+    assert any(line.startswith("ablate: zero ablate of 2.1,0.3 (given list)") for line in lines)
+    assert any("no interval: n_bootstrap = 0" in line for line in lines)

@@ -66,8 +66,14 @@ class ConditionRunner:
 
 
 def check_method_options(method: str, options: dict[str, Any]) -> None:
-    """:class:`InterventionError` for an unknown method or an option its factory lacks."""
-    factory = get_method(method).factory
+    """:class:`InterventionError` for an unknown method, a method whose heads are kv heads
+    (random control sets are drawn over query heads), or an option its factory lacks."""
+    entry = get_method(method)
+    if entry.unit != "head":
+        raise InterventionError(
+            f"method {method!r} takes (layer, kv head) pairs, but ablation experiments draw "
+            "random sets of query heads; use headprobe.kv_budget.plan_accuracy for kv heads")
+    factory = entry.factory
     parameters = list(inspect.signature(factory).parameters.values())[2:]  # after model, heads
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return

@@ -29,6 +29,7 @@ method                        definition                                  hook
                                                                           ``hook_q``
 ``set_pattern``               ``A_h <- P`` (masked, renormalised)         ``hook_pattern``
 ``redistribute_sink``         sink mass ``beta * a_0``, rest spread       ``hook_pattern``
+``streaming_attention``       kv heads see sink + recent window only      ``hook_pattern``
 ============================  ==========================================  =================
 
 ``z_h`` is head ``h``'s output before the output projection, ``z_h = A_h V_{kv(h)}``
@@ -47,6 +48,8 @@ mask, sliding window) is read from the masked pre-softmax scores of the same for
 Modules: :mod:`~headprobe.interventions.heads` (head lists, the ``z`` hook builder),
 :mod:`~headprobe.interventions.output` (zero, scale, add), :mod:`~headprobe.interventions.means`
 (mean, resample and their caches), :mod:`~headprobe.interventions.query` (uniform attention),
+:mod:`~headprobe.interventions.window` (streaming attention on kv heads: its ``heads`` are
+``(layer, kv head)`` pairs),
 :mod:`~headprobe.interventions.pattern` (set pattern, sink redistribution),
 :mod:`~headprobe.interventions.registry` (:data:`METHODS`, :func:`intervene`).
 
@@ -57,6 +60,8 @@ References:
     (scaling a head's value vectors).
     Baek et al. 2025, "How Do Large Vision-Language Models See Text in Image? Unveiling the
     Distinctive Role of OCR Heads" (redistributing the sink token's attention).
+    Xiao et al. 2024, "DuoAttention: Efficient Long-Context LLM Inference with Retrieval and
+    Streaming Heads" (streaming heads: sink + recent window).
 """
 
 from headprobe.interventions.heads import (
@@ -93,6 +98,7 @@ from headprobe.interventions.registry import (
     intervene,
     intervene_many,
 )
+from headprobe.interventions.window import streaming_attention
 from headprobe.types import Head
 
 __all__ = [
@@ -123,6 +129,7 @@ __all__ = [
     "scale_output",
     "scale_value",
     "set_pattern",
+    "streaming_attention",
     "uniform_attention",
     "zero_ablation",
 ]

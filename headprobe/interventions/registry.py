@@ -18,6 +18,7 @@ from headprobe.interventions.output import (
 )
 from headprobe.interventions.pattern import redistribute_sink, set_pattern
 from headprobe.interventions.query import uniform_attention
+from headprobe.interventions.window import streaming_attention
 from headprobe.runtime.hooks import attached
 
 
@@ -32,6 +33,8 @@ class InterventionMethod:
         factory: ``factory(model, heads, **options) -> HookList``.
         description: one line.
         needs: option names that must be given (``reference`` for ``mean`` ...).
+        unit: what ``heads`` name: ``head`` (``(layer, query head)``) or ``kv_head``
+            (``(layer, kv head)``, every query head of the group).
     """
 
     name: str
@@ -40,6 +43,7 @@ class InterventionMethod:
     factory: Factory
     description: str
     needs: tuple[str, ...] = ()
+    unit: Literal["head", "kv_head"] = "head"
 
 
 METHODS: dict[str, InterventionMethod] = {
@@ -67,6 +71,10 @@ METHODS: dict[str, InterventionMethod] = {
     "redistribute_sink": InterventionMethod(
         "redistribute_sink", "steering", "pattern", redistribute_sink,
         "keep beta of the sink's attention, spread the rest (Baek et al. 2025)"),
+    "streaming_attention": InterventionMethod(
+        "streaming_attention", "ablation", "pattern", streaming_attention,
+        "(layer, kv head) pairs restricted to sink + recent window (DuoAttention, Xiao et al. "
+        "2024)", unit="kv_head"),
 }
 
 ABLATION_METHODS = tuple(name for name, m in METHODS.items() if m.kind == "ablation")
