@@ -30,6 +30,16 @@ checks of the best heads of an earlier scan against random head sets of the same
     heads_from = "induction"
     ks = [1, 2, 4, 6]              # top defaults to max(ks)
 
+    [[step]]
+    kind = "kv_budget"             # headprobe.kv_budget.plan_kv_budget (+ plan_accuracy)
+    name = "budget"
+    from = "induction"             # an earlier scan step
+    full_share = 0.2               # or threshold = 0.1
+    sink = 4
+    window = 64
+    task = "induction_copy"        # optional: measure the plan vs random kv heads
+    n_random = 2
+
     [report]
     top = 10
     threshold = 0.5
@@ -46,19 +56,36 @@ defaults to ``top = max(ks)``) or ``heads`` (``"18.6,17.3"`` or ``[[18, 6], [17,
 ``method`` (:data:`headprobe.interventions.METHODS`; default ``zero``), ``method_options``,
 ``n_random`` (default 10 for ablate, 5 for dose), ``random_from`` (``same_layers`` or
 ``uniform``), ``seed``, ``n_bootstrap`` (default 1000), ``batch_size`` and, for ``dose``,
-``ks`` (required). :func:`load_recipe` checks all of this before any model is loaded and raises
-:class:`~headprobe.errors.RecipeError` naming the step and the problem.
+``ks`` (required). Keys of a ``kv_budget`` step: ``from`` (required, an earlier scan step),
+exactly one of ``threshold`` (kv heads scoring above it keep a full cache) and ``full_share``
+(that share of kv heads, best first, keeps it), ``aggregate`` (``max`` or ``mean`` over the
+query heads of a kv group; default ``max``), ``sink`` (default 4), ``window`` (default 32),
+``context_length`` (where to report the memory saved; default: the task's longest prompt plus
+its new tokens, else 1024, 4096 and 32768 tokens) and, to measure the plan with
+:func:`headprobe.kv_budget.plan_accuracy`, ``task`` with ``task_options``, ``n_random``
+(default 5), ``seed``, ``n_bootstrap`` and ``batch_size``. A task whose ``make_task`` takes a
+``model`` (``niah``, ``ioi``, ``facts``) gets the recipe's model (so ``niah`` lengths count
+the model's tokens); ``task_options`` cannot name one. :func:`load_recipe` checks all of this
+before any model is loaded and raises :class:`~headprobe.errors.RecipeError` naming the step and
+the problem.
 
 Running it writes each step under ``<out>/<step name>/`` (a scan step's name is its scorer
 unless it says otherwise) and rewrites ``summary.json`` after every step: the scans' top heads
 and counts above the report threshold under ``scans``, the causal steps' headline numbers
 (heads used, target delta with its 95% interval, mean and lowest random delta, share of random
-sets as low; for dose the accuracy per k) under ``experiments``, and the order of the steps
+sets as low; for dose the accuracy per k) under ``experiments``, a ``kv_budget`` step's plan
+(full and streaming kv heads, memory saved, accuracies of the clean model, the plan and the
+random kv-head sets with 95% intervals) under ``kv_budgets``, and the order of the steps
 under ``steps``. A recipe killed half-way and run again with the same arguments skips the
 steps already done under the same run key and resumes the interrupted scan per batch where its
 scorer can (:mod:`headprobe.checkpoint`). A causal step's run key covers its parameters, the
 heads it used (so a rerun scan that ranks heads differently reruns it), the model and the
-task's fingerprint (tokenized prompts, answers and judge).
+task's fingerprint (tokenized prompts, answers and judge); a ``kv_budget`` step's covers its
+parameters, the plan's full kv heads, the model and its task's fingerprint. A ``kv_budget``
+step writes its plan under ``<out>/<step name>/`` in every format :mod:`headprobe.kv_budget`
+knows: ``plan.json``, ``plan.csv``, ``duo_attention/`` and ``headkv.json`` (left out, with the
+reason in the summary, when the scores cannot be HeadKV's: negative or NaN), plus
+``accuracy.csv`` when it measures a task.
 """
 
 from __future__ import annotations
@@ -83,17 +110,30 @@ from headprobe.checkpoint import (
     saved_table_matches,
 )
 from headprobe.errors import HeadprobeError, RecipeError
-from headprobe.headtable import HeadTable, ensure_output_dir, to_jsonable, write_json
+from headprobe.headtable import (
+    HeadTable,
+    atomic_write,
+    ensure_output_dir,
+    to_jsonable,
+    write_json,
+)
 from headprobe.registry import get_scorer
 
-STEP_KINDS = ("scan", "ablate", "dose")
+STEP_KINDS = ("scan", "ablate", "dose", "kv_budget")
 _TOP_KEYS = {"name", "description", "model", "step", "scan", "report"}
 _REPORT_KEYS = {"top", "threshold"}
 _SCAN_KEYS = {"scorer", "n", "seed", "batch_size", "params"}
 _CAUSAL_KEYS = {"task", "task_options", "heads_from", "top", "threshold", "heads", "method",
                 "method_options", "n_random", "random_from", "seed", "n_bootstrap",
                 "batch_size"}
-_STEP_KEYS = {"scan": _SCAN_KEYS, "ablate": _CAUSAL_KEYS, "dose": _CAUSAL_KEYS | {"ks"}}
+_KV_BUDGET_KEYS = {"from", "threshold", "full_share", "aggregate", "sink", "window",
+                   "context_length", "task", "task_options", "n_random", "seed", "n_bootstrap",
+                   "batch_size"}
+_STEP_KEYS = {"scan": _SCAN_KEYS, "ablate": _CAUSAL_KEYS, "dose": _CAUSAL_KEYS | {"ks"},
+              "kv_budget": _KV_BUDGET_KEYS}
+_REQUIRED_KEY = {"scan": "scorer", "ablate": "task", "dose": "task", "kv_budget": "from"}
+_KV_BUDGET_DEFAULTS: dict[str, Any] = {"aggregate": "max", "sink": 4, "window": 32,
+                                       "n_random": 5, "n_bootstrap": 1000}
 _DEFAULT_N_RANDOM = {"ablate": 10, "dose": 5}
 # Interventions that need a tensor option cannot be written in a TOML file.
 _TENSOR_METHODS = ("add_to_output", "set_pattern")
@@ -107,7 +147,7 @@ class Step:
     """One validated step of a recipe.
 
     Attributes:
-        kind: ``scan``, ``ablate`` or ``dose``.
+        kind: ``scan``, ``ablate``, ``dose`` or ``kv_budget``.
         name: unique in the recipe; the step's output folder and summary key.
         options: the step's table from the file, without ``kind`` and ``name``.
     """
@@ -164,7 +204,8 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict)
                                                              for t in tables):
         raise RecipeError(f"{where} has no steps: add [[step]] tables (kind = \"scan\", "
-                          "\"ablate\" or \"dose\"), or the older [[scan]] tables")
+                          "\"ablate\", \"dose\" or \"kv_budget\"), or the older [[scan]] "
+                          "tables")
     if "scan" in raw:
         for index, table in enumerate(tables):
             if "kind" in table:
@@ -202,7 +243,7 @@ def _parse_step(table: dict[str, Any], index: int, earlier: Sequence[Step],
     options = {k: v for k, v in table.items() if k not in ("kind", "name")}
     allowed = _STEP_KEYS[kind]
     label = f"{where}: {kind} step {index}"
-    required = "scorer" if kind == "scan" else "task"
+    required = _REQUIRED_KEY[kind]
     unknown = sorted(set(options) - allowed)
     if required not in options or unknown:
         raise RecipeError(
@@ -230,17 +271,16 @@ def _parse_step(table: dict[str, Any], index: int, earlier: Sequence[Step],
             _check_int(options[key], key, None, label)
     if "batch_size" in options:
         _check_int(options["batch_size"], "batch_size", 1, label)
-    if kind != "scan":
+    if kind == "kv_budget":
+        _check_kv_budget(options, earlier, label)
+    elif kind != "scan":
         _check_causal(kind, options, earlier, label)
     return Step(kind=kind, name=name, options=options)
 
 
-def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
-                  label: str) -> None:
-    """Validate the keys of an ``ablate`` / ``dose`` step (see the module docstring)."""
-    from headprobe.errors import InterventionError
-    from headprobe.experiments.runner import check_method_options
-    from headprobe.interventions import METHODS
+def _check_task(options: dict[str, Any], label: str) -> None:
+    """Validate a step's ``task`` (registered) and ``task_options`` (options of its
+    ``make_task``)."""
     from headprobe.tasks import TASK_MODULES
 
     task = options["task"]
@@ -251,6 +291,9 @@ def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
     if not isinstance(task_options, dict):
         raise RecipeError(f"{label}: task_options must be a table, e.g. task_options = "
                           "{ n = 48 }")
+    if "model" in task_options:
+        raise RecipeError(f"{label}: task_options cannot set model: a task that takes one gets "
+                          "the recipe's model")
     make_task = importlib.import_module(TASK_MODULES[task]).make_task
     parameters = inspect.signature(make_task).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
@@ -258,6 +301,59 @@ def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
         if unknown:
             raise RecipeError(f"{label}: task {task!r} has no option {', '.join(unknown)}; its "
                               f"options: {', '.join(parameters) or 'none'}")
+
+
+def _scan_source(source: Any, key: str, earlier: Sequence[Step], label: str) -> None:
+    """:class:`RecipeError` unless ``source`` names a scan step written before this one."""
+    scans = [step.name for step in earlier if step.kind == "scan"]
+    match = [step for step in earlier if step.name == source]
+    if not match:
+        raise RecipeError(f"{label}: {key} = {source!r} names no earlier step; earlier "
+                          f"scan steps: {scans or 'none'} (a step may only use steps "
+                          "written before it)")
+    if match[0].kind != "scan":
+        raise RecipeError(f"{label}: {key} = {source!r} is a {match[0].kind} step; "
+                          f"heads come from a scan step: {scans or 'none'}")
+
+
+def _check_kv_budget(options: dict[str, Any], earlier: Sequence[Step], label: str) -> None:
+    """Validate the keys of a ``kv_budget`` step (see the module docstring)."""
+    _scan_source(options["from"], "from", earlier, label)
+    if ("threshold" in options) == ("full_share" in options):
+        raise RecipeError(f"{label} needs exactly one of threshold = X (kv heads scoring above "
+                          "X keep a full cache) and full_share = S (that share of kv heads "
+                          "does)")
+    if "threshold" in options:
+        _check_number(options["threshold"], "threshold", label)
+    if "full_share" in options:
+        share = options["full_share"]
+        _check_number(share, "full_share", label)
+        if not 0.0 <= float(share) <= 1.0:
+            raise RecipeError(f"{label}: full_share must lie in [0, 1], got {share!r}")
+    if options.get("aggregate", "max") not in ("max", "mean"):
+        raise RecipeError(f"{label}: aggregate must be 'max' or 'mean', got "
+                          f"{options['aggregate']!r}")
+    for key, minimum in (("sink", 0), ("window", 0), ("context_length", 1), ("n_random", 0),
+                         ("n_bootstrap", 0)):
+        if key in options:
+            _check_int(options[key], key, minimum, label)
+    if "task" in options:
+        _check_task(options, label)
+    else:
+        stray = sorted({"task_options", "n_random", "n_bootstrap", "batch_size"} & set(options))
+        if stray:
+            raise RecipeError(f"{label}: {', '.join(stray)} only apply with task = \"...\" "
+                              "(the task the plan is measured on)")
+
+
+def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
+                  label: str) -> None:
+    """Validate the keys of an ``ablate`` / ``dose`` step (see the module docstring)."""
+    from headprobe.errors import InterventionError
+    from headprobe.experiments.runner import check_method_options
+    from headprobe.interventions import METHODS
+
+    _check_task(options, label)
     methods = [m for m in METHODS if m not in _TENSOR_METHODS]
     method = options.get("method", "zero")
     if method not in methods:
@@ -292,15 +388,7 @@ def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
         n_heads = len(explicit_heads(options["heads"], label))
     else:
         source = options["heads_from"]
-        scans = [step.name for step in earlier if step.kind == "scan"]
-        match = [step for step in earlier if step.name == source]
-        if not match:
-            raise RecipeError(f"{label}: heads_from = {source!r} names no earlier step; earlier "
-                              f"scan steps: {scans or 'none'} (a step may only use steps "
-                              "written before it)")
-        if match[0].kind != "scan":
-            raise RecipeError(f"{label}: heads_from = {source!r} is a {match[0].kind} step; "
-                              f"heads come from a scan step: {scans or 'none'}")
+        _scan_source(source, "heads_from", earlier, label)
         if kind == "ablate" and "top" not in options and "threshold" not in options:
             raise RecipeError(f"{label}: say which heads of {source!r} to ablate: top = K "
                               "and/or threshold = X")
@@ -368,7 +456,8 @@ def run_recipe(
     """Run every step of ``recipe`` on ``model`` in order; save results and ``summary.json``.
 
     Returns ``{step name: result}``: a :class:`HeadTable` for a scan step, an
-    :class:`~headprobe.experiments.ExperimentResult` for an ``ablate`` / ``dose`` step.
+    :class:`~headprobe.experiments.ExperimentResult` for an ``ablate`` / ``dose`` step, a
+    :class:`KVBudgetStepResult` for a ``kv_budget`` step.
 
     Resumable: a step whose result is already saved under ``<out_dir>/<step name>/`` with the
     same run key is loaded instead of run (and ``echo`` says so; a scan's key is
@@ -397,6 +486,12 @@ def run_recipe(
             if threshold is not None:
                 echo(f"{entry['n_above_threshold']} of {len(table)} heads score above "
                      f"{threshold}")
+        elif step.kind == "kv_budget":
+            result, entry = _run_kv_budget(step, model, folder, tables, progress=progress,
+                                           echo=echo, fresh=fresh)
+            results[step.name] = result
+            summary.setdefault("kv_budgets", {})[step.name] = entry
+            echo(_describe_kv_budget(step, entry))
         else:
             result, entry = _run_causal(step, model, folder, tables, progress=progress,
                                         echo=echo, fresh=fresh)
@@ -455,6 +550,18 @@ def select_heads(step: Step, tables: Mapping[str, HeadTable]) -> tuple[list[tupl
         raise RecipeError(f"{label}: k = {max(step.options['ks'])} but only {len(heads)} heads "
                           f"({source}); lower ks or the threshold")
     return heads, source
+
+
+def build_task(name: str, options: Mapping[str, Any], model: Any) -> Any:
+    """Build task ``name`` with ``options``, passing ``model`` when its ``make_task`` takes one
+    (e.g. ``niah`` then counts context lengths in the model's tokens)."""
+    from headprobe.tasks import TASK_MODULES, get_task
+
+    kwargs = dict(options)
+    make_task = importlib.import_module(TASK_MODULES[name]).make_task
+    if "model" in inspect.signature(make_task).parameters:
+        kwargs["model"] = model
+    return get_task(name, **kwargs)
 
 
 def task_fingerprint(model: Any, task: Any) -> str:
@@ -521,11 +628,10 @@ def _run_causal(step: Step, model: Any, folder: Path, tables: Mapping[str, HeadT
     from headprobe.experiments.ablation import ablation_figure
     from headprobe.experiments.dose import dose_figure
     from headprobe.models import describe_model
-    from headprobe.tasks import get_task
 
     options = step.options
     heads, source = select_heads(step, tables)
-    task = get_task(options["task"], **options.get("task_options", {}))
+    task = build_task(options["task"], options.get("task_options", {}), model)
     spec = describe_model(model)
     params = _causal_params(step, heads)
     seed = int(options.get("seed", 0))
@@ -587,3 +693,177 @@ def _describe_entry(step: Step, entry: Mapping[str, Any]) -> str:
                                          else "")
             for k, acc in entry["top_k_accuracy"].items()]
     return f"{head}\nbaseline {entry['baseline_accuracy']:.3f} · " + " · ".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# KV-cache budget steps
+
+
+@dataclass
+class KVBudgetStepResult:
+    """What a ``kv_budget`` step gives :func:`run_recipe`'s caller.
+
+    Attributes:
+        plan: the :class:`~headprobe.kv_budget.KVBudgetPlan`.
+        accuracy: :func:`~headprobe.kv_budget.plan_accuracy`'s table (one row per condition:
+            baseline, plan, random_0, ...), or ``None`` when the step names no task.
+        summary: the step's entry in ``summary.json`` under ``kv_budgets``.
+    """
+
+    plan: Any
+    accuracy: pd.DataFrame | None
+    summary: dict[str, Any]
+
+
+def _kv_budget_params(step: Step, plan: Any) -> dict[str, Any]:
+    """Every parameter of a ``kv_budget`` step with its default filled in, and the plan's full
+    kv heads (so a rerun scan that ranks heads differently reruns the step)."""
+    options = step.options
+    params: dict[str, Any] = {
+        "kind": step.kind, "from": options["from"],
+        **{key: options.get(key, default) for key, default in _KV_BUDGET_DEFAULTS.items()},
+        "threshold": options.get("threshold"), "full_share": options.get("full_share"),
+        "context_length": options.get("context_length"),
+        "full_heads": ",".join(f"{layer}.{g}" for layer, g in plan.full_heads()),
+    }
+    if "task" in options:
+        params.update(task=options["task"], task_options=dict(options.get("task_options", {})))
+    else:
+        params.update(task=None, n_random=None, n_bootstrap=None)
+    return params
+
+
+def _accuracy_entry(table: pd.DataFrame) -> dict[str, Any]:
+    """Accuracies with their 95% intervals from :func:`plan_accuracy`'s table."""
+    rows = {row["condition"]: row for row in table.to_dict(orient="records")}
+    randoms = [row for name, row in rows.items() if name.startswith("random_")]
+
+    def interval(row: Mapping[str, Any], low: str, high: str) -> list[float | None]:
+        return [None if pd.isna(row[low]) else float(row[low]),
+                None if pd.isna(row[high]) else float(row[high])]
+
+    entry: dict[str, Any] = {
+        "baseline_accuracy": float(rows["baseline"]["accuracy"]),
+        "baseline_accuracy_ci": interval(rows["baseline"], "ci_low", "ci_high"),
+        "plan_accuracy": float(rows["plan"]["accuracy"]),
+        "plan_accuracy_ci": interval(rows["plan"], "ci_low", "ci_high"),
+        "plan_delta": float(rows["plan"]["delta"]),
+        "plan_delta_ci": interval(rows["plan"], "delta_ci_low", "delta_ci_high"),
+        "random_accuracies": [float(row["accuracy"]) for row in randoms],
+        "random_accuracy_cis": [interval(row, "ci_low", "ci_high") for row in randoms],
+    }
+    if randoms:
+        accuracies = entry["random_accuracies"]
+        entry["mean_random_accuracy"] = sum(accuracies) / len(accuracies)
+        entry["min_random_accuracy"] = min(accuracies)
+        entry["max_random_accuracy"] = max(accuracies)
+        entry["share_random_as_high"] = sum(
+            a >= entry["plan_accuracy"] for a in accuracies) / len(accuracies)
+    return entry
+
+
+def _write_plan(plan: Any, saved: Path) -> str | None:
+    """Write ``plan`` in every format under ``saved``; the reason HeadKV's file was left out,
+    or ``None`` when it was written."""
+    from headprobe.kv_budget import KVBudgetError
+
+    plan.to_json(saved / "plan.json")
+    plan.to_csv(saved / "plan.csv")
+    plan.to_duo_attention(saved / "duo_attention")
+    try:
+        plan.to_headkv(saved / "headkv.json")
+    except KVBudgetError as error:
+        (saved / "headkv.json").unlink(missing_ok=True)
+        return str(error)
+    return None
+
+
+def _run_kv_budget(step: Step, model: Any, folder: Path, tables: Mapping[str, HeadTable], *,
+                   progress: bool, echo: Echo, fresh: bool) -> tuple[KVBudgetStepResult,
+                                                                   dict[str, Any]]:
+    """Run (or load) one ``kv_budget`` step; its result and its summary entry."""
+    from headprobe.kv_budget import KVBudgetError, KVBudgetPlan, plan_accuracy, plan_kv_budget
+    from headprobe.models import describe_model
+
+    options = step.options
+    spec = describe_model(model)
+    label = f"step {step.name!r}"
+    try:
+        plan = plan_kv_budget(tables[options["from"]], spec, threshold=options.get("threshold"),
+                              full_share=options.get("full_share"),
+                              aggregate=options.get("aggregate", "max"),
+                              sink=int(options.get("sink", 4)),
+                              window=int(options.get("window", 32)))
+    except KVBudgetError as error:
+        raise RecipeError(f"{label}: {error}") from error
+    params = _kv_budget_params(step, plan)
+    task = None
+    if "task" in options:
+        task = build_task(options["task"], options.get("task_options", {}), model)
+    seed = int(options.get("seed", 0))
+    batch_size = int(options.get("batch_size", 8))
+    fields = run_key_fields(
+        name=step.name, spec=spec, params=params, seed=seed if task is not None else None,
+        n=len(task) if task is not None else None,
+        batch_size=batch_size if task is not None else None,
+        fingerprint=task_fingerprint(model, task) if task is not None else None)
+    key = run_key(fields)
+    saved = folder / step.name
+    meta = None if fresh else _saved_step_matches(saved, key, step.name, fields, echo)
+    if meta is not None:
+        echo(f"{step.name}: step already done (same run key, plan in {saved}); skipped")
+        plan = KVBudgetPlan.from_json(saved / "plan.json")
+        accuracy = (pd.read_csv(saved / "accuracy.csv") if task is not None else None)
+        entry = dict(meta["summary"])
+        return KVBudgetStepResult(plan, accuracy, entry), entry
+    ensure_output_dir(saved)
+    (saved / "meta.json").unlink(missing_ok=True)  # a half-saved result never matches
+    headkv_skipped = _write_plan(plan, saved)
+    entry: dict[str, Any] = {"kind": step.kind, "from": options["from"], **plan.summary()}
+    if headkv_skipped is not None:
+        echo(f"{step.name}: HeadKV file not written: {headkv_skipped}")
+        entry["headkv_not_written"] = headkv_skipped
+    accuracy: pd.DataFrame | None = None
+    if task is not None:
+        try:
+            measured = plan_accuracy(model, task, plan,
+                                     n_random=int(options.get("n_random", 5)), seed=seed,
+                                     batch_size=batch_size,
+                                     n_bootstrap=int(options.get("n_bootstrap", 1000)),
+                                     context_length=options.get("context_length"))
+        except KVBudgetError as error:
+            raise RecipeError(f"{label}: {error}") from error
+        accuracy = measured.table
+        table = accuracy
+        atomic_write(saved / "accuracy.csv", lambda p: table.to_csv(p, index=False))
+        entry.update(task=task.name, n_prompts=len(task), n_random=measured.summary["n_random"],
+                     **_accuracy_entry(accuracy))
+        length: int | None = int(measured.summary["context_length"])
+    else:
+        length = options.get("context_length")
+    if length is not None:
+        saved_there = plan.memory_saved(int(length))
+        entry.update(context_length=int(length), memory_saved_at_context_length=saved_there)
+        entry["memory_saved"] = {str(length): saved_there, **entry["memory_saved"]}
+    entry = json.loads(json.dumps(to_jsonable(entry)))  # as a skipped step would read it
+    write_json(saved / "meta.json", {"recipe_step": step.name, "run_key": key,
+                                     "run_key_fields": fields, "summary": entry})
+    return KVBudgetStepResult(plan, accuracy, entry), entry
+
+
+def _describe_kv_budget(step: Step, entry: Mapping[str, Any]) -> str:
+    """One or two lines for ``echo`` about a finished ``kv_budget`` step."""
+    saved = " · ".join(f"{float(v):.1%} at {t} tokens" for t, v in entry["memory_saved"].items())
+    head = (f"{step.name}: kv budget from {entry['from']}: {entry['n_full']} full / "
+            f"{entry['n_streaming']} streaming of {entry['n_kv_heads_total']} kv heads "
+            f"(sink {entry['sink']}, window {entry['window']}) · memory saved {saved}")
+    if "plan_accuracy" not in entry:
+        return head
+    low, high = entry["plan_accuracy_ci"]
+    ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    line = (f"on {entry['task']} ({entry['n_prompts']} prompts): baseline "
+            f"{entry['baseline_accuracy']:.3f} · plan {entry['plan_accuracy']:.3f}{ci}")
+    if "mean_random_accuracy" in entry:
+        line += (f" · random kv heads mean {entry['mean_random_accuracy']:.3f} (min "
+                 f"{entry['min_random_accuracy']:.3f}, max {entry['max_random_accuracy']:.3f})")
+    return f"{head}\n{line}"

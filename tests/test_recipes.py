@@ -328,3 +328,158 @@ def test_explicit_heads_and_too_few_heads(tiny_llama, tiny_task, tmp_path):
     assert summary["experiments"]["ablate"]["target_delta_ci"] == [None, None]
     assert any(line.startswith("ablate: zero ablate of 2.1,0.3 (given list)") for line in lines)
     assert any("no interval: n_bootstrap = 0" in line for line in lines)
+
+
+# ------------------------------------------------------------------------- kv_budget steps
+
+
+def test_retrieval_recipe_steps():
+    recipe = load_recipe("recipes/retrieval_heads.toml")
+    assert [(s.kind, s.name) for s in recipe.steps] == [
+        ("scan", "retrieval"), ("dose", "retrieval_dose"), ("kv_budget", "retrieval_kv_budget")]
+    dose, budget = recipe.steps[1].options, recipe.steps[2].options
+    assert dose["method"] == "uniform_attention" and dose["ks"] == [1, 2, 5, 10, 20]
+    assert dose["heads_from"] == "retrieval" and dose["n_random"] == 3
+    assert budget["from"] == "retrieval" and budget["task"] == "niah"
+    assert (budget["sink"], budget["window"], budget["n_random"]) == (4, 64, 2)
+    assert budget["task_options"] == dose["task_options"]
+
+
+KV = SCAN + '[[step]]\nkind = "kv_budget"\nfrom = "induction"\n'
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (KV, "exactly one of threshold = X"),
+        (KV + 'threshold = 0.1\nfull_share = 0.2\n', "exactly one of threshold = X"),
+        (KV + 'full_share = 1.5\n', "full_share must lie in \\[0, 1\\]"),
+        (KV + 'full_share = "a"\n', "full_share must be a number"),
+        (KV + 'threshold = 0.1\naggregate = "median"\n', "aggregate must be 'max' or 'mean'"),
+        (KV + 'threshold = 0.1\nwindow = -1\n', "window must be an integer >= 0"),
+        (KV + 'threshold = 0.1\nn_random = 2\n', "n_random only apply with task"),
+        (KV + 'threshold = 0.1\ntask = "nope"\n', "unknown task 'nope'"),
+        (KV + 'threshold = 0.1\ntask = "niah"\ntask_options = { model = "x" }\n',
+         "task_options cannot set model"),
+        (KV + 'threshold = 0.1\nheads_from = "induction"\n', "unknown: \\['heads_from'\\]"),
+        (SCAN + '[[step]]\nkind = "kv_budget"\nthreshold = 0.1\n', "needs 'from'"),
+        (SCAN + '[[step]]\nkind = "kv_budget"\nfrom = "inductio"\nthreshold = 0.1\n',
+         "from = 'inductio' names no earlier step"),
+    ],
+    ids=["no-rule", "two-rules", "share-range", "share-type", "aggregate", "window",
+         "stray-n-random", "task", "task-model", "heads-from", "no-from", "missing"],
+)
+def test_bad_kv_budget_steps_are_recipe_errors(tmp_path, text, message):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
+KV_RECIPE = '''name = "kv"
+model = "tiny:llama-gqa"
+
+[[step]]
+kind = "scan"
+scorer = "previous_token"
+n = 2
+params = { seq_len = 8 }
+
+[[step]]
+kind = "kv_budget"
+name = "budget"
+from = "previous_token"
+full_share = 0.25
+sink = 1
+window = 2
+task = "tiny_self"
+task_options = { n = 10, seed = 1 }
+n_random = 3
+n_bootstrap = 50
+
+[[step]]
+kind = "kv_budget"
+name = "plan_only"
+from = "previous_token"
+threshold = 1000.0
+aggregate = "mean"
+context_length = 100
+'''
+
+
+def test_kv_budget_step_writes_plan_measures_it_and_resumes(tiny_llama, tiny_task, tmp_path):
+    from headprobe.kv_budget import KVBudgetPlan, plan_kv_budget, read_duo_attention
+    from headprobe.models import describe_model
+
+    model, _ = tiny_llama
+    spec = describe_model(model)
+    path = tmp_path / "kv.toml"
+    path.write_text(KV_RECIPE)
+    recipe = load_recipe(path)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    results = run_recipe(recipe, model, out, progress=False, echo=lines.append)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(s["name"], s["kind"]) for s in summary["steps"]] == [
+        ("previous_token", "scan"), ("budget", "kv_budget"), ("plan_only", "kv_budget")]
+
+    # the plan is plan_kv_budget's on the named scan, written in every format
+    expected = plan_kv_budget(results["previous_token"], spec, full_share=0.25, sink=1, window=2)
+    plan = results["budget"].plan
+    assert plan.full_heads() == expected.full_heads()
+    n_total = spec.n_layers * spec.n_kv_heads
+    assert len(plan.full_heads()) == round(0.25 * n_total) >= 1
+    assert KVBudgetPlan.from_json(out / "budget" / "plan.json").full_heads() == plan.full_heads()
+    assert KVBudgetPlan.from_csv(out / "budget" / "plan.csv").full_heads() == plan.full_heads()
+    duo = read_duo_attention(out / "budget" / "duo_attention")
+    assert (duo.sink, duo.window) == (1, 2) and duo.full_heads() == plan.full_heads()
+    headkv = json.loads((out / "budget" / "headkv.json").read_text().splitlines()[0])
+    assert len(headkv) == spec.n_layers * spec.n_heads
+
+    # the summary: counts, memory saved at the task's context length, accuracies with CIs
+    entry = summary["kv_budgets"]["budget"]
+    assert entry["n_full"] == len(plan.full_heads())
+    assert entry["n_streaming"] == n_total - entry["n_full"]
+    assert (entry["sink"], entry["window"], entry["from"]) == (1, 2, "previous_token")
+    length = entry["context_length"]
+    assert length > 3  # the longest prompt plus a new token: more than sink + window
+    assert entry["memory_saved_at_context_length"] == pytest.approx(plan.memory_saved(length))
+    assert entry["memory_saved"][str(length)] == pytest.approx(plan.memory_saved(length))
+    assert entry["memory_saved_at_context_length"] > 0
+    assert entry["baseline_accuracy"] == 1.0 and entry["n_prompts"] == 10
+    table = results["budget"].accuracy
+    assert list(table["condition"]) == ["baseline", "plan", "random_0", "random_1", "random_2"]
+    plan_row = table[table["condition"] == "plan"].iloc[0]
+    assert entry["plan_accuracy"] == pytest.approx(plan_row["accuracy"])
+    low, high = entry["plan_accuracy_ci"]
+    assert low <= entry["plan_accuracy"] <= high
+    randoms = table[table["condition"].str.startswith("random_")]["accuracy"]
+    assert entry["mean_random_accuracy"] == pytest.approx(randoms.mean())
+    assert len(entry["random_accuracy_cis"]) == entry["n_random"] == 3
+    assert (out / "budget" / "accuracy.csv").is_file()
+    assert any(line.startswith("budget: kv budget from previous_token") for line in lines)
+
+    # no task: only the plan, memory at the context_length asked for
+    only = summary["kv_budgets"]["plan_only"]
+    assert only["n_full"] == 0 and "plan_accuracy" not in only
+    assert only["memory_saved_at_context_length"] == pytest.approx(
+        (100 - 36) / 100)  # every kv head streaming: sink 4 + window 32 of 100 tokens kept
+    assert not (out / "plan_only" / "accuracy.csv").exists()
+
+    # a re-run skips both steps and writes the same summary
+    lines.clear()
+    again = run_recipe(recipe, model, out, progress=False, echo=lines.append)
+    for name in ("budget", "plan_only"):
+        assert any(line.startswith(f"{name}: step already done") for line in lines), name
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert again["budget"].plan.full_heads() == plan.full_heads()
+    assert list(again["budget"].accuracy["accuracy"]) == pytest.approx(list(table["accuracy"]))
+
+    # a changed parameter reruns that step only, and says what changed
+    path.write_text(KV_RECIPE.replace("window = 2", "window = 3"))
+    lines.clear()
+    run_recipe(load_recipe(path), model, out, progress=False, echo=lines.append)
+    assert any("budget: the saved result" in line and "params.window: 2 -> 3" in line
+               for line in lines)
+    assert any(line.startswith("plan_only: step already done") for line in lines)
+    assert json.loads((out / "summary.json").read_text())["kv_budgets"]["budget"]["window"] == 3
