@@ -439,23 +439,16 @@ def _attribute(model: Any, task: Task | Sequence[TaskItem], *, alphas: Sequence[
                                  meta={**meta, "scorer": f"{method}_z"}),
         "q": HeadTable.from_grid((q_scores / n).float(), spec,
                                  meta={**meta, "scorer": f"{method}_q"}),
-        "k": _kv_table(k_scores / n, spec, {**meta, "scorer": f"{method}_k"}),
-        "v": _kv_table(v_scores / n, spec, {**meta, "scorer": f"{method}_v"}),
+        "k": HeadTable.from_kv_grid((k_scores / n).float(), spec,
+                                    meta={**meta, "scorer": f"{method}_k"}),
+        "v": HeadTable.from_kv_grid((v_scores / n).float(), spec,
+                                    meta={**meta, "scorer": f"{method}_v"}),
     }
     mlp = pd.DataFrame({"layer": range(spec.n_layers), "score": (mlp_scores / n).numpy()})
     edge_frame = _edge_frame(edge_scores / n, up, down, up_pos, down_pos) if edges else \
         pd.DataFrame(columns=["upstream", "downstream", "score", "abs_score"])
     edge_frame.attrs = dict(meta)
     return AttributionResult(nodes, mlp, edge_frame, meta)
-
-
-def _kv_table(scores: torch.Tensor, spec: ModelSpec, meta: dict[str, Any]) -> HeadTable:
-    """A HeadTable with one row per (layer, kv head)."""
-    layers = [layer for layer in range(spec.n_layers) for _ in range(spec.n_kv_heads)]
-    heads = [g for _ in range(spec.n_layers) for g in range(spec.n_kv_heads)]
-    frame = pd.DataFrame({"layer": layers, "head": heads, "kv_head": heads,
-                          "score": scores.float().reshape(-1).numpy()})
-    return HeadTable(frame, {**meta, "unit": "kv_head"})
 
 
 def _edge_frame(scores: torch.Tensor, up: list[str], down: list[str], up_pos: list[int],
