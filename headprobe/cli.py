@@ -27,7 +27,6 @@ from headprobe.errors import HeadprobeError, InterventionError, UsageError
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Interventions that need a tensor option cannot be run from the command line.
-_TENSOR_METHODS = ("add_to_output", "set_pattern")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,10 +375,9 @@ def _fresh_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_ablate(sub: Any) -> None:
-    from headprobe.interventions import METHODS
+    from headprobe.interventions import experiment_methods
 
-    methods = [m for m, entry in METHODS.items()
-               if m not in _TENSOR_METHODS and entry.unit == "head"]
+    methods = experiment_methods()
     ablate = sub.add_parser(
         "ablate", help="ablate heads on a task and compare with random head sets",
         description="Judge a task on the clean model, with the target heads ablated, and with "

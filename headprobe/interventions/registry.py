@@ -80,6 +80,18 @@ METHODS: dict[str, InterventionMethod] = {
 ABLATION_METHODS = tuple(name for name, m in METHODS.items() if m.kind == "ablation")
 
 
+# Options that only Python can pass (tensors): methods needing one cannot be named in a
+# recipe or on the command line.
+TENSOR_OPTIONS = frozenset({"vector", "pattern"})
+
+
+def experiment_methods() -> list[str]:
+    """Methods an ablation experiment can take by name (CLI ``--method``, recipe ``method``):
+    on query heads, and needing no tensor option."""
+    return [name for name, entry in METHODS.items()
+            if entry.unit == "head" and not TENSOR_OPTIONS & set(entry.needs)]
+
+
 def get_method(name: str) -> InterventionMethod:
     """The method registered as ``name``; :class:`InterventionError` listing the known ones."""
     if name not in METHODS:

@@ -1,92 +1,6 @@
-"""Scripted head-discovery recipes: small TOML files that the CLI runs.
-
-A recipe names a model and an ordered list of steps: scans that score every head, then causal
-checks of the best heads of an earlier scan against random head sets of the same size::
-
-    name = "induction-heads"
-    description = "..."
-    model = "smollm2-135m-instruct"
-
-    [[step]]
-    kind = "scan"                  # score every head with one scorer
-    scorer = "induction"
-    n = 32
-    seed = 0
-    params = { seq_len = 50 }
-
-    [[step]]
-    kind = "ablate"                # headprobe.experiments.ablation_experiment
-    name = "induction_ablation"    # the step's folder and summary key (default: its kind)
-    task = "induction_copy"
-    task_options = { n = 48 }
-    heads_from = "induction"       # an earlier scan step (its name: the scorer by default)
-    top = 6                        # and/or threshold = 0.5; or heads = "18.6,17.3"
-    method = "zero"
-    n_random = 10
-
-    [[step]]
-    kind = "dose"                  # headprobe.experiments.dose_response
-    task = "induction_copy"
-    heads_from = "induction"
-    ks = [1, 2, 4, 6]              # top defaults to max(ks)
-
-    [[step]]
-    kind = "kv_budget"             # headprobe.kv_budget.plan_kv_budget (+ plan_accuracy)
-    name = "budget"
-    from = "induction"             # an earlier scan step
-    full_share = 0.2               # or threshold = 0.1
-    sink = 4
-    window = 64
-    task = "induction_copy"        # optional: measure the plan vs random kv heads
-    n_random = 2
-
-    [report]
-    top = 10
-    threshold = 0.5
-
-Steps run in the order written. One ``[[step]]`` array keeps that order: TOML does not keep
-the relative order of arrays of tables with different names, so ``[[ablate]]`` / ``[[dose]]``
-arrays are refused with a message saying so. Older files made only of ``[[scan]]`` tables
-(no ``kind``) are still read, as scan steps in their order.
-
-Keys of a scan step: ``scorer`` (required), ``name``, ``n``, ``seed``, ``batch_size``,
-``params``. Keys of an ``ablate`` / ``dose`` step: ``task`` (required, a registered task),
-``task_options``, either ``heads_from`` (with ``top`` and/or ``threshold``; a dose step
-defaults to ``top = max(ks)``) or ``heads`` (``"18.6,17.3"`` or ``[[18, 6], [17, 3]]``),
-``method`` (:data:`headprobe.interventions.METHODS`; default ``zero``), ``method_options``,
-``n_random`` (default 10 for ablate, 5 for dose), ``random_from`` (``same_layers`` or
-``uniform``), ``seed``, ``n_bootstrap`` (default 1000), ``batch_size`` and, for ``dose``,
-``ks`` (required). Keys of a ``kv_budget`` step: ``from`` (required, an earlier scan step),
-exactly one of ``threshold`` (kv heads scoring above it keep a full cache) and ``full_share``
-(that share of kv heads, best first, keeps it), ``aggregate`` (``max`` or ``mean`` over the
-query heads of a kv group; default ``max``), ``sink`` (default 4), ``window`` (default 32),
-``context_length`` (where to report the memory saved; default: the task's longest prompt plus
-its new tokens, else 1024, 4096 and 32768 tokens) and, to measure the plan with
-:func:`headprobe.kv_budget.plan_accuracy`, ``task`` with ``task_options``, ``n_random``
-(default 5), ``seed``, ``n_bootstrap`` and ``batch_size``. A task whose ``make_task`` takes a
-``model`` (``niah``, ``ioi``, ``facts``) gets the recipe's model (so ``niah`` lengths count
-the model's tokens); ``task_options`` cannot name one. :func:`load_recipe` checks all of this
-before any model is loaded and raises :class:`~headprobe.errors.RecipeError` naming the step and
-the problem.
-
-Running it writes each step under ``<out>/<step name>/`` (a scan step's name is its scorer
-unless it says otherwise) and rewrites ``summary.json`` after every step: the scans' top heads
-and counts above the report threshold under ``scans``, the causal steps' headline numbers
-(heads used, target delta with its 95% interval, mean and lowest random delta, share of random
-sets as low; for dose the accuracy per k) under ``experiments``, a ``kv_budget`` step's plan
-(full and streaming kv heads, memory saved, accuracies of the clean model, the plan and the
-random kv-head sets with 95% intervals) under ``kv_budgets``, and the order of the steps
-under ``steps``. A recipe killed half-way and run again with the same arguments skips the
-steps already done under the same run key and resumes the interrupted scan per batch where its
-scorer can (:mod:`headprobe.checkpoint`). A causal step's run key covers its parameters, the
-heads it used (so a rerun scan that ranks heads differently reruns it), the model and the
-task's fingerprint (tokenized prompts, answers and judge); a ``kv_budget`` step's covers its
-parameters, the plan's full kv heads, the model and its task's fingerprint. A ``kv_budget``
-step writes its plan under ``<out>/<step name>/`` in every format :mod:`headprobe.kv_budget`
-knows: ``plan.json``, ``plan.csv``, ``duo_attention/`` and ``headkv.json`` (left out, with the
-reason in the summary, when the scores cannot be HeadKV's: negative or NaN), plus
-``accuracy.csv`` when it measures a task.
-"""
+"""Running a recipe: its steps in order (scan, ablate, dose, kv_budget), each saved and
+summarised as it finishes and skipped on a re-run with the same run key (see
+:mod:`headprobe.recipes` for the format)."""
 
 from __future__ import annotations
 
@@ -94,10 +8,8 @@ import hashlib
 import importlib
 import inspect
 import json
-import re
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +21,7 @@ from headprobe.checkpoint import (
     run_key_fields,
     saved_table_matches,
 )
-from headprobe.errors import HeadprobeError, RecipeError
+from headprobe.errors import RecipeError
 from headprobe.headtable import (
     HeadTable,
     atomic_write,
@@ -117,328 +29,15 @@ from headprobe.headtable import (
     to_jsonable,
     write_json,
 )
+from headprobe.recipes.format import (
+    DEFAULT_N_RANDOM,
+    KV_BUDGET_DEFAULTS,
+    Echo,
+    Recipe,
+    Step,
+    explicit_heads,
+)
 from headprobe.registry import get_scorer
-
-STEP_KINDS = ("scan", "ablate", "dose", "kv_budget")
-_TOP_KEYS = {"name", "description", "model", "step", "scan", "report"}
-_REPORT_KEYS = {"top", "threshold"}
-_SCAN_KEYS = {"scorer", "n", "seed", "batch_size", "params"}
-_CAUSAL_KEYS = {"task", "task_options", "heads_from", "top", "threshold", "heads", "method",
-                "method_options", "n_random", "random_from", "seed", "n_bootstrap",
-                "batch_size"}
-_KV_BUDGET_KEYS = {"from", "threshold", "full_share", "aggregate", "sink", "window",
-                   "context_length", "task", "task_options", "n_random", "seed", "n_bootstrap",
-                   "batch_size"}
-_STEP_KEYS = {"scan": _SCAN_KEYS, "ablate": _CAUSAL_KEYS, "dose": _CAUSAL_KEYS | {"ks"},
-              "kv_budget": _KV_BUDGET_KEYS}
-_REQUIRED_KEY = {"scan": "scorer", "ablate": "task", "dose": "task", "kv_budget": "from"}
-_KV_BUDGET_DEFAULTS: dict[str, Any] = {"aggregate": "max", "sink": 4, "window": 32,
-                                       "n_random": 5, "n_bootstrap": 1000}
-_DEFAULT_N_RANDOM = {"ablate": 10, "dose": 5}
-# Interventions that need a tensor option cannot be written in a TOML file.
-_TENSOR_METHODS = ("add_to_output", "set_pattern")
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-Echo = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One validated step of a recipe.
-
-    Attributes:
-        kind: ``scan``, ``ablate``, ``dose`` or ``kv_budget``.
-        name: unique in the recipe; the step's output folder and summary key.
-        options: the step's table from the file, without ``kind`` and ``name``.
-    """
-
-    kind: str
-    name: str
-    options: dict[str, Any]
-
-
-@dataclass
-class Recipe:
-    """A parsed recipe: what :func:`run_recipe` runs, in order."""
-
-    name: str
-    description: str
-    model: str
-    steps: list[Step]
-    report: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def scans(self) -> list[dict[str, Any]]:
-        """The scan steps' tables (``scorer``, ``n``, ``seed``, ``batch_size``, ``params``)."""
-        return [step.options for step in self.steps if step.kind == "scan"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading and validation
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    """Parse and validate a recipe file; :class:`RecipeError` says what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise RecipeError(f"recipe {path} is not valid TOML: {error}") from error
-    where = f"recipe {path}"
-    for kind in ("ablate", "dose"):
-        if kind in raw:
-            raise RecipeError(
-                f"{where}: write [[{kind}]] steps as [[step]] tables with kind = \"{kind}\" "
-                "(TOML does not keep the order between arrays of different names)")
-    unknown = sorted(set(raw) - _TOP_KEYS)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown}; a recipe may have only "
-                          f"{sorted(_TOP_KEYS)}")
-    if "step" in raw and "scan" in raw:
-        raise RecipeError(f"{where} mixes [[scan]] and [[step]] tables, whose relative order "
-                          "TOML does not keep: write every step as [[step]] with a kind")
-    tables = raw.get("step", raw.get("scan"))
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict)
-                                                             for t in tables):
-        raise RecipeError(f"{where} has no steps: add [[step]] tables (kind = \"scan\", "
-                          "\"ablate\", \"dose\" or \"kv_budget\"), or the older [[scan]] "
-                          "tables")
-    if "scan" in raw:
-        for index, table in enumerate(tables):
-            if "kind" in table:
-                raise RecipeError(f"{where}: [[scan]] step {index} has a kind; write it as "
-                                  "[[step]] instead")
-        tables = [{"kind": "scan", **table} for table in tables]
-    steps: list[Step] = []
-    for index, table in enumerate(tables):
-        steps.append(_parse_step(table, index, steps, where))
-    report = raw.get("report", {})
-    if not isinstance(report, dict) or set(report) - _REPORT_KEYS:
-        raise RecipeError(f"{where}: [report] may have only {sorted(_REPORT_KEYS)}; "
-                          f"got {report!r}")
-    if "top" in report:
-        _check_int(report["top"], "top", 1, f"{where}: [report]")
-    if "threshold" in report:
-        _check_number(report["threshold"], "threshold", f"{where}: [report]")
-    return Recipe(
-        name=str(raw.get("name", path.stem)),
-        description=str(raw.get("description", "")),
-        model=str(raw.get("model", "smollm2-135m-instruct")),
-        steps=steps,
-        report=dict(report),
-        path=path,
-    )
-
-
-def _parse_step(table: dict[str, Any], index: int, earlier: Sequence[Step],
-                where: str) -> Step:
-    """Validate step ``index`` given the steps before it; the :class:`Step`."""
-    kind = table.get("kind")
-    if kind not in STEP_KINDS:
-        raise RecipeError(f"{where}: step {index} has kind {kind!r}; kind must be one of "
-                          f"{list(STEP_KINDS)}")
-    options = {k: v for k, v in table.items() if k not in ("kind", "name")}
-    allowed = _STEP_KEYS[kind]
-    label = f"{where}: {kind} step {index}"
-    required = _REQUIRED_KEY[kind]
-    unknown = sorted(set(options) - allowed)
-    if required not in options or unknown:
-        raise RecipeError(
-            f"{label} needs {required!r} and may have only {sorted(allowed | {'kind', 'name'})}"
-            f"; got {sorted(table)}" + (f" (unknown: {unknown})" if unknown else ""))
-    if kind == "scan":
-        default_name = str(options["scorer"])
-        get_scorer(options["scorer"])  # unknown scorer -> UnknownScorerError now, not mid-run
-        if "n" in options:
-            _check_int(options["n"], "n", 1, label)
-        if "params" in options and not isinstance(options["params"], dict):
-            raise RecipeError(f"{label}: params must be a table, e.g. params = {{ seq_len = 8 }}")
-    else:
-        default_name = kind
-    name = table.get("name", default_name)
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise RecipeError(f"{label}: name {name!r} must be letters, digits, '_', '.', '-' "
-                          "(it names the step's folder)")
-    label = f"{where}: step {name!r}"
-    if any(step.name == name for step in earlier):
-        raise RecipeError(f"{label}: another step before it has the same name; give one of "
-                          "them a different name = \"...\"")
-    for key in ("seed",):
-        if key in options:
-            _check_int(options[key], key, None, label)
-    if "batch_size" in options:
-        _check_int(options["batch_size"], "batch_size", 1, label)
-    if kind == "kv_budget":
-        _check_kv_budget(options, earlier, label)
-    elif kind != "scan":
-        _check_causal(kind, options, earlier, label)
-    return Step(kind=kind, name=name, options=options)
-
-
-def _check_task(options: dict[str, Any], label: str) -> None:
-    """Validate a step's ``task`` (registered) and ``task_options`` (options of its
-    ``make_task``)."""
-    from headprobe.tasks import TASK_MODULES
-
-    task = options["task"]
-    if task not in TASK_MODULES:
-        raise RecipeError(f"{label}: unknown task {task!r}; registered tasks: "
-                          f"{', '.join(TASK_MODULES)}")
-    task_options = options.get("task_options", {})
-    if not isinstance(task_options, dict):
-        raise RecipeError(f"{label}: task_options must be a table, e.g. task_options = "
-                          "{ n = 48 }")
-    if "model" in task_options:
-        raise RecipeError(f"{label}: task_options cannot set model: a task that takes one gets "
-                          "the recipe's model")
-    make_task = importlib.import_module(TASK_MODULES[task]).make_task
-    parameters = inspect.signature(make_task).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        unknown = sorted(set(task_options) - set(parameters))
-        if unknown:
-            raise RecipeError(f"{label}: task {task!r} has no option {', '.join(unknown)}; its "
-                              f"options: {', '.join(parameters) or 'none'}")
-
-
-def _scan_source(source: Any, key: str, earlier: Sequence[Step], label: str) -> None:
-    """:class:`RecipeError` unless ``source`` names a scan step written before this one."""
-    scans = [step.name for step in earlier if step.kind == "scan"]
-    match = [step for step in earlier if step.name == source]
-    if not match:
-        raise RecipeError(f"{label}: {key} = {source!r} names no earlier step; earlier "
-                          f"scan steps: {scans or 'none'} (a step may only use steps "
-                          "written before it)")
-    if match[0].kind != "scan":
-        raise RecipeError(f"{label}: {key} = {source!r} is a {match[0].kind} step; "
-                          f"heads come from a scan step: {scans or 'none'}")
-
-
-def _check_kv_budget(options: dict[str, Any], earlier: Sequence[Step], label: str) -> None:
-    """Validate the keys of a ``kv_budget`` step (see the module docstring)."""
-    _scan_source(options["from"], "from", earlier, label)
-    if ("threshold" in options) == ("full_share" in options):
-        raise RecipeError(f"{label} needs exactly one of threshold = X (kv heads scoring above "
-                          "X keep a full cache) and full_share = S (that share of kv heads "
-                          "does)")
-    if "threshold" in options:
-        _check_number(options["threshold"], "threshold", label)
-    if "full_share" in options:
-        share = options["full_share"]
-        _check_number(share, "full_share", label)
-        if not 0.0 <= float(share) <= 1.0:
-            raise RecipeError(f"{label}: full_share must lie in [0, 1], got {share!r}")
-    if options.get("aggregate", "max") not in ("max", "mean"):
-        raise RecipeError(f"{label}: aggregate must be 'max' or 'mean', got "
-                          f"{options['aggregate']!r}")
-    for key, minimum in (("sink", 0), ("window", 0), ("context_length", 1), ("n_random", 0),
-                         ("n_bootstrap", 0)):
-        if key in options:
-            _check_int(options[key], key, minimum, label)
-    if "task" in options:
-        _check_task(options, label)
-    else:
-        stray = sorted({"task_options", "n_random", "n_bootstrap", "batch_size"} & set(options))
-        if stray:
-            raise RecipeError(f"{label}: {', '.join(stray)} only apply with task = \"...\" "
-                              "(the task the plan is measured on)")
-
-
-def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
-                  label: str) -> None:
-    """Validate the keys of an ``ablate`` / ``dose`` step (see the module docstring)."""
-    from headprobe.errors import InterventionError
-    from headprobe.experiments.runner import check_method_options
-    from headprobe.interventions import METHODS
-
-    _check_task(options, label)
-    methods = [m for m in METHODS if m not in _TENSOR_METHODS]
-    method = options.get("method", "zero")
-    if method not in methods:
-        raise RecipeError(f"{label}: unknown method {method!r}; methods: {', '.join(methods)}")
-    method_options = options.get("method_options", {})
-    if not isinstance(method_options, dict):
-        raise RecipeError(f"{label}: method_options must be a table, e.g. method_options = "
-                          "{ factor = 0.5 }")
-    try:
-        check_method_options(method, method_options)
-    except InterventionError as error:
-        raise RecipeError(f"{label}: {error}") from error
-    for key in ("n_random", "n_bootstrap"):
-        if key in options:
-            _check_int(options[key], key, 0, label)
-    random_from = options.get("random_from", "same_layers")
-    if random_from not in ("same_layers", "uniform"):
-        raise RecipeError(f"{label}: random_from must be 'same_layers' or 'uniform', got "
-                          f"{random_from!r}")
-    if ("heads_from" in options) == ("heads" in options):
-        raise RecipeError(f"{label} needs exactly one of heads_from = \"<earlier scan step>\" "
-                          "(with top and/or threshold) and heads = \"LAYER.HEAD,...\"")
-    if "top" in options:
-        _check_int(options["top"], "top", 1, label)
-    if "threshold" in options:
-        _check_number(options["threshold"], "threshold", label)
-    n_heads: int | None = None
-    if "heads" in options:
-        if "top" in options or "threshold" in options:
-            raise RecipeError(f"{label}: top and threshold pick heads from heads_from; with an "
-                              "explicit heads list leave them out")
-        n_heads = len(explicit_heads(options["heads"], label))
-    else:
-        source = options["heads_from"]
-        _scan_source(source, "heads_from", earlier, label)
-        if kind == "ablate" and "top" not in options and "threshold" not in options:
-            raise RecipeError(f"{label}: say which heads of {source!r} to ablate: top = K "
-                              "and/or threshold = X")
-        n_heads = options.get("top")
-    if kind == "dose":
-        ks = options.get("ks")
-        if (not isinstance(ks, list) or not ks
-                or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
-                           for k in ks)):
-            raise RecipeError(f"{label}: a dose step needs ks = [1, 2, 4, ...] (integers >= 1), "
-                              f"got {ks!r}")
-        if n_heads is not None and max(ks) > n_heads:
-            raise RecipeError(f"{label}: k = {max(ks)} is more than the {n_heads} heads the "
-                              "step takes; lower ks or raise top")
-
-
-def _check_int(value: Any, key: str, minimum: int | None, label: str) -> None:
-    """:class:`RecipeError` unless ``value`` is an integer (``>= minimum``)."""
-    if not isinstance(value, int) or isinstance(value, bool) or (
-            minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise RecipeError(f"{label}: {key} must be an integer{bound}, got {value!r}")
-
-
-def _check_number(value: Any, key: str, label: str) -> None:
-    """:class:`RecipeError` unless ``value`` is a number."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise RecipeError(f"{label}: {key} must be a number, got {value!r}")
-
-
-def explicit_heads(value: Any, label: str = "heads") -> list[tuple[int, int]]:
-    """A step's ``heads``: ``"18.6,17.3"`` or ``[[18, 6], [17, 3]]`` -> ``[(18, 6), (17, 3)]``.
-
-    :class:`RecipeError` (prefixed with ``label``) for any other form.
-    """
-    from headprobe.experiments import parse_heads
-
-    if isinstance(value, str):
-        try:
-            return parse_heads(value)
-        except HeadprobeError as error:
-            raise RecipeError(f"{label}: {error}") from error
-    if (isinstance(value, list) and value
-            and all(isinstance(p, list) and len(p) == 2
-                    and all(isinstance(x, int) and not isinstance(x, bool) for x in p)
-                    for p in value)):
-        return [(int(p[0]), int(p[1])) for p in value]
-    raise RecipeError(f"{label}: heads must be \"LAYER.HEAD,...\" (e.g. \"18.6,17.3\") or "
-                      f"[[LAYER, HEAD], ...], got {value!r}")
-
 
 # ---------------------------------------------------------------------------------------------
 # Running
@@ -587,7 +186,7 @@ def _causal_params(step: Step, heads: Sequence[tuple[int, int]]) -> dict[str, An
         "task_options": dict(options.get("task_options", {})),
         "method": options.get("method", "zero"),
         "method_options": dict(options.get("method_options", {})),
-        "n_random": int(options.get("n_random", _DEFAULT_N_RANDOM[step.kind])),
+        "n_random": int(options.get("n_random", DEFAULT_N_RANDOM[step.kind])),
         "random_from": options.get("random_from", "same_layers"),
         "n_bootstrap": int(options.get("n_bootstrap", 1000)),
         "heads": ",".join(f"{layer}.{head}" for layer, head in heads),
@@ -721,7 +320,7 @@ def _kv_budget_params(step: Step, plan: Any) -> dict[str, Any]:
     options = step.options
     params: dict[str, Any] = {
         "kind": step.kind, "from": options["from"],
-        **{key: options.get(key, default) for key, default in _KV_BUDGET_DEFAULTS.items()},
+        **{key: options.get(key, default) for key, default in KV_BUDGET_DEFAULTS.items()},
         "threshold": options.get("threshold"), "full_share": options.get("full_share"),
         "context_length": options.get("context_length"),
         "full_heads": ",".join(f"{layer}.{g}" for layer, g in plan.full_heads()),
