@@ -75,20 +75,7 @@ class HeadTable:
         meta: Mapping[str, Any] | None = None,
     ) -> HeadTable:
         """Build from an [L, H] score grid (tensor or array) plus [L, H] extra columns."""
-        grid = _as_grid(scores, spec)
-        layers, heads = np.meshgrid(np.arange(spec.n_layers), np.arange(spec.n_heads),
-                                    indexing="ij")
-        frame = pd.DataFrame(
-            {
-                "layer": layers.ravel(),
-                "head": heads.ravel(),
-                "kv_head": heads.ravel() // spec.group_size,
-                "score": grid.ravel(),
-            }
-        )
-        for name, values in (columns or {}).items():
-            frame[name] = _as_grid(values, spec).ravel()
-        return cls(frame, meta)
+        return cls(_grid_frame(scores, spec, columns, kv=False), meta)
 
     @classmethod
     def from_kv_grid(
@@ -105,15 +92,8 @@ class HeadTable:
         ``meta["unit"]`` is set to ``"kv_head"`` and ``meta["group_size"]`` to the number of
         query heads that read each kv head (``spec.group_size``).
         """
-        grid = _as_grid(scores, spec, kv=True)
-        layers, heads = np.meshgrid(np.arange(spec.n_layers), np.arange(spec.n_kv_heads),
-                                    indexing="ij")
-        frame = pd.DataFrame({"layer": layers.ravel(), "head": heads.ravel(),
-                              "kv_head": heads.ravel(), "score": grid.ravel()})
-        for name, values in (columns or {}).items():
-            frame[name] = _as_grid(values, spec, kv=True).ravel()
-        return cls(frame, {**dict(meta or {}), "unit": KV_HEAD_UNIT,
-                           "group_size": spec.group_size})
+        meta = {**dict(meta or {}), "unit": KV_HEAD_UNIT, "group_size": spec.group_size}
+        return cls(_grid_frame(scores, spec, columns, kv=True), meta)
 
     # ------------------------------------------------------------------ access
     @property
@@ -279,6 +259,23 @@ class HeadTable:
         """Scorer-by-scorer correlation of head scores (Spearman by default)."""
         wide = HeadTable.join(tables)
         return wide[[t.scorer for t in tables]].corr(method=method)
+
+
+def _grid_frame(scores: Any, spec: ModelSpec, columns: Mapping[str, Any] | None, *,
+                kv: bool) -> pd.DataFrame:
+    """The long frame of an [L, H] (``kv``: [L, H_kv]) score grid and its extra columns:
+    ``layer``, ``head``, ``kv_head`` (``head // group_size``; the head itself for kv rows),
+    ``score``, then the columns."""
+    grid = _as_grid(scores, spec, kv=kv)
+    layers, heads = np.meshgrid(np.arange(grid.shape[0]), np.arange(grid.shape[1]),
+                                indexing="ij")
+    heads = heads.ravel()
+    frame = pd.DataFrame({"layer": layers.ravel(), "head": heads,
+                          "kv_head": heads if kv else heads // spec.group_size,
+                          "score": grid.ravel()})
+    for name, values in (columns or {}).items():
+        frame[name] = _as_grid(values, spec, kv=kv).ravel()
+    return frame
 
 
 def _as_grid(values: Any, spec: ModelSpec, *, kv: bool = False) -> np.ndarray:
