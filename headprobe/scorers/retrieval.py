@@ -39,7 +39,7 @@ gate values are saved after every batch, and a restarted run skips the finished 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "depths": (0.0, 0.25, 0.5, 0.75, 1.0),
     "max_new_tokens": 24,
     "stop_at_newline": True,
+    "prefill_chunk": 256,
     "gate": 0.5,
     "threshold": 0.1,
 }
@@ -71,6 +72,8 @@ PARAM_HELP = {
     "depths": "needle depths (0 start .. 1 end) of the default NIAH trials",
     "max_new_tokens": "greedy tokens generated per trial (the reference: 50)",
     "stop_at_newline": "stop a trial after its first generated newline (as the reference)",
+    "prefill_chunk": "prompt columns per prefill forward (bounds the eager attention "
+                     "scores to chunk x T per layer; 0: the whole prompt at once)",
     "gate": "a trial counts when ROUGE-1 recall of the answer in the output is above this",
     "threshold": "heads with a score above this are retrieval heads (the paper: 0.1)",
 }
@@ -102,6 +105,9 @@ class TrialScores:
         tokens: [N, max_new_tokens] long generated ids (pad after the trial stopped).
         texts: the output text of each trial (its scored tokens, special tokens skipped).
         recalls: [N] float64 ROUGE-1 recall of each answer in its output.
+        far_hits: [N, L, H] float64 hits of sliding-window layers' heads on keys at least
+            their window behind the query (must stay 0; a check of the observer's masks).
+        windows: {layer: window} of the model's sliding-window layers (empty: none).
     """
 
     sums: torch.Tensor
@@ -110,6 +116,8 @@ class TrialScores:
     tokens: torch.Tensor
     texts: list[str]
     recalls: torch.Tensor
+    far_hits: torch.Tensor | None = None
+    windows: dict[int, int] = field(default_factory=dict)
 
 
 def copy_credit(positions: torch.Tensor, generated: torch.Tensor, sequences: torch.Tensor,
@@ -155,12 +163,15 @@ class _BatchCredit:
 
     ``sums``, ``hits`` ([n, L, H] float64) and ``steps`` ([n] long) are the batch's slices of
     the run's tensors (written in place); ``stopped_at`` [n] is the step of each trial's first
-    newline (``max_new_tokens`` when none).
+    newline (``max_new_tokens`` when none). ``windows``: {layer: window} of the
+    sliding-window layers; ``far_hits`` [n, L, H] counts their hits at keys ``>= window``
+    positions behind the query (a correct run has none: the window masks those keys).
     """
 
     def __init__(self, chunk: Sequence[Trial], tokenizer: Any, stop_at_newline: bool,
                  max_new_tokens: int, is_newline: dict[int, bool], sums: torch.Tensor,
-                 hits: torch.Tensor, steps: torch.Tensor) -> None:
+                 hits: torch.Tensor, steps: torch.Tensor, far_hits: torch.Tensor,
+                 windows: dict[int, int]) -> None:
         width = max(len(t.encoded) for t in chunk)
         self.sequences = torch.full((len(chunk), width), -1, dtype=torch.long)  # [n, T]
         for row, trial in enumerate(chunk):
@@ -171,6 +182,7 @@ class _BatchCredit:
         self.tokenizer, self.stop_at_newline, self.is_newline = (tokenizer, stop_at_newline,
                                                                  is_newline)
         self.sums, self.hits, self.steps = sums, hits, steps
+        self.far_hits, self.windows = far_hits, windows
 
     def __call__(self, rows: AttentionRows) -> None:
         """Credit one (step, layer)'s rows (``rows.weights`` [B, H, T_k])."""
@@ -191,6 +203,10 @@ class _BatchCredit:
                              self.stops[local]).cpu() * scored[:, None]
         self.sums[local, rows.layer] += credit
         self.hits[local, rows.layer] += (credit > 0).double()
+        window = self.windows.get(rows.layer)
+        if window is not None:  # a sliding-window head must never hit beyond its window
+            distance = rows.query_positions.cpu()[:, None] - positions.cpu()  # [B, H]
+            self.far_hits[local, rows.layer] += ((credit > 0) & (distance >= window)).double()
 
 
 def prepare_trials(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
@@ -251,6 +267,8 @@ def score_trials(
     *,
     max_new_tokens: int,
     stop_at_newline: bool = True,
+    stop_at_eos: bool = True,
+    prefill_chunk: int | None = 256,
     batch_size: int = 8,
     progress: bool = False,
     checkpoint: Checkpoint | None = None,
@@ -260,8 +278,11 @@ def score_trials(
     "Retrieval Head Mechanistically Explains Long-Context Factuality").
 
     Steps are scored from the last prompt token's query (step 0) on; a row stops being
-    scored after EOS and, with ``stop_at_newline``, after its first newline token. Memory
-    O(B * H * T) per layer and step (the observer's rows), plus the [N, L, H] sums.
+    scored after EOS (unless ``stop_at_eos`` is False) and, with ``stop_at_newline``, after
+    its first newline token. The prompt is prefilled in chunks of ``prefill_chunk`` columns
+    (``None``: at once; see :func:`~headprobe.runtime.decode.generate`), so attention memory
+    is O(B * H * chunk * T) at the prefill and O(B * H * T) per layer and step after it (the
+    observer's rows), plus the [N, L, H] sums.
 
     With a ``checkpoint`` the state is saved after every batch of ``batch_size`` trials and a
     restarted run skips the finished batches (the result equals an uninterrupted run's).
@@ -271,6 +292,9 @@ def score_trials(
     sums = torch.zeros(shape, dtype=torch.float64)
     hits = torch.zeros(shape, dtype=torch.float64)
     steps = torch.zeros(count, dtype=torch.long)
+    far_hits = torch.zeros(shape, dtype=torch.float64)
+    windows = {layer: int(spec.sliding_window) for layer, kind in enumerate(spec.layer_types)
+               if kind == "sliding_attention" and spec.sliding_window is not None}
     pad = spec.pad_token_id if spec.pad_token_id is not None else 0
     tokens = torch.full((count, max_new_tokens), pad, dtype=torch.long)
     texts = [""] * count
@@ -285,6 +309,8 @@ def score_trials(
         steps.copy_(state["steps"])
         tokens.copy_(state["tokens"])
         recalls.copy_(state["recalls"])
+        if "far_hits" in state:
+            far_hits.copy_(state["far_hits"])
         texts = list(state["texts"])
         done = int(state["batches_done"])
     tokenizer = model.tokenizer
@@ -296,11 +322,13 @@ def score_trials(
         accumulator = _BatchCredit(chunk, tokenizer, stop_at_newline, max_new_tokens,
                                    is_newline, sums[offset:offset + len(chunk)],
                                    hits[offset:offset + len(chunk)],
-                                   steps[offset:offset + len(chunk)])
+                                   steps[offset:offset + len(chunk)],
+                                   far_hits[offset:offset + len(chunk)], windows)
         generation = generate(
             model, [t.encoded for t in chunk], max_new_tokens=max_new_tokens,
-            batch_size=len(chunk), stop_at_eos=eos is not None, eos_token_id=eos,
+            batch_size=len(chunk), stop_at_eos=stop_at_eos and eos is not None, eos_token_id=eos,
             observers=[AttentionObserver(accumulator, include_prefill=True)],
+            prefill_chunk=prefill_chunk,
             progress=progress, desc=f"retrieval batch {batch_index + 1}/{n_batches}")
         stopped_at = accumulator.stopped_at
         for row, trial in enumerate(chunk):
@@ -312,10 +340,10 @@ def score_trials(
             recalls[offset + row] = rouge1_recall(trial.answer, text)
         if checkpoint is not None:
             checkpoint.save({"sums": sums, "hits": hits, "steps": steps, "tokens": tokens,
-                             "texts": texts, "recalls": recalls,
+                             "texts": texts, "recalls": recalls, "far_hits": far_hits,
                              "batches_done": batch_index + 1},
                             progress=f"batch {batch_index + 1} of {n_batches} done")
-    return TrialScores(sums, hits, steps, tokens, texts, recalls)
+    return TrialScores(sums, hits, steps, tokens, texts, recalls, far_hits, windows)
 
 
 def summarize(scores: TrialScores, trials: Sequence[Trial], *, gate: float,
@@ -356,10 +384,39 @@ def summarize(scores: TrialScores, trials: Sequence[Trial], *, gate: float,
          **{k: v for k, v in trials[i].meta.items()
             if k in ("depth", "context_length", "needle_id")}}
         for i in range(count)]
+    for i, trial in enumerate(trials):
+        # tokens between the needle's last token and the first scored query (the last
+        # prompt token): a window of this size or less cannot see the needle at any step
+        trial_meta[i]["needle_distance"] = len(trial.encoded) - trial.encoded.spans[
+            "needle"].stop
     meta = {"n_trials": count, "n_counted": n_counted, "gate": gate, "threshold": threshold,
             "n_above_threshold": int(above.sum()),
             "share_above_threshold": float(above.double().mean()), "trials": trial_meta}
+    if scores.windows:
+        meta["window_check"] = window_check(scores, trials)
     return ScoreResult(score=score.float(), columns=columns, meta=meta)
+
+
+def window_check(scores: TrialScores, trials: Sequence[Trial]) -> dict[str, Any]:
+    """What sliding-window heads scored where they cannot see the needle.
+
+    A head of a sliding-window layer (window ``W``) gives keys ``W`` or more positions behind
+    its query exactly zero weight, so it can never hit a needle that far back. Returns the
+    window, the sliding layers, the number of trials whose whole needle lies ``>= W`` tokens
+    behind the first scored query (``far_trials``), the sliding heads' largest mean score
+    over those trials (``max_sliding_score_far_trials``, must be 0) and the number of
+    sliding-head hits on keys ``>= W`` behind the query in all trials
+    (``hits_beyond_window``, must be 0).
+    """
+    layers = sorted(scores.windows)
+    window = min(scores.windows.values())
+    far = torch.tensor([len(t.encoded) - t.encoded.spans["needle"].stop >= window
+                        for t in trials])
+    sliding = scores.sums[:, layers]  # [N, L_sliding, H]
+    far_score = float(sliding[far].mean(0).max()) if bool(far.any()) else None
+    hits_beyond = 0 if scores.far_hits is None else int(scores.far_hits.sum())
+    return {"window": window, "sliding_layers": layers, "far_trials": int(far.sum()),
+            "max_sliding_score_far_trials": far_score, "hits_beyond_window": hits_beyond}
 
 
 def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
@@ -370,6 +427,7 @@ def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any
     trials: list[Trial] = data.payload
     scores = score_trials(model, spec, trials, max_new_tokens=int(params["max_new_tokens"]),
                           stop_at_newline=bool(params["stop_at_newline"]),
+                          prefill_chunk=int(params["prefill_chunk"]) or None,
                           batch_size=batch_size, progress=progress, checkpoint=checkpoint)
     return summarize(scores, trials, gate=float(params["gate"]),
                      threshold=float(params["threshold"]))
@@ -378,6 +436,9 @@ def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any
 def _check_params(params: dict[str, Any]) -> None:
     if int(params["max_new_tokens"]) < 1:
         raise ScorerParamError(f"max_new_tokens must be >= 1, got {params['max_new_tokens']}")
+    if int(params.get("prefill_chunk", 0)) < 0:
+        raise ScorerParamError(f"prefill_chunk must be >= 0 (0: no chunking), got "
+                               f"{params['prefill_chunk']}")
     if not 0.0 <= float(params["gate"]) < 1.0:
         raise ScorerParamError(f"gate must be in [0, 1) (a recall above it counts), got "
                                f"{params['gate']}")
