@@ -55,6 +55,9 @@ class HookNames:
     k_input: str = "blocks.{layer}.attn.hook_k_input"
     v_input: str = "blocks.{layer}.attn.hook_v_input"
     final_norm_in: str = "ln_final.hook_in"
+    # unembed_in: the unembedding's input, the final-normed hidden state [B, T, d_model]
+    # ([B, d_model] when the layer runner reads out chosen positions only)
+    unembed_in: str = "unembed.hook_in"
     embed: str = "hook_embed"
     pos_embed: str = "hook_pos_embed"
     post_attention_norm_scale: str = "blocks.{layer}.ln1_post.hook_scale"

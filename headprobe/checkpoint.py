@@ -128,6 +128,8 @@ class Checkpoint:
         self.key = run_key(self.fields)
         self.fresh = fresh
         self.echo: Echo = echo if echo is not None else log_echo
+        self._state: dict[str, Any] | None = None  # the last loaded or saved state
+        self._loaded = False
 
     @property
     def folder(self) -> Path:
@@ -179,7 +181,8 @@ class Checkpoint:
             self.clear()
             return None
         self.echo(f"{self.name}: resuming from checkpoint {self.path} ({record['progress']})")
-        return dict(record["state"])
+        self._state = dict(record["state"])
+        return dict(self._state)
 
     def save(self, state: Mapping[str, Any], progress: str = "") -> None:
         """Write ``state`` (tensors, numbers, strings, nested dicts/lists) atomically.
@@ -187,9 +190,15 @@ class Checkpoint:
         ``progress``: one line saying how far the run is (shown when it resumes).
         """
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._state = dict(state)
         record = {"key": self.key, "fields": json.dumps(self.fields, sort_keys=True),
                   "progress": progress, "state": dict(state)}
         atomic_write(self.path, lambda tmp: torch.save(record, tmp))
+
+    def part(self, name: str) -> CheckpointPart:
+        """A view of this checkpoint holding one part of its state under ``name`` (for a
+        run made of several resumable loops, e.g. one per ablation method)."""
+        return CheckpointPart(self, name)
 
     def clear(self) -> None:
         """Delete the checkpoint file (and the checkpoint folder once it is empty)."""
@@ -200,6 +209,32 @@ class Checkpoint:
     def finish(self) -> None:
         """The run is complete: remove its checkpoint."""
         self.clear()
+
+
+class CheckpointPart:
+    """One named part of a :class:`Checkpoint`'s state, with the same ``load`` / ``save``.
+
+    ``load`` returns the part's saved state (``None`` when it has none yet); ``save``
+    writes it into the whole state, keeping the other parts.
+    """
+
+    def __init__(self, parent: Checkpoint, name: str) -> None:
+        self.parent = parent
+        self.name = name
+
+    def load(self) -> dict[str, Any] | None:
+        """The part's saved state, or ``None``."""
+        if not self.parent._loaded:
+            self.parent._loaded = True
+            self.parent.load()
+        state = (self.parent._state or {}).get(self.name)
+        return dict(state) if isinstance(state, dict) else None
+
+    def save(self, state: Mapping[str, Any], progress: str = "") -> None:
+        """Save the part's ``state`` with the other parts unchanged."""
+        whole = dict(self.parent._state or {})
+        whole[self.name] = dict(state)
+        self.parent.save(whole, progress=f"{self.name}: {progress}")
 
 
 def saved_table_matches(folder: str | Path, key: str, *, name: str,

@@ -103,3 +103,8 @@ class ImageGenerationError(HeadprobeError, ValueError):
 class NoRetrievalError(HeadprobeError, RuntimeError):
     """No retrieval trial passed the gate (the model never answered), so no head can be
     scored; the message says how many trials ran and what the model answered."""
+
+
+class AdapterMismatchError(HeadprobeError, ValueError):
+    """A LoRA adapter does not fit the base model it is merged into (another base model, or
+    a target layer of another shape); the message names the mismatch."""

@@ -150,13 +150,19 @@ class HeadTable:
             drop=True
         )
 
-    def heads(self, k: int | None = None, threshold: float | None = None) -> list[tuple[int, int]]:
-        """Top heads as ``(layer, head)`` pairs: the ``k`` best and/or those above threshold.
+    def heads(self, k: int | None = None, threshold: float | None = None,
+              column: str = "score") -> list[tuple[int, int]]:
+        """Top heads as ``(layer, head)`` pairs: the ``k`` best and/or those above threshold,
+        ranked by ``column`` (default ``score``; e.g. Sahara's ``set_rank``).
 
         In a kv-head table the pairs are ``(layer, kv head)``."""
-        frame = self.data.sort_values("score", ascending=False, kind="stable")
+        if column not in self.data.columns:
+            raise KeyError(f"no column {column!r} in this table; columns: "
+                           f"{', '.join(map(str, self.data.columns))}")
+        frame = self.data.sort_values(column, ascending=False, kind="stable")
+        frame = frame[frame[column].notna()]
         if threshold is not None:
-            frame = frame[frame["score"] > threshold]
+            frame = frame[frame[column] > threshold]
         if k is not None:
             frame = frame.head(k)
         return [(int(r.layer), int(r.head)) for r in frame.itertuples()]

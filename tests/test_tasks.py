@@ -13,11 +13,13 @@ from headprobe.tasks.base import Task, TaskItem, answer_token_ids, single_token_
 SAME_LENGTH_NAMES = ("Anna", "Mary", "John", "Paul", "Kate", "Emma", "Jack", "Lucy")
 
 
-TEXT_TASKS = ("facts", "ioi", "induction_copy")  # plain-string prompts; niah: tests/test_niah.py
+# plain-string prompts; niah: tests/test_niah.py; the safety tasks: tests/test_harmful_refusal.py
+TEXT_TASKS = ("facts", "ioi", "induction_copy")
 
 
 def test_every_registered_task_builds_well_formed_items():
-    assert set(list_tasks()) == {*TEXT_TASKS, "niah"} == set(TASK_MODULES)
+    assert set(list_tasks()) == {*TEXT_TASKS, "niah", "harmful_refusal",
+                                 "harmless_answer"} == set(TASK_MODULES)
     for name in list_tasks():
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name and len(task) > 0

@@ -116,6 +116,9 @@ def greedy_continuations(
 ) -> list[str]:
     """Greedy continuations (decoded text of the new tokens only), one per prompt.
 
+    A continuation ends at the tokenizer's EOS (a chat model's end of turn: what follows it
+    is not part of the reply) or after ``max_new_tokens`` tokens.
+
     Runs the KV-cached decode step (:func:`headprobe.runtime.decode.generate`): the prompt is
     prefilled once and each new token costs one single-position forward. Hooks attached
     around the call (an intervention) act on the prefill and on every step, and address
@@ -134,7 +137,8 @@ def greedy_continuations(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
     generation = generate(model, list(token_lists), max_new_tokens=max_new_tokens,
                           batch_size=batch_size, padding_side="right", progress=progress,
-                          desc=desc)
+                          desc=desc, stop_at_eos=eos is not None, eos_token_id=eos)
     return generation.texts

@@ -51,8 +51,9 @@ arrays are refused with a message saying so. Older files made only of ``[[scan]]
 
 Keys of a scan step: ``scorer`` (required), ``name``, ``n``, ``seed``, ``batch_size``,
 ``params``. Keys of an ``ablate`` / ``dose`` step: ``task`` (required, a registered task),
-``task_options``, either ``heads_from`` (with ``top`` and/or ``threshold``; a dose step
-defaults to ``top = max(ks)``) or ``heads`` (``"18.6,17.3"`` or ``[[18, 6], [17, 3]]``),
+``task_options``, either ``heads_from`` (with ``top`` and/or ``threshold``, ranked by the
+column ``rank_by``, default ``score``; a dose step defaults to ``top = max(ks)``) or
+``heads`` (``"18.6,17.3"`` or ``[[18, 6], [17, 3]]``),
 ``method`` (:data:`headprobe.interventions.METHODS`; default ``zero``), ``method_options``,
 ``n_random`` (default 10 for ablate, 5 for dose), ``random_from`` (``same_layers`` or
 ``uniform``), ``seed``, ``n_bootstrap`` (default 1000), ``batch_size`` and, for ``dose``,

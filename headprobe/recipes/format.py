@@ -19,8 +19,8 @@ STEP_KINDS = ("scan", "ablate", "dose", "kv_budget")
 _TOP_KEYS = {"name", "description", "model", "step", "scan", "report"}
 _REPORT_KEYS = {"top", "threshold"}
 _SCAN_KEYS = {"scorer", "n", "seed", "batch_size", "params"}
-_CAUSAL_KEYS = {"task", "task_options", "heads_from", "top", "threshold", "heads", "method",
-                "method_options", "n_random", "random_from", "seed", "n_bootstrap",
+_CAUSAL_KEYS = {"task", "task_options", "heads_from", "top", "threshold", "rank_by", "heads",
+                "method", "method_options", "n_random", "random_from", "seed", "n_bootstrap",
                 "batch_size"}
 _KV_BUDGET_KEYS = {"from", "threshold", "full_share", "aggregate", "sink", "window",
                    "context_length", "task", "task_options", "n_random", "seed", "n_bootstrap",
@@ -275,11 +275,14 @@ def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
         _check_int(options["top"], "top", 1, label)
     if "threshold" in options:
         _check_number(options["threshold"], "threshold", label)
+    if "rank_by" in options and not isinstance(options["rank_by"], str):
+        raise RecipeError(f"{label}: rank_by must name a column of the heads_from table, got "
+                          f"{options['rank_by']!r}")
     n_heads: int | None = None
     if "heads" in options:
-        if "top" in options or "threshold" in options:
-            raise RecipeError(f"{label}: top and threshold pick heads from heads_from; with an "
-                              "explicit heads list leave them out")
+        if "top" in options or "threshold" in options or "rank_by" in options:
+            raise RecipeError(f"{label}: top, threshold and rank_by pick heads from heads_from; "
+                              "with an explicit heads list leave them out")
         n_heads = len(explicit_heads(options["heads"], label))
     else:
         source = options["heads_from"]

@@ -138,13 +138,18 @@ def select_heads(step: Step, tables: Mapping[str, HeadTable]) -> tuple[list[tupl
         threshold = options.get("threshold")
         if step.kind == "dose" and top is None and threshold is None:
             top = max(options["ks"])
-        heads = tables[name].heads(k=top, threshold=threshold)
+        column = options.get("rank_by", "score")
+        if column not in tables[name].data.columns:
+            raise RecipeError(f"{label}: rank_by = {column!r} is not a column of {name!r}; its "
+                              f"columns: {', '.join(map(str, tables[name].data.columns))}")
+        heads = tables[name].heads(k=top, threshold=threshold, column=column)
         parts = ([f"top {top}"] if top is not None else []) + (
             [f"above {threshold}"] if threshold is not None else [])
-        source = f"{' and '.join(parts)} heads of {name}"
+        by = "" if column == "score" else f" by {column}"
+        source = f"{' and '.join(parts)} heads of {name}{by}"
         if not heads:
-            raise RecipeError(f"{label}: no head of {name!r} scores above {threshold}; lower "
-                              "the threshold or use top = K")
+            raise RecipeError(f"{label}: no head of {name!r} scores above {threshold}{by}; "
+                              "lower the threshold or use top = K")
     if step.kind == "dose" and max(step.options["ks"]) > len(heads):
         raise RecipeError(f"{label}: k = {max(step.options['ks'])} but only {len(heads)} heads "
                           f"({source}); lower ks or the threshold")

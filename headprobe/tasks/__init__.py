@@ -13,6 +13,8 @@ from headprobe.tasks.base import Task, TaskItem
 
 TASK_MODULES: dict[str, str] = {
     "facts": "headprobe.tasks.facts",
+    "harmful_refusal": "headprobe.tasks.harmful_refusal",
+    "harmless_answer": "headprobe.tasks.harmless_answer",
     "induction_copy": "headprobe.tasks.induction_copy",
     "ioi": "headprobe.tasks.ioi",
     "niah": "headprobe.tasks.niah",

@@ -32,7 +32,6 @@ context and should copy the answer out of the needle.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections import Counter
@@ -277,11 +276,9 @@ def load_dataset_text(name: str, *, text_column: str = "text", config: str | Non
             reachable: fails at once, never waits on the network), ``datasets`` missing, the
             set or the column not found, or no text in it.
     """
-    from headprobe.models import _hub_reachable
+    from headprobe.models import hub_offline
 
-    offline = (os.environ.get("HF_HUB_OFFLINE") == "1"
-               or os.environ.get("HF_DATASETS_OFFLINE") == "1")
-    if offline or not _hub_reachable():
+    if hub_offline():
         raise TaskError(f"cannot read the data set {name!r}: the Hugging Face hub is not "
                         "reachable (offline). Pass the text yourself with haystack=..., e.g. "
                         "haystack=Path('book.txt').read_text(), or leave both unset for the "

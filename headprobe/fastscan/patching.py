@@ -1,4 +1,5 @@
-"""All-head scans that reuse the unchanged prefix of the forward pass.
+"""All-head patching and ablation scans of a task's logit difference, reusing the unchanged
+prefix of the forward pass.
 
 Activation patching per head (Meng et al. 2022, "Locating and Editing Factual Associations in
 GPT"; TransformerLens ``patching.get_act_patch_attn_head_out_all_pos``) and head ablation run
@@ -29,7 +30,8 @@ The numbers equal the plain loop of full forward passes (:func:`loop_scan`, kept
 reference and as the fallback for architectures :func:`run_from_layer` does not support) to
 float32 round-off.
 
-Interventions on ``hook_z`` ([B, T, H, d_head], every position):
+Interventions (copy ``i`` of a stacked pass gets the one for head ``heads[i]``:
+:mod:`headprobe.fastscan.copies`) on ``hook_z`` ([B, T, H, d_head], every position):
 
 - ``patch``: denoising activation patching: the corrupt run with head ``h``'s ``z`` replaced by
   its value on the clean prompt (``direction="noising"`` swaps the roles: the clean run with
@@ -41,8 +43,16 @@ Interventions on ``hook_z`` ([B, T, H, d_head], every position):
   :func:`~headprobe.interventions.means.compute_head_means`, so it equals
   ``mean_ablation(..., per_position=False)`` with the task's prompts as reference).
 
+- ``scale_output``: head ``h``'s ``z`` multiplied by ``eps`` ("scaling contribution", Zhou et
+  al. 2025);
+- ``uniform_attention``: head ``h``'s query multiplied by ``eps`` after any query norm
+  ("undifferentiated attention", Zhou et al. 2025; at
+  :func:`~headprobe.interventions.query.query_hook_point`).
+
 Copy ``i`` of a batched pass gets its replacement through
-:func:`headprobe.interventions.heads.write_heads`, the interventions' own z-replacement.
+:func:`headprobe.interventions.heads.write_heads`, the interventions' own z-replacement; the
+loop reference applies the registered interventions (:func:`headprobe.interventions.
+build_hooks`) one head at a time.
 
 Metrics (:mod:`headprobe.metrics`, at each prompt's last real token):
 
@@ -66,9 +76,10 @@ from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import MetricError
+from headprobe.fastscan.copies import SCALING_METHODS, copies_hook
 from headprobe.headtable import HeadTable
 from headprobe.inputs import Batch, fingerprint, iter_batches
-from headprobe.interventions.heads import copies_z_hook
+from headprobe.interventions import build_hooks
 from headprobe.interventions.means import pooled_head_means
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
@@ -88,7 +99,7 @@ from headprobe.tasks.base import Task, TaskItem
 from headprobe.tasks.pairs import ScanData, prepare_scan_data
 from headprobe.types import Direction, normalize_direction
 
-Method = Literal["patch", "zero", "mean"]
+Method = Literal["patch", "zero", "mean", "scale_output", "uniform_attention"]
 Metric = Literal["logit_diff", "normalized_logit_diff"]
 REFERENCE = ("activation patching: Meng et al. 2022 (ROME); Wang et al. 2022 (IOI); "
              "TransformerLens patching.get_act_patch_attn_head_out_all_pos")
@@ -96,6 +107,8 @@ REFERENCE = ("activation patching: Meng et al. 2022 (ROME); Wang et al. 2022 (IO
 # ScanData and prepare_scan_data live in headprobe.tasks.pairs (shared with attribution and
 # the patching engine); re-exported here for existing imports.
 __all__ = ["ScanData", "loop_scan", "prepare_scan_data", "scan_heads", "shared_prefix_length"]
+
+DEFAULT_EPS = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +129,8 @@ class _BatchRuns:
     ld_corrupt: torch.Tensor
     prefix: PrefixKV | None = None
     layer_inputs: dict[int, LayerInputs] = field(default_factory=dict)
+    method: str = "patch"
+    eps: float = DEFAULT_EPS
 
     @property
     def start(self) -> int:
@@ -151,7 +166,8 @@ def _run_capture(model: Any, batch: Batch, spec: ModelSpec, kinds: Sequence[str]
 
 def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                   direction: Direction, batch_size: int, layers: Sequence[int],
-                  need_resid: bool, mean_z: dict[int, torch.Tensor] | None) -> list[_BatchRuns]:
+                  need_resid: bool, mean_z: dict[int, torch.Tensor] | None,
+                  eps: float = DEFAULT_EPS) -> list[_BatchRuns]:
     """Base runs of every batch; ``mean_z``: ``{layer: [H, d_head]}`` for ``method="mean"``."""
     device = model_device(model)
     clean_batches = _batches(data.clean, batch_size, spec, device)
@@ -185,7 +201,7 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                     ld_clean
         else:
             base, base_store, ld_base = clean, clean_store, ld_clean
-            if method == "zero":
+            if method != "mean":  # zero ablation and the scalings need no source values
                 source_z = None
             else:
                 assert mean_z is not None
@@ -202,7 +218,8 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                                        base.position_ids[:, :length])
                 except NotImplementedError:  # attention ignores past_key_values: full path
                     prefix = None
-        runs.append(_BatchRuns(base, resid, source_z, ld_base, ld_clean, ld_corrupt, prefix))
+        runs.append(_BatchRuns(base, resid, source_z, ld_base, ld_clean, ld_corrupt, prefix,
+                               method=method, eps=eps))
     return runs
 
 
@@ -243,9 +260,12 @@ def _score(values: torch.Tensor, run: _BatchRuns, metric: Metric) -> torch.Tenso
     return (values - run.ld_corrupt) / (run.ld_clean - run.ld_corrupt)
 
 
-def _check_args(method: str, metric: str, direction: str) -> Direction:
-    if method not in ("patch", "zero", "mean"):
-        raise ValueError(f"method must be 'patch', 'zero' or 'mean', got {method!r}")
+def _check_args(method: str, metric: str, direction: str, eps: float) -> Direction:
+    if method not in ("patch", "zero", "mean", *SCALING_METHODS):
+        raise ValueError(f"method must be 'patch', 'zero', 'mean', 'scale_output' or "
+                         f"'uniform_attention', got {method!r}")
+    if method in SCALING_METHODS and not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
     if metric not in ("logit_diff", "normalized_logit_diff"):
         raise ValueError(
             f"metric must be 'logit_diff' or 'normalized_logit_diff', got {metric!r}")
@@ -264,8 +284,9 @@ def _scan(
     heads_per_pass: int | None,
     progress: bool,
     fast: bool,
+    eps: float = DEFAULT_EPS,
 ) -> HeadTable:
-    direction = _check_args(method, metric, direction)
+    direction = _check_args(method, metric, direction, eps)
     spec = check_supported(model) if fast else describe_model(model)
     layer_list = sorted(set(spec.check_layers(layers)))
     timer = Timer()
@@ -281,7 +302,7 @@ def _scan(
               if method == "mean" else None)
     with torch.inference_mode():
         runs = _prepare_runs(model, spec, data, method, direction, batch_size, layer_list,
-                             need_resid=fast, mean_z=mean_z)
+                             need_resid=fast, mean_z=mean_z, eps=eps)
         steps = len(runs) * len(layer_list)
         bar = tqdm(total=steps, desc="fastscan" if fast else "loop scan",
                    disable=not progress, leave=False)
@@ -330,10 +351,11 @@ def _scan(
     meta = result_meta(
         kind="scan", name=f"{'patch' if method == 'patch' else method + '_ablation'}_{metric}",
         spec=spec, params={"method": method, "metric": metric, "direction": direction,
+                           "eps": eps if method in SCALING_METHODS else None,
                            "layers": layer_list, "heads_per_pass": chunk,
                            "engine": "fastscan" if fast else "loop"},
         fingerprint=fingerprint(data.clean + (data.corrupt or [])), n_prompts=n, timer=timer,
-        description=f"all-head {method} scan of hook_z (all positions), {metric}",
+        description=f"all-head {method} scan (all positions), {metric}",
         reference=REFERENCE, task=data.name, batch_size=batch_size,
         mean_ld_clean=totals["ld_clean"] / n,
         mean_ld_corrupt=totals["ld_corrupt"] / n if data.corrupt is not None else None,
@@ -360,9 +382,11 @@ def _fast_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads
             run.prefix = None
     start = run.start
     resid = run.resid[layer][:, start:].repeat(copies, 1, 1)
-    hook = copies_z_hook(heads, _replacement(run, layer, heads, start), copies)
-    logits = run_from_layer(model, resid, layer, mask, position_ids,
-                            [(spec.hooks.at("z", layer), hook)],
+    replacement = (None if run.method in SCALING_METHODS
+                   else _replacement(run, layer, heads, start))
+    hook = copies_hook(model, spec, run.method, layer, heads, copies, eps=run.eps,
+                       replacement=replacement)
+    logits = run_from_layer(model, resid, layer, mask, position_ids, [hook],
                             positions=batch.last.repeat(copies),
                             layer_inputs=run.layer_inputs[copies],
                             prefix=run.prefix)
@@ -376,8 +400,13 @@ def _loop_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads
     batch = run.base
     out = []
     for head in heads:
-        hook = copies_z_hook([head], _replacement(run, layer, [head]), 1)
-        with attached(model, [(spec.hooks.at("z", layer), hook)]):
+        if run.method in SCALING_METHODS:
+            option = "eps" if run.method == "uniform_attention" else "factor"
+            hooks = build_hooks(model, [(layer, head)], run.method, **{option: run.eps})
+        else:
+            hooks = [copies_hook(model, spec, run.method, layer, [head], 1,
+                                 replacement=_replacement(run, layer, [head]))]
+        with attached(model, hooks):
             logits = forward_batch(model, batch)
         out.append(_ld(logits, batch, answers, distractors))
     return torch.stack(out)
@@ -394,8 +423,9 @@ def scan_heads(
     batch_size: int = 8,
     heads_per_pass: int | None = None,
     progress: bool = True,
+    eps: float = DEFAULT_EPS,
 ) -> HeadTable:
-    """Patch or ablate every (layer, head)'s ``z`` at all positions, with prefix reuse.
+    """Patch or ablate every (layer, head) at all positions, with prefix reuse.
 
     Layer ``k`` runs from the cached residual entering it; for ``method="patch"`` only the
     positions from the first token where a batch's clean and corrupt prompts differ are
@@ -406,7 +436,9 @@ def scan_heads(
         model: a bridge over a llama-family or Gemma 3 model.
         task: a :class:`Task` (or its items): prompts, single-token answers and distractors,
             and for ``method="patch"`` corrupt prompts of equal token length.
-        method: ``patch`` (clean z into the corrupt run), ``zero`` or ``mean`` ablation.
+        method: ``patch`` (clean z into the corrupt run), ``zero`` or ``mean`` ablation,
+            ``scale_output`` (z * eps) or ``uniform_attention`` (query * eps after any
+            q norm).
         metric: ``logit_diff`` (mean change of the logit difference) or
             ``normalized_logit_diff`` ((mean LD - mean LD_corrupt) / (mean LD_clean - mean
             LD_corrupt)).
@@ -415,6 +447,7 @@ def scan_heads(
         batch_size: prompts per batch; each pass runs ``batch_size * heads_per_pass`` rows.
         heads_per_pass: heads intervened on in one batched pass (default: all H heads).
         progress: tqdm bar over (batch, layer) steps.
+        eps: the scale of ``scale_output`` / ``uniform_attention``.
 
     Returns:
         A :class:`HeadTable` (``score``: mean effect over prompts; ``std``: its standard
@@ -425,7 +458,7 @@ def scan_heads(
     """
     return _scan(model, task, method=method, metric=metric, direction=direction, layers=layers,
                  batch_size=batch_size, heads_per_pass=heads_per_pass, progress=progress,
-                 fast=True)
+                 fast=True, eps=eps)
 
 
 def loop_scan(
@@ -438,10 +471,12 @@ def loop_scan(
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    eps: float = DEFAULT_EPS,
 ) -> HeadTable:
     """The plain reference: one full forward pass (``model.hooks``) per (layer, head).
 
     Same arguments and result as :func:`scan_heads`; works on any bridge architecture.
     """
     return _scan(model, task, method=method, metric=metric, direction=direction, layers=layers,
-                 batch_size=batch_size, heads_per_pass=1, progress=progress, fast=False)
+                 batch_size=batch_size, heads_per_pass=1, progress=progress, fast=False,
+                 eps=eps)
