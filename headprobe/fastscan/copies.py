@@ -24,10 +24,11 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.interventions.heads import HookFn, copies_z_hook
+from headprobe.interventions import build_hooks
+from headprobe.interventions.heads import HookFn, HookList, copies_z_hook
 from headprobe.interventions.query import query_hook_point
 
-__all__ = ["SCALING_METHODS", "copies_hook", "scale_copies"]
+__all__ = ["SCALING_METHODS", "copies_hook", "scale_copies", "scaling_hooks"]
 
 SCALING_METHODS = ("scale_output", "uniform_attention")
 
@@ -76,3 +77,11 @@ def copies_hook(model: Any, spec: ModelSpec, method: str, layer: int, heads: Seq
         return scale_copies(tensor, heads, eps, copies, axis)
 
     return name, hook
+
+
+def scaling_hooks(model: Any, heads: Sequence[Sequence[int]], method: str,
+                  eps: float) -> HookList:
+    """The registered intervention ``method`` (``scale_output`` or ``uniform_attention``) on
+    every head of ``heads`` at once, scale ``eps`` (the loop references' route)."""
+    option = "eps" if method == "uniform_attention" else "factor"
+    return build_hooks(model, [tuple(h) for h in heads], method, **{option: eps})

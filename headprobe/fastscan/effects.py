@@ -30,9 +30,8 @@ from tqdm.auto import tqdm
 from headprobe.arch import ModelSpec
 from headprobe.checkpoint import Checkpoint
 from headprobe.errors import InterventionError
-from headprobe.fastscan.copies import SCALING_METHODS, copies_hook
+from headprobe.fastscan.copies import SCALING_METHODS, copies_hook, scaling_hooks
 from headprobe.inputs import Batch, iter_batches
-from headprobe.interventions import build_hooks
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
 from headprobe.runtime.forward import forward_batch
@@ -168,7 +167,6 @@ def loop_head_effects(
     _check(method, eps)
     spec = describe_model(model)
     layer_list = sorted(set(spec.check_layers(layers)))
-    option = "eps" if method == "uniform_attention" else "factor"
     batches = prompt_batches(model, spec, prompts, batch_size)
     out = torch.full((len(prompts), spec.n_layers, spec.n_heads), float("nan"),
                      dtype=torch.float64)
@@ -181,7 +179,7 @@ def loop_head_effects(
                 base_logp = _log_probs(final_logits(forward_batch(model, batch), batch.last))
                 for layer in layer_list:
                     for head in range(spec.n_heads):
-                        hooks = build_hooks(model, [(layer, head)], method, **{option: eps})
+                        hooks = scaling_hooks(model, [(layer, head)], method, eps)
                         with attached(model, hooks):
                             logits = forward_batch(model, batch)
                         logp = _log_probs(final_logits(logits, batch.last))

@@ -76,10 +76,10 @@ from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import MetricError
-from headprobe.fastscan.copies import SCALING_METHODS, copies_hook
+from headprobe.fastscan.copies import SCALING_METHODS, copies_hook, scaling_hooks
+from headprobe.fastscan.effects import prompt_batches
 from headprobe.headtable import HeadTable
-from headprobe.inputs import Batch, fingerprint, iter_batches
-from headprobe.interventions import build_hooks
+from headprobe.inputs import Batch, fingerprint
 from headprobe.interventions.means import pooled_head_means
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
@@ -138,12 +138,6 @@ class _BatchRuns:
         return self.prefix.length if self.prefix is not None else 0
 
 
-def _batches(token_lists: Sequence[torch.Tensor], batch_size: int, spec: ModelSpec,
-             device: torch.device) -> list[Batch]:
-    pad = spec.pad_token_id if spec.pad_token_id is not None else 0
-    return list(iter_batches(token_lists, batch_size, pad_token_id=pad, device=device))
-
-
 def _ld(logits: torch.Tensor, batch: Batch, answers: torch.Tensor,
         distractors: torch.Tensor) -> torch.Tensor:
     last = final_logits(logits, batch.last) if logits.ndim == 3 else logits
@@ -170,8 +164,8 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                   eps: float = DEFAULT_EPS) -> list[_BatchRuns]:
     """Base runs of every batch; ``mean_z``: ``{layer: [H, d_head]}`` for ``method="mean"``."""
     device = model_device(model)
-    clean_batches = _batches(data.clean, batch_size, spec, device)
-    corrupt_batches = (_batches(data.corrupt, batch_size, spec, device)
+    clean_batches = prompt_batches(model, spec, data.clean, batch_size)
+    corrupt_batches = (prompt_batches(model, spec, data.corrupt, batch_size)
                        if data.corrupt is not None else None)
     runs = []
     # record_kv starts from the residual entering layer 0, also when layer 0 is not scanned
@@ -401,8 +395,7 @@ def _loop_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads
     out = []
     for head in heads:
         if run.method in SCALING_METHODS:
-            option = "eps" if run.method == "uniform_attention" else "factor"
-            hooks = build_hooks(model, [(layer, head)], run.method, **{option: run.eps})
+            hooks = scaling_hooks(model, [(layer, head)], run.method, run.eps)
         else:
             hooks = [copies_hook(model, spec, run.method, layer, [head], 1,
                                  replacement=_replacement(run, layer, [head]))]

@@ -39,10 +39,9 @@ from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import ScorerParamError
-from headprobe.fastscan.copies import SCALING_METHODS, copies_hook
+from headprobe.fastscan.copies import SCALING_METHODS, copies_hook, scaling_hooks
 from headprobe.fastscan.effects import prompt_batches
 from headprobe.inputs import Batch
-from headprobe.interventions import build_hooks
 from headprobe.models import describe_model
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, capture, check_fired
@@ -89,8 +88,7 @@ def _set_hooks(model: Any, heads: Sequence[Head], ablation: str, eps: float,
     chosen = [h for h in heads if h[0] >= min_layer]
     if not chosen:
         return []
-    option = "eps" if ablation == "uniform_attention" else "factor"
-    return build_hooks(model, chosen, ablation, **{option: eps})
+    return scaling_hooks(model, chosen, ablation, eps)
 
 
 def hidden_states(model: Any, batches: Sequence[Batch], heads: Sequence[Head], ablation: str,
