@@ -108,3 +108,13 @@ class NoRetrievalError(HeadprobeError, RuntimeError):
 class AdapterMismatchError(HeadprobeError, ValueError):
     """A LoRA adapter does not fit the base model it is merged into (another base model, or
     a target layer of another shape); the message names the mismatch."""
+
+
+class TokenSetError(HeadprobeError, ValueError):
+    """An ordinal token set cannot be scored (fewer than 3 of its items are single tokens in
+    the model's tokenizer, or it is unknown); the message names the set and what was dropped."""
+
+
+class YearRangeError(HeadprobeError, ValueError):
+    """A year asked of a dated-fact set lies outside the years its data covers; the message
+    gives the covered range."""

@@ -25,6 +25,9 @@ SCORER_MODULES: dict[str, str] = {
     "retrieval": "headprobe.scorers.retrieval",
     "ships": "headprobe.scorers.ships",
     "sahara": "headprobe.scorers.sahara",
+    "successor": "headprobe.scorers.successor",
+    "temporal": "headprobe.scorers.temporal",
+    "conflict": "headprobe.scorers.conflict",
 }
 
 

@@ -14,12 +14,12 @@ SAME_LENGTH_NAMES = ("Anna", "Mary", "John", "Paul", "Kate", "Emma", "Jack", "Lu
 
 
 # plain-string prompts; niah: tests/test_niah.py; the safety tasks: tests/test_harmful_refusal.py
-TEXT_TASKS = ("facts", "ioi", "induction_copy")
+TEXT_TASKS = ("facts", "ioi", "induction_copy", "temporal_facts", "knowledge_conflict")
 
 
 def test_every_registered_task_builds_well_formed_items():
-    assert set(list_tasks()) == {*TEXT_TASKS, "niah", "harmful_refusal",
-                                 "harmless_answer"} == set(TASK_MODULES)
+    assert set(list_tasks()) == {*TEXT_TASKS, "niah", "harmful_refusal", "harmless_answer",
+                                 "successor_increment"} == set(TASK_MODULES)
     for name in list_tasks():
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name and len(task) > 0
@@ -36,6 +36,10 @@ def test_every_registered_task_builds_well_formed_items():
                 assert item.distractor != item.answer
             if item.corrupt_prompt is not None:
                 assert item.corrupt_prompt != item.prompt
+    # bare digits continue without a space ("Digits: 4,5,6,7," -> "8"); other sets with one
+    for item in get_task("successor_increment").items:
+        assert isinstance(item.prompt, str) and item.answer and item.distractor != item.answer
+        assert item.answer.startswith(" ") or item.meta["with_space"] is False
 
 
 def test_unknown_task_names_the_registered_ones():

@@ -9,8 +9,16 @@ Belinkov 2024, "Have Faith in Faithfulness"): the first-order estimate of noisin
     e_k = e_corrupt + (k/m) (e_clean - e_corrupt),
 
 averaged over prompts, in logit-difference units (``m = steps`` for ``eap-ig``, one gradient at
-the clean run for ``eap``). Column ``q``: the same for each head's query input. See
-:func:`headprobe.attribution.attribution_patching`.
+the clean run for ``eap``). ``eap-ig-act`` integrates over the head's own layer instead of the
+input embeddings (Hanna et al.'s EAP-IG-activations, one layer at a time)::
+
+    score_h = sum_positions (z_corrupt - z_clean) . mean_k dLD/dz_h |_(z_l = z_l,k),
+    z_l,k = z_l_corrupt + ((k - 1/2)/m) (z_l_clean - z_l_corrupt),
+
+with every other layer's input clean and everything downstream recomputed; ``eap-ig-act-head``
+moves one head's ``z_h`` at a time (the noising path itself). These agree with the exact scan
+where input-space EAP-IG does not (``bench/RESULTS.md``). Column ``q``: the
+same for each head's query input. See :func:`headprobe.attribution.attribution_patching`.
 """
 
 from __future__ import annotations
@@ -49,8 +57,11 @@ SCORER = Scorer(
     defaults={"task": "ioi", "method": "eap-ig", "steps": 5},
     param_help={
         "task": TASK_HELP + "; its items need corrupt prompts and distractors",
-        "method": "'eap' (gradient at the clean run) or 'eap-ig' (integrated gradients)",
-        "steps": "integrated-gradient steps for eap-ig (5..100)",
+        "method": "'eap' (gradient at the clean run), 'eap-ig' (integrated gradients over the "
+                  "input embeddings), 'eap-ig-act' (over each layer's activations, 2L+1 passes "
+                  "per batch) or 'eap-ig-act-head' (over each head's own z; tends to exact "
+                  "noising patching)",
+        "steps": "integrated-gradient steps: 5..100 for eap-ig, 1..100 for eap-ig-act(-head)",
     },
     default_n=8,
     cheap=False,

@@ -17,7 +17,10 @@ TASK_MODULES: dict[str, str] = {
     "harmless_answer": "headprobe.tasks.harmless_answer",
     "induction_copy": "headprobe.tasks.induction_copy",
     "ioi": "headprobe.tasks.ioi",
+    "knowledge_conflict": "headprobe.tasks.knowledge_conflict",
     "niah": "headprobe.tasks.niah",
+    "successor_increment": "headprobe.tasks.successor_increment",
+    "temporal_facts": "headprobe.tasks.temporal_facts",
 }
 
 
