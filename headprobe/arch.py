@@ -178,6 +178,24 @@ ARCHITECTURES: dict[str, ArchitectureFacts] = {
         rotary="model.language_model.rotary_emb",
         vision_language=True,
     ),
+    # Qwen2_5_VLForConditionalGeneration (Qwen2-VL-style): a Qwen2 text model (q/k/v biases)
+    # under model.language_model, lm_head at the top level, vision tower at model.visual.
+    # Its rotary is multimodal (mRoPE): 3-D (time, height, width) position ids, one per
+    # rotary section, which image tokens need and headprobe's layer runner does not build
+    # (it passes 1-D positions, which give different logits on image prompts), so
+    # layer_runner=False: the fast scans refuse, the decode step refuses image prompts
+    # (ImageGenerationError); forward_batch passes the 3-D positions that
+    # headprobe.images.encode_image_prompt stores in the prompt's extra inputs.
+    "qwen2_5_vl": ArchitectureFacts(
+        family="qwen2_5_vl",
+        norm="rmsnorm",
+        layers_path="model.language_model.layers",
+        decoder="model.language_model",
+        final_norm="model.language_model.norm",
+        rotary="model.language_model.rotary_emb",
+        layer_runner=False,
+        vision_language=True,
+    ),
 }
 
 

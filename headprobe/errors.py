@@ -79,6 +79,12 @@ class ReducerError(HeadprobeError, RuntimeError):
     """A reducer edited the activation it was given (reducers must only read)."""
 
 
+class OCRDataError(TaskError):
+    """OCR samples the ``ocr`` scorer cannot use: an answer with no evidence box (missing,
+    empty or covering no image patch), character boxes that do not match the answer, or not
+    exactly one image per prompt."""
+
+
 class PromptFormatError(HeadprobeError, ValueError):
     """A prompt item cannot be encoded as asked (no chat template, no processor, a span that
     is not in the text, placeholders that do not match the images...)."""

@@ -73,6 +73,11 @@ __all__ = [
 
 PaddingSide = Literal["left", "right"]
 
+# Extra inputs laid out per token column rather than batched along dim 0: multimodal rotary
+# positions ``position_ids`` [S, T] of one prompt (S = 3 streams for Qwen2-VL's mRoPE), which
+# a batch pads to [S, B, T_max] and passes instead of its 1-D ``position_ids``.
+POSITION_EXTRAS = frozenset({"position_ids"})
+
 
 @dataclass
 class Batch:
@@ -87,6 +92,9 @@ class Batch:
         indices: [B] index of each prompt in the whole prompt set.
         extra: extra model inputs (e.g. ``pixel_values`` [N_images, 3, H, W]) of the prompts
             of the batch, concatenated along dim 0 in row order; passed to the forward.
+            Keys in :data:`POSITION_EXTRAS` (``position_ids`` [S, B, T]: multimodal rotary
+            positions) are padded per column instead and replace the 1-D ``position_ids``
+            in :meth:`forward_kwargs`.
         spans: one ``{name: Span}`` per row, in absolute positions within the prompt; the
             column of position ``p`` of row ``b`` is ``start[b] + p`` (:meth:`column`).
     """
@@ -195,7 +203,8 @@ def iter_batches(
     """Pad consecutive prompts into batches of at most ``batch_size``.
 
     ``token_lists`` holds 1-D id tensors or :class:`Encoded` prompts (whose spans and extra
-    inputs the batches carry; extra inputs are concatenated along dim 0 in row order).
+    inputs the batches carry; extra inputs are concatenated along dim 0 in row order, except
+    :data:`POSITION_EXTRAS`, padded per column into [S, B, T_max]).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -216,7 +225,8 @@ def iter_batches(
             start[row] = offset
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         keys = list(dict.fromkeys(key for item in chunk for key in item.extra))
-        extra = {key: torch.cat([item.extra[key] for item in chunk if key in item.extra])
+        extra = {key: (_batch_positions(chunk, key, start, positions) if key in POSITION_EXTRAS
+                       else torch.cat([item.extra[key] for item in chunk if key in item.extra]))
                  for key in keys}
         yield Batch(
             tokens=tokens,
@@ -228,6 +238,26 @@ def iter_batches(
             extra=extra,
             spans=[dict(item.spans) for item in chunk],
         ).to(device)
+
+
+def _batch_positions(chunk: Sequence[Encoded], key: str, start: torch.Tensor,
+                     positions: torch.Tensor) -> torch.Tensor:
+    """[S, B, T_max] per-column positions of a padded batch: each prompt's own [S, T] at its
+    columns (from ``start``); a prompt without them (a text prompt beside image prompts) gets
+    its 1-D positions in every stream (what the model would compute for text); pads 0."""
+    streams = next(int(item.extra[key].shape[0]) for item in chunk if key in item.extra)
+    out = positions[None].repeat(streams, 1, 1)  # [S, B, T_max], 1-D positions, pads 0
+    for row, item in enumerate(chunk):
+        if key not in item.extra:
+            continue
+        value = item.extra[key]
+        if value.ndim != 2 or value.shape != (streams, len(item)):
+            raise PromptFormatError(
+                f"extra input {key!r} of a prompt of {len(item)} tokens has shape "
+                f"{tuple(value.shape)}; expected ({streams}, {len(item)})")
+        offset = int(start[row])
+        out[:, row, offset:offset + len(item)] = value.to(out.dtype)
+    return out
 
 
 def fingerprint(token_lists: Sequence[torch.Tensor | Encoded]) -> str:

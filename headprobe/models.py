@@ -117,6 +117,9 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The project's OCR model (a tiny LLaVA trained by recipes/train_ocr_model.py; weights in
+# data/ocr_model): :mod:`headprobe.organisms.ocr_reader`.
+OCR_MODEL = "ocr-reader"
 TINY_PREFIX = "tiny:"  # "tiny:llama-gqa" etc.: random-weight test models, see headprobe.tiny
 
 # Names accepted for ``dtype=`` (and ``--dtype``).
@@ -200,6 +203,14 @@ def available_models() -> list[dict[str, Any]]:
                 "install": hint,
             }
         )
+    from headprobe.organisms.ocr_reader import OCR_MODEL_DIR
+
+    present = (OCR_MODEL_DIR / "model.safetensors").is_file()
+    rows.append({"name": OCR_MODEL, "installed": present, "cached": present,
+                 "description": "the project's OCR model: a tiny LLaVA (CLIP ViT 64 x 64 "
+                 "images, 8 x 8 patches; Llama 4 layers x 8 heads, 4 kv heads) trained to "
+                 "read rendered strings (data/ocr_model)",
+                 "install": "" if present else "python recipes/train_ocr_model.py"})
     return rows
 
 
@@ -225,7 +236,8 @@ def load_model(
     Args:
         spec: a packaged model name (``smollm2-135m-instruct``, ``gemma3-270m``, or the
             safety-tuned organism ``smollm2-135m-safety``: SmolLM2 with the LoRA adapter of
-            ``data/adapters/smollm2-135m-safety`` merged), a local ``.gguf`` file, a local
+            ``data/adapters/smollm2-135m-safety`` merged), ``ocr-reader`` (the project's
+            OCR model, a tiny LLaVA in ``data/ocr_model``), a local ``.gguf`` file, a local
             Hugging Face model folder (a causal LM, or a vision-language model with its
             processor), a hub name (online only), or ``tiny:<kind>`` for a random-weight
             test model (:mod:`headprobe.tiny`).
@@ -247,7 +259,17 @@ def load_model(
     name = str(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if name.startswith(TINY_PREFIX):
+    if name == OCR_MODEL:
+        from headprobe.organisms.ocr_reader import load_ocr_model
+
+        try:
+            hf_model, tokenizer, processor = load_ocr_model()
+        except FileNotFoundError as error:
+            raise ModelUnavailableError(str(error)) from error
+        bridge, model_spec = wrap_hf_model(hf_model, tokenizer, name=name,
+                                           hf_name="headprobe/ocr-reader", device=torch_device,
+                                           dtype=torch_dtype, processor=processor)
+    elif name.startswith(TINY_PREFIX):
         from headprobe.tiny import TINY_KINDS, tiny_model
 
         kind = name[len(TINY_PREFIX):]
@@ -297,7 +319,7 @@ def wrap_hf_model(
     if dtype is not None:
         cast_parameters(hf_model, resolve_dtype(dtype, torch_device))
     param_dtype, param_device = _parameter_dtype_device(hf_model)
-    with _given_processor(processor):
+    with _given_processor(processor), adapter_libraries_waived(processor):
         bridge = TransformerBridge.boot_transformers(
             hf_name or name, hf_model=hf_model, tokenizer=tokenizer, device=torch_device,
             dtype=param_dtype,
@@ -317,6 +339,31 @@ def wrap_hf_model(
 
 
 _TL_TRANSFORMERS_SOURCE = "transformer_lens.model_bridge.sources.transformers.source"
+
+
+@contextlib.contextmanager
+def adapter_libraries_waived(processor: Any) -> Iterator[None]:
+    """While booting a bridge around a model whose processor headprobe already built, skip
+    TransformerLens' check that the architecture's optional libraries are installed.
+
+    TransformerLens 4.3's ``Qwen2_5_VLArchitectureAdapter`` lists ``torchvision`` as required
+    and raises ``ImportError`` ("needs the optional torchvision library ... Install with `pip
+    install torchvision`") without it, although the model and the adapter never import it:
+    only HF's fast image and video processors do, and headprobe hands the bridge its own
+    (PIL) processor. The adapter's ``required_libraries`` is emptied for the boot and
+    restored afterwards, even on error.
+    """
+    if processor is None:
+        yield
+        return
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+
+    original = ArchitectureAdapter._check_required_libraries
+    ArchitectureAdapter._check_required_libraries = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ArchitectureAdapter._check_required_libraries = original  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -466,8 +513,31 @@ def _load_pretrained(path: Path, dtype: torch.dtype) -> tuple[Any, Any, Any]:
         return (*load_hf_dir(path, dtype), None)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype,
                                                         attn_implementation="eager")
-    processor = AutoProcessor.from_pretrained(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except ImportError as error:  # Qwen2-VL's stock processor builds a video processor,
+        processor = _qwen_image_processor(path, error)  # which needs torchvision
     return model, processor.tokenizer, processor
+
+
+def _qwen_image_processor(path: Path, error: ImportError) -> Any:
+    """An images-only Qwen2-VL-style processor from a folder, with the PIL image processor
+    (HF's default fast image and video processors need torchvision, which headprobe does not
+    install); raises the original ``ImportError`` for other architectures."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from headprobe.images import image_only_qwen_processor_class
+
+    if "qwen" not in str(AutoConfig.from_pretrained(path).model_type):
+        raise error
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return image_only_qwen_processor_class()(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(path), tokenizer=tokenizer,
+        chat_template=getattr(tokenizer, "chat_template", None))
 
 
 def hub_offline() -> bool:

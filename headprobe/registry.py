@@ -28,6 +28,7 @@ SCORER_MODULES: dict[str, str] = {
     "successor": "headprobe.scorers.successor",
     "temporal": "headprobe.scorers.temporal",
     "conflict": "headprobe.scorers.conflict",
+    "ocr": "headprobe.scorers.ocr",
 }
 
 

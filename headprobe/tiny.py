@@ -11,7 +11,11 @@ architectures:
 - ``llava``: a LLaVA-style vision-language model (a tiny CLIP vision tower, a projector and
   a tiny Llama text model) with a processor (:class:`TinyImageTextProcessor`) that expands
   each ``<image>`` into one image token per patch (a 4 x 4 grid of 8-pixel patches of a
-  32 x 32 image).
+  32 x 32 image);
+- ``qwen2.5-vl``: a Qwen2.5-VL-style vision-language model (``Qwen2_5_VLForConditionalGeneration``:
+  a tiny windowed ViT with 2 x 2 patch merging and a tiny Qwen2 text model with multimodal
+  rotary positions) with the real ``Qwen2_5_VLProcessor`` around the PIL ``Qwen2VL`` image
+  processor (8-pixel patches; a 32 x 48 image gives a 4 x 6 patch grid, 2 x 3 = 6 image tokens).
 
 Real claims about heads are never made on these models.
 """
@@ -27,7 +31,7 @@ import torch
 
 from headprobe.arch import ModelSpec
 
-TINY_KINDS = ("llama-gqa", "gpt2", "gemma3", "bert", "llava")
+TINY_KINDS = ("llama-gqa", "gpt2", "gemma3", "bert", "llava", "qwen2.5-vl")
 
 _SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -46,21 +50,32 @@ _PATCH_SIZE = 8
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# The tiny Qwen2.5-VL: Qwen's special tokens, appended after the char vocabulary; 8-pixel
+# patches, 2 frames per temporal patch, 2 x 2 spatial merging, images resized to between
+# 16 x 16 and 64 x 64 pixels (multiples of patch * merge = 16 per side).
+QWEN_SPECIALS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
+_QWEN_PATCH = 8
+_QWEN_MERGE = 2
+_QWEN_MIN_PIXELS = 16 * 16
+_QWEN_MAX_PIXELS = 64 * 64
 
-def char_tokenizer(*, image_token: bool = False) -> Any:
+
+def char_tokenizer(*, image_token: bool = False, extra_specials: Sequence[str] = ()) -> Any:
     """A character-level tokenizer (printable ASCII + specials) that prepends ``<s>``.
 
     It has a chat template (:data:`CHAT_TEMPLATE`: ``role: content`` lines after ``<s>``,
     then ``assistant:``). ``image_token``: also add ``<image>`` as a special token (the
-    tiny LLaVA's image placeholder), after every other token.
+    tiny LLaVA's image placeholder), after every other token. ``extra_specials``: more
+    special tokens, appended in order (e.g. :data:`QWEN_SPECIALS`).
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
     vocab = {tok: i for i, tok in enumerate(_SPECIALS + chars)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    core.decoder = decoders.Fuse()  # decode joins the characters (no spaces between tokens)
     core.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
     )
@@ -75,6 +90,8 @@ def char_tokenizer(*, image_token: bool = False) -> Any:
     tokenizer.chat_template = CHAT_TEMPLATE
     if image_token:
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if extra_specials:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra_specials)})
     # The post-processor already prepends <s>; saying so stops TransformerLens from trying to
     # reload the tokenizer by name (which would need a hub).
     tokenizer.init_kwargs["add_bos_token"] = True
@@ -140,7 +157,35 @@ class TinyImageTextProcessor:
         return BatchFeature(data)
 
 
-def _config(kind: str, vocab_size: int) -> Any:
+def qwen_vl_processor(tokenizer: Any, image_processor: Any = None) -> Any:
+    """A ``Qwen2_5_VLProcessor`` for images only, built offline without torchvision.
+
+    ``image_processor``: by default the tiny ``qwen2.5-vl`` model's, a PIL
+    ``Qwen2VLImageProcessorPil`` with 8-pixel patches, 2 x 2 merging and 16..64 pixels per
+    side (HF's default "fast" image processor and its video processor need torchvision, which
+    headprobe does not install); a real checkpoint's can be passed
+    (``Qwen2VLImageProcessorPil.from_pretrained(folder)``). The processor has no video
+    sub-processor (videos are not supported). ``processor(text=..., images=...)`` expands each
+    ``<|image_pad|>`` into ``t * h * w / merge**2`` image tokens and returns
+    ``pixel_values`` [sum of patches, 3 * temporal_patch * patch**2] and ``image_grid_thw``
+    [N_images, 3] (t, h, w in patches).
+    """
+    if image_processor is None:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
+
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=_QWEN_PATCH, temporal_patch_size=2, merge_size=_QWEN_MERGE,
+            min_pixels=_QWEN_MIN_PIXELS, max_pixels=_QWEN_MAX_PIXELS)
+    from headprobe.images import image_only_qwen_processor_class
+
+    return image_only_qwen_processor_class()(image_processor=image_processor,
+                                               tokenizer=tokenizer,
+                                               chat_template=tokenizer.chat_template)
+
+
+def _config(kind: str, vocab_size: int, tokenizer: Any = None) -> Any:
     import transformers as tf
 
     common: dict[str, Any] = {"vocab_size": vocab_size, "bos_token_id": 1, "eos_token_id": 2,
@@ -175,6 +220,24 @@ def _config(kind: str, vocab_size: int) -> Any:
                               vision_feature_select_strategy="default", vision_feature_layer=-1,
                               projector_hidden_act="gelu",
                               architectures=["LlavaForConditionalGeneration"])
+    if kind == "qwen2.5-vl":
+        ids = {token: int(tokenizer.convert_tokens_to_ids(token)) for token in QWEN_SPECIALS}
+        # head_dim 16: 8 rotary frequencies, split 2 / 3 / 3 over (time, height, width)
+        text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 256, "tie_word_embeddings": False,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                    "mrope_section": [2, 3, 3]}, **common}
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                  "in_channels": 3, "patch_size": _QWEN_PATCH, "temporal_patch_size": 2,
+                  "spatial_merge_size": _QWEN_MERGE, "out_hidden_size": 64,
+                  "window_size": 32, "fullatt_block_indexes": [1]}
+        return tf.Qwen2_5_VLConfig(
+            text_config=text, vision_config=vision, tie_word_embeddings=False,
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            architectures=["Qwen2_5_VLForConditionalGeneration"])
     raise ValueError(f"unknown tiny model kind {kind!r}; choose one of {TINY_KINDS}")
 
 
@@ -185,29 +248,22 @@ def _model_class(kind: str) -> Any:
         return tf.BertForMaskedLM
     if kind == "llava":
         return tf.LlavaForConditionalGeneration
+    if kind == "qwen2.5-vl":
+        return tf.Qwen2_5_VLForConditionalGeneration
     return None
 
 
-def tiny_model(
-    kind: str = "llama-gqa",
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> tuple[Any, ModelSpec]:
-    """A random-weight tiny model of ``kind`` wrapped in a bridge: ``(bridge, spec)``.
-
-    The weights are drawn on the CPU in fp32 from ``seed`` (the global RNG is restored), then
-    the model is moved to ``device`` and its parameters cast to ``dtype``, so one seed gives
-    the same model everywhere. The ``llava`` kind also gets ``bridge.headprobe_processor``.
-    """
+def tiny_hf_model(kind: str = "llama-gqa", seed: int = 0) -> tuple[Any, Any, Any]:
+    """The unwrapped Hugging Face model of :func:`tiny_model`: ``(hf_model, tokenizer,
+    processor)`` (processor None for text models), fp32 on the CPU, eager attention. Tests
+    use it as an independent reference: it never passes through the bridge."""
     import transformers as tf
 
-    from headprobe.models import wrap_hf_model
-
-    tokenizer = char_tokenizer(image_token=kind == "llava")
-    config = _config(kind, vocab_size=len(tokenizer))
+    tokenizer = char_tokenizer(image_token=kind == "llava",
+                               extra_specials=QWEN_SPECIALS if kind == "qwen2.5-vl" else ())
+    config = _config(kind, vocab_size=len(tokenizer), tokenizer=tokenizer)
     config._attn_implementation = "eager"
-    if kind == "llava":
+    if kind in ("llava", "qwen2.5-vl"):
         config.text_config._attn_implementation = "eager"
         config.vision_config._attn_implementation = "eager"
     generator_state = torch.random.get_rng_state()
@@ -220,8 +276,29 @@ def tiny_model(
     finally:
         torch.random.set_rng_state(generator_state)
     processor = TinyImageTextProcessor(tokenizer) if kind == "llava" else None
+    if kind == "qwen2.5-vl":
+        processor = qwen_vl_processor(tokenizer)
+    return hf_model.eval(), tokenizer, processor
+
+
+def tiny_model(
+    kind: str = "llama-gqa",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Any, ModelSpec]:
+    """A random-weight tiny model of ``kind`` wrapped in a bridge: ``(bridge, spec)``.
+
+    The weights are drawn on the CPU in fp32 from ``seed`` (the global RNG is restored), then
+    the model is moved to ``device`` and its parameters cast to ``dtype``, so one seed gives
+    the same model everywhere. The ``llava`` and ``qwen2.5-vl`` kinds also get
+    ``bridge.headprobe_processor``.
+    """
+    from headprobe.models import wrap_hf_model
+
+    hf_model, tokenizer, processor = tiny_hf_model(kind, seed)
     return wrap_hf_model(hf_model, tokenizer, name=f"tiny-{kind}", hf_name=f"tiny-{kind}",
-                         device=device, dtype=dtype, processor=processor)
+                             device=device, dtype=dtype, processor=processor)
 
 
 def _spread_weights(model: torch.nn.Module) -> None:

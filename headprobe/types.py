@@ -13,6 +13,9 @@ from typing import Literal, NamedTuple
 Head = tuple[int, int]
 HeadList = list[Head]
 
+# A pixel box (x0, y0, x1, y1) of an image, exclusive ends: columns x0..x1-1, rows y0..y1-1.
+Box = tuple[int, int, int, int]
+
 
 class KVHead(NamedTuple):
     """A key/value head: ``(layer, kv_head)``; it serves ``H / H_kv`` query heads."""

@@ -119,4 +119,5 @@ def test_vision_language_entry_is_chosen_by_the_top_level_model_type():
     assert plain.facts.layers_path == "model.layers"
     # a text-model entry is never taken for a wrapper, whatever the key
     assert vision_language_facts(text) is None
-    assert all(facts.vision_language == (key == "llava") for key, facts in ARCHITECTURES.items())
+    assert all(facts.vision_language == (key in ("llava", "qwen2_5_vl"))
+               for key, facts in ARCHITECTURES.items())

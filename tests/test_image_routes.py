@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from headprobe.errors import ImageGenerationError
 from headprobe.experiments import ablation_experiment
 from headprobe.experiments.judging import answer_first_tokens, judge_task
 from headprobe.inputs import ImagePrompt, encode_prompts, fingerprint, iter_batches
@@ -177,13 +176,34 @@ def _last_logits(model, spec, prompt) -> torch.Tensor:
         return final_logits(forward_batch(model, batch), batch.last)[0].float()
 
 
-def test_generation_from_image_prompts_is_refused(tiny_llava):
+def test_generation_from_image_prompts_matches_the_hf_forward(tiny_llava):
+    """The KV-cached decode step merges the image features at the prefill: its tokens and
+    logits equal the reference route's (a full HF forward with the pixel values at every
+    step), with left and right padding and a text prompt in the same batch."""
+    model, _spec = tiny_llava
+    prompts = [ImagePrompt(QUESTION, [_image(0)]), "ab cd ab",
+               ImagePrompt("<image> ab? ", [_image(1)])]
+    reference = generate(model, prompts, max_new_tokens=4, use_cache=False, keep_logits=True)
+    for side in ("left", "right"):
+        cached = generate(model, prompts, max_new_tokens=4, padding_side=side,
+                          keep_logits=True, batch_size=3)
+        assert torch.equal(cached.tokens, reference.tokens)
+        assert torch.allclose(cached.logits, reference.logits, atol=1e-4)
+    # the image changes the continuation's logits (the features are merged, not dropped)
+    other = generate(model, [ImagePrompt(QUESTION, [_image(5)])], max_new_tokens=1,
+                     keep_logits=True)
+    assert not torch.allclose(other.logits[0, 0], reference.logits[0, 0], atol=1e-3)
+
+
+def test_generation_judges_run_on_image_prompts(tiny_llava):
     model, spec = tiny_llava
     task, _ = _image_task(model, spec, judge="contains")
-    with pytest.raises(ImageGenerationError, match="cannot generate from image prompts"):
-        judge_task(model, task)
-    with pytest.raises(ImageGenerationError, match="token embeddings"):
-        generate(model, [ImagePrompt(QUESTION, [_image(0)])], max_new_tokens=2)
+    correct = judge_task(model, task)
+    texts = generate(model, task.prompts, max_new_tokens=task.max_new_tokens,
+                     padding_side="right").texts
+    expected = [item.answer.strip() in text for item, text in zip(task.items, texts,
+                                                                   strict=True)]
+    assert correct.tolist() == expected and bool(correct[0])
 
 
 # --- 3. the patching engine -------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_tiny_spec_and_cache_env(monkeypatch, tmp_path):
 
 def test_available_models_lists_packaged():
     names = [row["name"] for row in available_models()]
-    assert names == list(PACKAGED_MODELS)
+    assert names == [*PACKAGED_MODELS, "ocr-reader"]
 
 
 @pytest.mark.real

@@ -13,13 +13,15 @@ from headprobe.tasks.base import Task, TaskItem, answer_token_ids, single_token_
 SAME_LENGTH_NAMES = ("Anna", "Mary", "John", "Paul", "Kate", "Emma", "Jack", "Lucy")
 
 
-# plain-string prompts; niah: tests/test_niah.py; the safety tasks: tests/test_harmful_refusal.py
+# plain-string prompts; niah: tests/test_niah.py; the safety tasks: tests/test_harmful_refusal.py;
+# ocr_read and bracket_copy: tests/test_ocr_read.py
 TEXT_TASKS = ("facts", "ioi", "induction_copy", "temporal_facts", "knowledge_conflict")
 
 
 def test_every_registered_task_builds_well_formed_items():
     assert set(list_tasks()) == {*TEXT_TASKS, "niah", "harmful_refusal", "harmless_answer",
-                                 "successor_increment"} == set(TASK_MODULES)
+                                 "successor_increment", "ocr_read", "bracket_copy"} == set(
+        TASK_MODULES)
     for name in list_tasks():
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name and len(task) > 0

@@ -53,9 +53,9 @@ def judge_task(
 ) -> np.ndarray:
     """Judge every prompt of ``task`` with the model as it is (hooks attached stay attached).
 
-    Prompts may be of any kind; image prompts are judged with ``next_token`` (their pixel
-    values reach the forward pass). The generation judges (``contains`` / ``function``) raise
-    :class:`~headprobe.errors.ImageGenerationError` on image prompts.
+    Prompts may be of any kind; the pixel values of image prompts reach the forward pass (the
+    generation judges, ``contains`` / ``function``, generate from them on LLaVA-style models
+    and raise :class:`~headprobe.errors.ImageGenerationError` on the others).
 
     Returns:
         [N] bool array, True where the model's output is correct.
@@ -130,7 +130,8 @@ def greedy_continuations(
             :class:`~headprobe.inputs.Encoded`) per prompt (BOS included if wanted).
 
     Raises:
-        ImageGenerationError: an image prompt (see :func:`headprobe.runtime.decode.generate`).
+        ImageGenerationError: an image prompt the decode step cannot run (see
+            :func:`headprobe.runtime.decode.generate`).
         max_new_tokens: tokens generated per prompt (>= 1).
     """
     if max_new_tokens < 1:

@@ -7,6 +7,9 @@
 - :mod:`headprobe.organisms.safety`: the safety-tuned SmolLM2 (``smollm2-135m-safety``) after
   Zhou et al. 2025, "On the Role of Attention Heads in Large Language Model Safety": training
   (:func:`train_safety_adapter`) and the refusal / answer rates (:func:`evaluate_refusals`).
+- :mod:`headprobe.organisms.ocr_reader`: the project's OCR model ``ocr-reader``, a tiny LLaVA
+  trained from scratch to read rendered strings (Baek et al. 2025's OCR heads need a
+  vision-language model, and none installs offline).
 
 Importing this package imports neither peft nor a model.
 """

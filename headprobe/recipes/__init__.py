@@ -50,7 +50,9 @@ arrays are refused with a message saying so. Older files made only of ``[[scan]]
 (no ``kind``) are still read, as scan steps in their order.
 
 Keys of a scan step: ``scorer`` (required), ``name``, ``n``, ``seed``, ``batch_size``,
-``params``. Keys of an ``ablate`` / ``dose`` step: ``task`` (required, a registered task),
+``params``, and ``task`` with ``task_options`` (a registered task whose prompts the scorer
+takes instead of its default data, e.g. the ``retrieval`` scorer on ``bracket_copy``).
+Keys of an ``ablate`` / ``dose`` step: ``task`` (required, a registered task),
 ``task_options``, either ``heads_from`` (with ``top`` and/or ``threshold``, ranked by the
 column ``rank_by``, default ``score``; a dose step defaults to ``top = max(ks)``) or
 ``heads`` (``"18.6,17.3"`` or ``[[18, 6], [17, 3]]``),

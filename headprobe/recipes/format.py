@@ -18,7 +18,7 @@ from headprobe.registry import get_scorer
 STEP_KINDS = ("scan", "ablate", "dose", "kv_budget")
 _TOP_KEYS = {"name", "description", "model", "step", "scan", "report"}
 _REPORT_KEYS = {"top", "threshold"}
-_SCAN_KEYS = {"scorer", "n", "seed", "batch_size", "params"}
+_SCAN_KEYS = {"scorer", "n", "seed", "batch_size", "params", "task", "task_options"}
 _CAUSAL_KEYS = {"task", "task_options", "heads_from", "top", "threshold", "rank_by", "heads",
                 "method", "method_options", "n_random", "random_from", "seed", "n_bootstrap",
                 "batch_size"}
@@ -151,6 +151,10 @@ def _parse_step(table: dict[str, Any], index: int, earlier: Sequence[Step],
             _check_int(options["n"], "n", 1, label)
         if "params" in options and not isinstance(options["params"], dict):
             raise RecipeError(f"{label}: params must be a table, e.g. params = {{ seq_len = 8 }}")
+        if "task" in options:  # the scan's prompts: a registered task instead of its default
+            _check_task(options, label)
+        elif "task_options" in options:
+            raise RecipeError(f"{label}: task_options needs a task")
     else:
         default_name = kind
     name = table.get("name", default_name)

@@ -107,7 +107,9 @@ def _run_scan(step: Step, model: Any, folder: Path, *, progress: bool, echo: Ech
     """Run (or load, when already done under the same run key) one scan step."""
     options = step.options
     scorer = get_scorer(options["scorer"])
-    run = scorer.plan(model, n=options.get("n"), seed=int(options.get("seed", 0)),
+    prompts = (build_task(options["task"], options.get("task_options", {}), model)
+               if "task" in options else None)
+    run = scorer.plan(model, prompts, n=options.get("n"), seed=int(options.get("seed", 0)),
                       batch_size=int(options.get("batch_size", 8)), **options.get("params", {}))
     saved = folder / step.name
     if not fresh and saved_table_matches(saved, run.key, name=scorer.name,

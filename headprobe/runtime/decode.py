@@ -53,9 +53,11 @@ from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import ImageGenerationError
+from headprobe.images import image_token_id
 from headprobe.inputs import Batch, Encoded, PaddingSide, Prompts, encode_prompts, iter_batches
 from headprobe.models import describe_model
 from headprobe.runtime.hooks import Hook, attached, model_device, model_dtype
+from headprobe.runtime.image_features import BatchImageFeatures
 from headprobe.runtime.layers import embed, position_masks, run_from_layer
 from headprobe.runtime.positions import forward_positions
 from headprobe.runtime.sdpa import attention_hooks_idle, sdpa_attention, sdpa_supported
@@ -208,9 +210,14 @@ def generate(
     Returns:
         :class:`Generation`.
 
+    Image prompts (LLaVA-style models): the prefill merges the projected vision features
+    into the image-token rows of the embeddings, as the HF model does
+    (:mod:`headprobe.runtime.image_features`); the ``use_cache=False`` route passes the
+    pixel values to the HF forward instead.
+
     Raises:
-        ImageGenerationError: a prompt has extra model inputs (an image prompt): the decode
-            step runs the layers from token embeddings, which would miss the image features.
+        ImageGenerationError: an image prompt of a model whose image prompts the decode step
+            cannot run (no layer runner, e.g. Qwen2-VL-style 3-D rotary positions).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -224,7 +231,9 @@ def generate(
         if not use_cache:
             raise ValueError("prefill_chunk needs the KV-cached route (use_cache=True)")
     spec = describe_model(model)
-    token_lists = _text_only(encode_prompts(model, prompts, spec))
+    encoded = encode_prompts(model, prompts, spec)
+    token_lists = [item.ids for item in encoded]
+    with_images = _check_image_prompts(spec, encoded)
     if any(len(ids) + max_new_tokens > spec.n_ctx for ids in token_lists):
         raise ValueError(f"a prompt plus {max_new_tokens} new tokens exceeds the context of "
                          f"{spec.n_ctx} tokens; generate fewer tokens")
@@ -244,10 +253,13 @@ def generate(
     n_batches = -(-n // batch_size)
     bar = tqdm(total=n_batches * max_new_tokens, desc=desc, disable=not progress, leave=False)
     try:
-        for batch in iter_batches(token_lists, batch_size, pad_token_id=pad,
-                                  padding_side=padding_side, device=device):
+        for batch in iter_batches(encoded if with_images else token_lists, batch_size,
+                                  pad_token_id=pad, padding_side=padding_side, device=device):
             run = _BatchRun(model, spec, batch, session, use_cache, padding_side, pad,
                             prefill_chunk)
+            if with_images and "pixel_values" in batch.extra:
+                run.images = BatchImageFeatures(model, spec, batch, image_token_id(model),
+                                                run.dtype)
             state = {"step": 0}
             hook_list = [*hooks, *_reducer_hooks(spec, batch, reducers or {}, layer_list,
                                                  run, state)]
@@ -372,6 +384,7 @@ class _BatchRun:
         self.key_positions = batch.position_ids.clone()  # [B, T_k] of the cached columns
         self.key_real = batch.attention_mask.clone()
         self.last = batch.tokens[:, :1]
+        self.images: BatchImageFeatures | None = None  # image prompts: merged at the prefill
         self.cache = DynamicCache() if use_cache else None  # all layers keep every key
         # KV-cached steps through the layer runner where the architecture has one
         self.runner = spec.facts.layer_runner and spec.causal
@@ -451,6 +464,8 @@ class _BatchRun:
         if self.runner:
             with forward_positions(query, **published):
                 resid = embed(self.model, ids)  # hook_embed sees the step's positions
+            if self.images is not None:  # image prompts: the vision features, as HF merges
+                resid = self.images.merge(resid, start)
             return run_from_layer(self.model, resid, 0, key_real, key_positions,
                                   cache=self.cache, positions=readout, rows=batch.indices,
                                   session=self.session)
@@ -474,18 +489,21 @@ class _BatchRun:
         with forward_positions(full.position_ids, rows=batch.indices, session=self.session):
             out = self.model.original_model(
                 input_ids=full.tokens, attention_mask=full.attention_mask.long(),
-                position_ids=full.position_ids, use_cache=False)
+                position_ids=full.position_ids, use_cache=False, **batch.extra)
         return out.logits[torch.arange(full.size), full.last]
 
 
-def _text_only(encoded: list[Encoded]) -> list[torch.Tensor]:
-    """The [T_i] ids of each encoded prompt; :class:`ImageGenerationError` for a prompt with
-    extra model inputs (``pixel_values``...), which the decode step cannot feed yet."""
-    for index, item in enumerate(encoded):
-        if item.extra:
-            raise ImageGenerationError(
-                f"prompt {index} is an image prompt (extra inputs: {', '.join(item.extra)}); "
-                "headprobe cannot generate from image prompts yet: the decode step runs the "
-                "layers from token embeddings, which would miss the image features. Judge it "
-                "with the 'next_token' judge, or give a text-only prompt")
-    return [item.ids for item in encoded]
+def _check_image_prompts(spec: ModelSpec, encoded: list[Encoded]) -> bool:
+    """Whether any prompt has extra model inputs (an image prompt); raises
+    :class:`ImageGenerationError` when the model's image prompts cannot be generated from:
+    only LLaVA-style models, whose language model takes 1-D positions and runs on the layer
+    runner, can (Qwen2-VL-style 3-D rotary positions are not built)."""
+    with_images = [index for index, item in enumerate(encoded) if item.extra]
+    if with_images and not (spec.facts.vision_language and spec.facts.layer_runner):
+        raise ImageGenerationError(
+            f"prompt {with_images[0]} is an image prompt, and headprobe cannot generate from "
+            f"image prompts of a {spec.model_type!r} model: the decode step runs the layers "
+            "from token embeddings and would need positions it does not build (e.g. "
+            "Qwen2-VL's 3-D multimodal rotary positions). Judge it with the 'next_token' "
+            "judge, or give a text-only prompt")
+    return bool(with_images)

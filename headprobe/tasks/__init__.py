@@ -18,7 +18,9 @@ TASK_MODULES: dict[str, str] = {
     "induction_copy": "headprobe.tasks.induction_copy",
     "ioi": "headprobe.tasks.ioi",
     "knowledge_conflict": "headprobe.tasks.knowledge_conflict",
+    "bracket_copy": "headprobe.tasks.bracket_copy",
     "niah": "headprobe.tasks.niah",
+    "ocr_read": "headprobe.tasks.ocr_read",
     "successor_increment": "headprobe.tasks.successor_increment",
     "temporal_facts": "headprobe.tasks.temporal_facts",
 }
