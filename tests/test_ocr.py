@@ -68,9 +68,10 @@ def test_scores_equal_an_independent_attention_argmax(tiny_llava, reference_llav
         (encoded,) = encode_prompts(model, [prompt], spec)
         start = encoded.spans["image"].start
         # the text box covers patches (row 0, cols 0-1) and (row 1, cols 0-1); character k's
-        # box is patch (row 0, col k)
+        # box is patch (row 0, col k); evidence is the union of the box's and the characters'
         box = (0, 0, 16, 16)
-        evidence = {start + 0, start + 1, start + 4, start + 5}
+        evidence = {start + 0, start + 1, start + 4, start + 5} | {start + k
+                                                                   for k in range(steps)}
         char_boxes = [(8 * k, 0, 8 * k + 8, 8) for k in range(steps)]
         items.append(TaskItem(prompt=prompt, answer=answer,
                               meta={"box": box, "char_boxes": char_boxes}))
