@@ -103,15 +103,21 @@ def patch_map(model: Any, span: Span, image: Any) -> pd.DataFrame:
                          "x1": boxes[:, 2], "y1": boxes[:, 3]})
 
 
+def intersection_areas(boxes: np.ndarray, box: Box | Sequence[float]) -> np.ndarray:
+    """[P] area of each patch box ([P, 4]) that lies inside ``box``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    width = np.clip(np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0), 0, None)
+    height = np.clip(np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0), 0, None)
+    return width * height
+
+
 def box_overlap(boxes: np.ndarray, box: Box | Sequence[float]) -> np.ndarray:
     """[P] area of each patch box ([P, 4]) inside ``box``, divided by ``box``'s area."""
     x0, y0, x1, y1 = (float(v) for v in box)
     area = (x1 - x0) * (y1 - y0)
     if area <= 0:
         raise ValueError(f"box {tuple(box)} has no area")
-    width = np.clip(np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0), 0, None)
-    height = np.clip(np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0), 0, None)
-    return width * height / area
+    return intersection_areas(boxes, box) / area
 
 
 def evidence_patches(boxes: np.ndarray, text_boxes: Sequence[Box | Sequence[float]],

@@ -250,8 +250,17 @@ def _expansion_map(plain: Sequence[int], expanded: Sequence[int], image_id: int
     return position_of, runs
 
 
+def qwen_images_processor(tokenizer: Any, image_processor: Any) -> Any:
+    """A Qwen2-VL-style processor for images only: ``tokenizer`` and a PIL
+    ``Qwen2VLImageProcessorPil`` (HF's default fast image and video processors need
+    torchvision, which headprobe does not install). Videos are not supported."""
+    return _image_only_qwen_processor_class()(
+        image_processor=image_processor, tokenizer=tokenizer,
+        chat_template=getattr(tokenizer, "chat_template", None))
+
+
 @functools.cache
-def image_only_qwen_processor_class() -> Any:
+def _image_only_qwen_processor_class() -> Any:
     """``Qwen2_5_VLProcessor`` without its video sub-processor (whose base class needs
     torchvision); images are processed by the parent class's own code."""
     from transformers import Qwen2_5_VLProcessor

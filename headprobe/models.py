@@ -526,7 +526,7 @@ def _qwen_image_processor(path: Path, error: ImportError) -> Any:
     install); raises the original ``ImportError`` for other architectures."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from headprobe.images import image_only_qwen_processor_class
+    from headprobe.images import qwen_images_processor
 
     if "qwen" not in str(AutoConfig.from_pretrained(path).model_type):
         raise error
@@ -534,10 +534,8 @@ def _qwen_image_processor(path: Path, error: ImportError) -> Any:
         Qwen2VLImageProcessorPil,
     )
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return image_only_qwen_processor_class()(
-        image_processor=Qwen2VLImageProcessorPil.from_pretrained(path), tokenizer=tokenizer,
-        chat_template=getattr(tokenizer, "chat_template", None))
+    return qwen_images_processor(AutoTokenizer.from_pretrained(path),
+                                 Qwen2VLImageProcessorPil.from_pretrained(path))
 
 
 def hub_offline() -> bool:

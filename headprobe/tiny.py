@@ -178,11 +178,9 @@ def qwen_vl_processor(tokenizer: Any, image_processor: Any = None) -> Any:
         image_processor = Qwen2VLImageProcessorPil(
             patch_size=_QWEN_PATCH, temporal_patch_size=2, merge_size=_QWEN_MERGE,
             min_pixels=_QWEN_MIN_PIXELS, max_pixels=_QWEN_MAX_PIXELS)
-    from headprobe.images import image_only_qwen_processor_class
+    from headprobe.images import qwen_images_processor
 
-    return image_only_qwen_processor_class()(image_processor=image_processor,
-                                               tokenizer=tokenizer,
-                                               chat_template=tokenizer.chat_template)
+    return qwen_images_processor(tokenizer, image_processor)
 
 
 def _config(kind: str, vocab_size: int, tokenizer: Any = None) -> Any:

@@ -187,16 +187,14 @@ def training_batch(step: int, rng: np.random.Generator, settings: TrainSettings,
 def patch_labels(sample: RenderedText, grid: tuple[int, int]) -> torch.Tensor:
     """[rows * cols] long label of each patch for the auxiliary patch loss: 1 + the alphabet
     index of the character covering most of the patch (at least a quarter of it), else 0."""
-    from headprobe.image_patches import patch_boxes
+    from headprobe.image_patches import intersection_areas, patch_boxes
 
     boxes = patch_boxes(grid, sample.image.shape[:2])
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     best = np.zeros(len(boxes))
     labels = np.zeros(len(boxes), dtype=np.int64)
-    for char, (x0, y0, x1, y1) in zip(sample.text, sample.char_boxes, strict=True):
-        width = np.clip(np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0), 0, None)
-        height = np.clip(np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0), 0, None)
-        share = width * height / area
+    for char, char_box in zip(sample.text, sample.char_boxes, strict=True):
+        share = intersection_areas(boxes, char_box) / area
         better = (share > best) & (share >= 0.25)
         labels[better] = 1 + OCR_ALPHABET.index(char)
         best = np.maximum(best, share)

@@ -258,7 +258,7 @@ def generate(
             run = _BatchRun(model, spec, batch, session, use_cache, padding_side, pad,
                             prefill_chunk)
             if with_images and "pixel_values" in batch.extra:
-                run.images = BatchImageFeatures(model, spec, batch, image_token_id(model),
+                run.images = BatchImageFeatures(model, batch, image_token_id(model),
                                                 run.dtype)
             state = {"step": 0}
             hook_list = [*hooks, *_reducer_hooks(spec, batch, reducers or {}, layer_list,

@@ -8,9 +8,9 @@ from embeddings, so it needs the same merge; :class:`BatchImageFeatures` does it
 batch: the features are computed once (through the HF model's own ``get_image_features``),
 then merged into whichever columns a forward covers (a prefill chunk or step 0).
 
-Only models whose language model takes 1-D positions qualify: Qwen2-VL-style models give image
-tokens 3-D (multimodal rotary) positions that the layer runner does not build, and raise
-:class:`~headprobe.errors.ImageGenerationError`.
+Only models whose language model takes 1-D positions qualify (Qwen2-VL-style models give image
+tokens 3-D multimodal rotary positions that the layer runner does not build);
+:func:`headprobe.runtime.decode.generate` checks that before building one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from headprobe.arch import ModelSpec
 from headprobe.errors import ImageGenerationError
 from headprobe.inputs import Batch
 
@@ -52,14 +51,8 @@ class BatchImageFeatures:
         values: [B, T, d_model] the feature of each image-token column (zeros elsewhere).
     """
 
-    def __init__(self, model: Any, spec: ModelSpec, batch: Batch, image_token: int,
+    def __init__(self, model: Any, batch: Batch, image_token: int,
                  dtype: torch.dtype) -> None:
-        if not spec.facts.vision_language or not spec.facts.layer_runner:
-            raise ImageGenerationError(
-                f"headprobe cannot generate from image prompts of a {spec.model_type} model: "
-                "its language model needs positions the layer runner does not build (e.g. "
-                "Qwen2-VL's 3-D multimodal rotary positions); score it with next-token "
-                "judges or the streaming route instead")
         pixel_values = batch.extra.get("pixel_values")
         self.mask = (batch.tokens == image_token) & batch.attention_mask  # [B, T]
         n_slots = int(self.mask.sum())

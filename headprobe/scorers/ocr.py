@@ -52,7 +52,8 @@ from headprobe.inputs import Encoded, ImagePrompt, encode_prompts, fingerprint
 from headprobe.runtime.decode import generate
 from headprobe.runtime.observer import AttentionObserver, AttentionRows, argmax_positions
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
-from headprobe.tasks.base import Task, TaskItem
+from headprobe.tasks.base import Task
+from headprobe.tasks.pairs import task_items
 
 REFERENCE = ('Baek et al. 2025, "How Do Large Vision-Language Models See Text in Image? '
              'Unveiling the Distinctive Role of OCR Heads"')
@@ -130,17 +131,13 @@ def prepare_samples(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int
         task = make_task(n=n, seed=seed, difficulty=str(params["difficulty"]))
         items = list(task.items)
         description = task.description
-    elif isinstance(prompts, Task):
-        items, description = list(prompts.items), prompts.description or prompts.name
-    elif isinstance(prompts, Sequence) and not isinstance(prompts, str | bytes):
-        items, description = list(prompts), f"{len(prompts)} user samples"
     else:
-        raise TaskError("the ocr scorer takes a Task or a list of TaskItem with image prompts "
-                        "and evidence boxes (or no prompts: the ocr_read task)")
-    if not items or not all(isinstance(i, TaskItem) and isinstance(i.prompt, ImagePrompt)
-                            for i in items):
-        raise TaskError("the ocr scorer needs a non-empty list of TaskItem whose prompts are "
-                        "ImagePrompt (one image each)")
+        items, name = task_items(prompts)
+        description = (prompts.description or name if isinstance(prompts, Task)
+                       else f"{len(items)} user samples")
+    if not all(isinstance(item.prompt, ImagePrompt) for item in items):
+        raise TaskError("the ocr scorer needs task items whose prompts are ImagePrompt (one "
+                        "image each)")
     threshold = float(params["evidence_threshold"])
     encoded = encode_prompts(model, [item.prompt for item in items], spec)
     processor = getattr(model, "headprobe_processor", None)
@@ -190,9 +187,8 @@ class _ArgmaxRecorder:
     """The observer's callback: records each head's argmax over the prompt keys,
     ``positions[row, step, layer, head]`` (-1 where not reached)."""
 
-    def __init__(self, positions: torch.Tensor, prompt_lengths: torch.Tensor,
-                 offset: int) -> None:
-        self.positions, self.prompt_lengths, self.offset = positions, prompt_lengths, offset
+    def __init__(self, positions: torch.Tensor, prompt_lengths: torch.Tensor) -> None:
+        self.positions, self.prompt_lengths = positions, prompt_lengths
 
     def __call__(self, rows: AttentionRows) -> None:
         local = rows.batch.indices.cpu()
@@ -200,7 +196,7 @@ class _ArgmaxRecorder:
         argmax = argmax_positions(rows, below=below).cpu()  # [B, H]
         live = rows.live.cpu().bool()
         if rows.step < self.positions.shape[1]:
-            self.positions[(local - self.offset)[live], rows.step, rows.layer] = argmax[live]
+            self.positions[local[live], rows.step, rows.layer] = argmax[live]
 
 
 def record_argmax(model: Any, spec: ModelSpec, samples: Sequence[OCRSample], *,
@@ -226,7 +222,7 @@ def record_argmax(model: Any, spec: ModelSpec, samples: Sequence[OCRSample], *,
         begin = batch_index * batch_size
         chunk = list(samples[begin:begin + batch_size])
         recorder = _ArgmaxRecorder(positions[begin:begin + len(chunk)],
-                                   prompt_lengths[begin:begin + len(chunk)], 0)
+                                   prompt_lengths[begin:begin + len(chunk)])
         generation = generate(model, [s.encoded for s in chunk], max_new_tokens=max_new_tokens,
                               batch_size=len(chunk), stop_at_eos=eos is not None,
                               eos_token_id=eos, hooks=hooks,
