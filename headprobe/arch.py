@@ -223,7 +223,13 @@ class ModelSpec:
         final_logit_softcap, attn_logit_softcap: soft-caps (``cap * tanh(x / cap)``) of the
             logits and of the attention scores, or None.
         dtype: the parameter dtype (``"float32"``, ``"bfloat16"``, ...); device: where the
-            model lives (``"cpu"``, ``"cuda:0"``).
+            model lives (``"cpu"``, ``"cuda:0"``); for a model spread over devices by a
+            device map, its main device, where inputs go and outputs come back.
+        device_map: ``(module path, device)`` pairs of a model spread over devices by
+            Hugging Face accelerate (:func:`headprobe.models.load_model` with ``device_map=``;
+            devices ``"cuda:0"``, ``"cpu"``, ``"disk"``...), in the map's order; empty for a
+            model on one device. ``to_dict`` gives it as ``{path: device}`` and leaves it out
+            when empty.
     """
 
     name: str
@@ -244,6 +250,7 @@ class ModelSpec:
     attn_logit_softcap: float | None = None
     dtype: str = "float32"
     device: str = "cpu"
+    device_map: tuple[tuple[str, str], ...] = ()
 
     @property
     def norm(self) -> NormKind:
@@ -301,6 +308,10 @@ class ModelSpec:
         out = asdict(self)
         out["facts"] = {k: v for k, v in out["facts"].items() if k != "hooks"}
         out["group_size"] = self.group_size
+        if self.device_map:
+            out["device_map"] = dict(self.device_map)
+        else:  # single-device specs keep their old keys (run keys hash this dict)
+            del out["device_map"]
         return out
 
 
@@ -312,6 +323,7 @@ def spec_from_hf_config(
     pad_token_id: int | None = None,
     dtype: str = "float32",
     device: str = "cpu",
+    device_map: Sequence[tuple[str, str]] = (),
 ) -> ModelSpec:
     """Build a :class:`ModelSpec` from a Hugging Face config.
 
@@ -350,6 +362,7 @@ def spec_from_hf_config(
         attn_logit_softcap=getattr(config, facts.attn_softcap_attr, None),
         dtype=dtype,
         device=device,
+        device_map=tuple((str(path), str(where)) for path, where in device_map),
     )
 
 

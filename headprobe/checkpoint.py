@@ -26,7 +26,10 @@ Which work resumes at which grain:
   under the same run key (:func:`saved_table_matches`);
 - per step: :func:`headprobe.recipes.run_recipe` skips a step whose table is already saved under
   the same run key;
-- other scorers (ablation / patching scans, DLA, task scans) restart from their beginning.
+- per shard: a Ray-sharded all-head scan (:func:`headprobe.distributed.ray_scan`, ``headprobe
+  scan ... --ray``) saves each finished shard's sums at once; a restarted driver skips them;
+- other scorers (ablation / patching scans in one process, DLA, task scans) restart from
+  their beginning.
 """
 
 from __future__ import annotations

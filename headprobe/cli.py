@@ -6,7 +6,9 @@ for several k against random k-sets) and ``recipe``. Every command that
 loads a model takes ``--model``, ``--dtype`` and ``--device`` and says which dtype and
 device it ran with. ``scan``, ``atlas`` and ``recipe`` resume a run killed half-way when
 started again with the same arguments and ``--out`` (checkpoints in
-``<out>/.checkpoints/``, :mod:`headprobe.checkpoint`; ``--fresh`` starts over). Errors caused
+``<out>/.checkpoints/``, :mod:`headprobe.checkpoint`; ``--fresh`` starts over). ``scan
+activation_patching|ablation_scan --ray [ADDRESS]`` shards the all-head scan over Ray workers
+(:mod:`headprobe.distributed`; no ADDRESS: a new local Ray instance). Errors caused
 by input (unknown model or scorer, bad count, bad output path...) are
 :class:`~headprobe.errors.HeadprobeError` subclasses: :func:`main` prints them as one line
 ``headprobe: error: ...`` and exits with status 2. ``--quiet`` turns progress bars off.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -60,7 +63,8 @@ def parse_key_values(pairs: Sequence[str], *, option: str = "--param") -> dict[s
     return values
 
 
-_MINIMUMS = {"n": 1, "batch_size": 1, "top": 1, "n_random": 0, "n_bootstrap": 0}
+_MINIMUMS = {"n": 1, "batch_size": 1, "top": 1, "n_random": 0, "n_bootstrap": 0,
+             "ray_workers": 1}
 
 
 def check_counts(args: argparse.Namespace) -> None:
@@ -72,20 +76,42 @@ def check_counts(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
-def _load(spec: str, *, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+def _load(spec: str, *, device: str | None = None, dtype: str | None = None,
+          **placement: Any) -> tuple[Any, Any]:
     """Load ``spec`` as ``(bridge, ModelSpec)`` (the one loading seam; tests replace it).
 
     ``dtype``/``device`` ``None`` leave the choice to :func:`headprobe.models.load_model`
-    (fp32 on the CPU, bf16 on CUDA).
+    (fp32 on the CPU, bf16 on CUDA); ``placement``: ``device_map`` / ``offload_folder``.
     """
     from headprobe.models import load_model
 
-    return load_model(spec, device=device, dtype=dtype)
+    return load_model(spec, device=device, dtype=dtype, **placement)
+
+
+def placement_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``device_map`` / ``offload_folder`` from ``--device-map`` / ``--offload-folder`` (only
+    those given): a strategy name, or a JSON object ``{module path: device}``."""
+    options: dict[str, Any] = {}
+    device_map = getattr(args, "device_map", None)
+    if device_map is not None:
+        if device_map.lstrip().startswith("{"):
+            try:
+                device_map = json.loads(device_map)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"--device-map is not valid JSON: {error}") from None
+        options["device_map"] = device_map
+    if getattr(args, "offload_folder", None) is not None:
+        if device_map is None:
+            raise UsageError("--offload-folder needs --device-map")
+        options["offload_folder"] = args.offload_folder
+    return options
 
 
 def _load_from(args: argparse.Namespace, spec: str) -> tuple[Any, Any]:
-    """:func:`_load` with the command's ``--device`` and ``--dtype``; prints what was loaded."""
-    model, model_spec = _load(spec, device=args.device, dtype=args.dtype)
+    """:func:`_load` with the command's ``--device``, ``--dtype`` and placement; prints what
+    was loaded."""
+    model, model_spec = _load(spec, device=args.device, dtype=args.dtype,
+                              **placement_options(args))
     print(f"model {model_spec.name} · {precision(model)}")
     return model, model_spec
 
@@ -145,6 +171,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise UsageError(f"scorer {scorer.name!r} has no parameter {', '.join(unknown)}; "
                          f"its parameters: {known}")
     out = ensure_output_dir(args.out)
+    if args.ray is not None:  # checks the scorer and that ray is importable, before loading
+        from headprobe.distributed import ray_scorer
+
+        scorer = ray_scorer(scorer, model_name=args.model, address=args.ray or None,
+                            num_workers=args.ray_workers, shard_by=args.shard_by,
+                            load_options={"device": args.device, "dtype": args.dtype,
+                                          **placement_options(args)},
+                            checkpoint_dir=out, checkpoint_name=f"{scorer.name}_ray",
+                            fresh=args.fresh, echo=print)
+        print(f"sharding over {args.ray_workers} Ray workers by {args.shard_by} "
+              f"({args.ray or 'local Ray instance'})")
     model, _ = _load_from(args, args.model)
     table = scorer(model, n=args.n, seed=args.seed, batch_size=args.batch_size,
                    progress=not args.quiet, checkpoint_dir=out, fresh=args.fresh, echo=print,
@@ -256,11 +293,21 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     options = parse_key_values(args.option, option="--option")
     task = _make_task(args.task, args.n, args.seed)
     out = ensure_output_dir(args.out) if args.out else None
+    distributed = None
+    if args.ray is not None:  # the conditions judged on Ray workers (headprobe.distributed)
+        from headprobe.distributed import import_ray
+
+        import_ray()  # a clear error before loading the model
+        distributed = {"model_name": args.model, "address": args.ray or None,
+                       "num_workers": args.ray_workers,
+                       "load_options": {"device": args.device, "dtype": args.dtype,
+                                        **placement_options(args)}}
     model, spec = _load_from(args, args.model)
     result = ablation_experiment(
         model, task, heads, method=args.method, n_random=args.n_random, seed=args.seed,
         random_from=args.random_from, batch_size=args.batch_size,
         progress=not args.quiet, n_bootstrap=args.n_bootstrap, method_options=options,
+        distributed=distributed,
     )
     summary = result.summary
     print(f"{spec.name} · task {task.name} ({len(task)} prompts) · method {args.method}")
@@ -355,7 +402,14 @@ def _model_options(parser: argparse.ArgumentParser, *, recipe: bool = False) -> 
     parser.add_argument("--dtype", default=None, choices=DTYPES,
                         help="parameter dtype (default: float32 on the CPU, bfloat16 on CUDA)")
     parser.add_argument("--device", default=None,
-                        help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA if present)")
+                        help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA if present)"
+                             "; with --device-map the main device")
+    parser.add_argument("--device-map", default=None, metavar="MAP",
+                        help="spread the model with accelerate: auto, balanced, "
+                             "balanced_low_0, sequential, or a JSON object {module: device} "
+                             "(devices: 0, cuda:1, cpu, disk)")
+    parser.add_argument("--offload-folder", default=None,
+                        help="where --device-map's disk modules are written")
 
 
 def _run_options(parser: argparse.ArgumentParser, *, n_help: str = "number of prompts") -> None:
@@ -372,6 +426,16 @@ def _fresh_option(parser: argparse.ArgumentParser) -> None:
                         help="start afresh: ignore checkpoints and finished tables of an "
                         "earlier run in the output folder (by default a run killed half-way "
                         "and started again with the same arguments resumes)")
+
+
+def _ray_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """``--ray [ADDRESS]`` and ``--ray-workers N`` (:mod:`headprobe.distributed`)."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help=f"{what}, each worker loading the model (ADDRESS: a Ray cluster, "
+                        "e.g. auto; none: a new local Ray instance); needs "
+                        "pip install 'headprobe[ray]'")
+    parser.add_argument("--ray-workers", type=int, default=2,
+                        help="Ray workers, one model each (default: %(default)s)")
 
 
 def _add_ablate(sub: Any) -> None:
@@ -403,6 +467,8 @@ def _add_ablate(sub: Any) -> None:
     ablate.add_argument("--n-bootstrap", type=int, default=1000)
     ablate.add_argument("--out", default=None,
                         help="write ablation.csv, ablation.html and meta.json here")
+    _ray_options(ablate, what="judge the conditions (baseline, target, random sets) on Ray "
+                 "workers")
     _run_options(ablate, n_help="number of task prompts")
     ablate.set_defaults(func=cmd_ablate)
 
@@ -450,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--top", type=int, default=10, help="heads to print")
     scan.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="scorer parameter (repeatable)")
+    _ray_options(scan, what="activation_patching / ablation_scan only: shard the scan over Ray "
+                 "workers")
+    scan.add_argument("--shard-by", default="prompts", choices=("prompts", "layers"),
+                      help="shard by batches of prompts or by groups of layers "
+                      "(default: %(default)s)")
     _run_options(scan)
     _fresh_option(scan)
     scan.set_defaults(func=cmd_scan)

@@ -124,3 +124,11 @@ class TokenSetError(HeadprobeError, ValueError):
 class YearRangeError(HeadprobeError, ValueError):
     """A year asked of a dated-fact set lies outside the years its data covers; the message
     gives the covered range."""
+
+
+class RayNotInstalledError(HeadprobeError, ImportError):
+    """A Ray scan was asked for but ``ray`` is not importable."""
+
+
+class ShardFailedError(HeadprobeError, RuntimeError):
+    """A shard failed after its retries (the finished shards are checkpointed)."""

@@ -12,6 +12,13 @@ config has a ``vision_config``) is loaded with its ``AutoProcessor``, kept on th
 has the text model's sizes and the module paths of the wrapper's entry in :mod:`headprobe.arch`
 (e.g. ``llava``).
 
+Larger than one device: ``device_map=`` (``"auto"`` or ``{module path: device}``, with
+``offload_folder=`` for ``"disk"`` entries) spreads the Hugging Face model over GPUs, the CPU
+and the disk with accelerate's ``dispatch_model`` (:mod:`headprobe.placement`) before the bridge
+wraps it; each module's accelerate hook moves its inputs to its device (and loads offloaded
+weights for the call), so bridge hooks, the layer runner and the fast scans work unchanged.
+``spec.device`` is then the main device (inputs and outputs) and ``spec.device_map`` the map.
+
 GGUF files are dequantized to fp32 by ``transformers`` + ``gguf`` (20-90 s). The result is
 cached once as a safetensors folder under :func:`cache_dir` (``$HEADPROBE_CACHE`` overrides
 it), so later loads take about a second; that job lives in :mod:`headprobe.gguf`, whose
@@ -27,7 +34,7 @@ import importlib.util
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,19 @@ from headprobe.gguf import (
     load_hf_dir,
 )
 from headprobe.gguf import CACHE_ENV as CACHE_ENV  # re-exported: models.CACHE_ENV
+from headprobe.placement import (
+    DEVICE_MAP_STRATEGIES as DEVICE_MAP_STRATEGIES,  # re-exported
+)
+from headprobe.placement import (
+    dispatch_hf_model,
+    map_main_device,
+    mixed_placement_allowed,
+    parameter_dtype_device,
+    placed_map,
+    resolve_device,
+    runner_paths,
+)
+from headprobe.runtime.hooks import hf_input_device
 
 log = logging.getLogger(__name__)
 
@@ -130,25 +150,6 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 }
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a ``torch.device``; ``None`` picks CUDA when available, else the CPU.
-
-    Raises:
-        ModelUnavailableError: a CUDA device was asked for but CUDA is not available.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise UnknownModelError(f"unknown device {device!r}; use 'cpu', 'cuda' or "
-                                "'cuda:<index>'") from error
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ModelUnavailableError(
-            f"device {device!r} asked for, but CUDA is not available here; use device='cpu'")
-    return chosen
-
-
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None
                   ) -> torch.dtype:
     """The parameter dtype: ``dtype`` as given, or by default fp32 on the CPU, bf16 on CUDA.
@@ -230,6 +231,9 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     *,
     use_cache: bool = True,
+    device_map: str | Mapping[str, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> tuple[Any, ModelSpec]:
     """Load a model and wrap it in a TransformerLens ``TransformerBridge``.
 
@@ -246,19 +250,40 @@ def load_model(
             ``"bfloat16"``, ``"bf16"``, ``"float16"``); ``None``: fp32 on the CPU, bf16 on
             CUDA. Recorded in ``model_spec.dtype`` (and the device in ``model_spec.device``).
         use_cache: reuse / write the dequantized safetensors copy of a GGUF file.
+        device_map: spread the model over several devices with Hugging Face accelerate
+            (:func:`headprobe.placement.dispatch_hf_model`): ``"auto"`` / ``"balanced"`` /
+            ``"balanced_low_0"`` / ``"sequential"`` (accelerate's placement, within
+            ``max_memory``), or ``{module path: device}`` with HF module paths
+            (``"model.layers.3"``) and devices ``"cuda:1"`` / ``1``, ``"cpu"`` or ``"disk"``
+            (weights written under ``offload_folder``). ``device`` is then the main device:
+            inputs go there, and modules mapped to ``"cpu"`` / ``"disk"`` keep their weights
+            there but run on it (accelerate's offload); ``device="cpu"`` runs the ``"cpu"``
+            modules on the CPU instead. The default dtype follows the main device (bf16 on
+            CUDA). ``None``: the whole model on ``device``.
+        offload_folder: folder for the weights of ``"disk"`` entries (a fresh subfolder is
+            made in it for each load).
+        max_memory: ``{device: bytes or "10GiB"}`` budget of a string ``device_map``.
 
     Returns:
-        ``(bridge, model_spec)``.
+        ``(bridge, model_spec)``; with a device map ``model_spec.device`` is the main device
+        and ``model_spec.device_map`` the map applied.
 
     Raises:
-        UnknownModelError: the spec (or the dtype / device name) is none of the above.
+        UnknownModelError: the spec (or the dtype / device name, or the device map) is none
+            of the above.
         ModelUnavailableError: the spec is known but cannot be loaded here (or CUDA was
             asked for and is absent, or an organism's adapter folder is missing).
         AdapterMismatchError: an organism's adapter does not fit its base model.
     """
     name = str(spec)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    placement = {"device_map": device_map, "offload_folder": offload_folder,
+                 "max_memory": max_memory}
+    if device_map is None:
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+    else:
+        torch_device = resolve_device(device) if device is not None else None
+        torch_dtype = resolve_dtype(dtype, torch_device or map_main_device(device_map))
     if name == OCR_MODEL:
         from headprobe.organisms.ocr_reader import load_ocr_model
 
@@ -268,21 +293,26 @@ def load_model(
             raise ModelUnavailableError(str(error)) from error
         bridge, model_spec = wrap_hf_model(hf_model, tokenizer, name=name,
                                            hf_name="headprobe/ocr-reader", device=torch_device,
-                                           dtype=torch_dtype, processor=processor)
+                                           dtype=torch_dtype, processor=processor, **placement)
     elif name.startswith(TINY_PREFIX):
         from headprobe.tiny import TINY_KINDS, tiny_model
 
         kind = name[len(TINY_PREFIX):]
         if kind not in TINY_KINDS:
             raise UnknownModelError(f"unknown tiny model {name!r}; kinds: {', '.join(TINY_KINDS)}")
-        bridge, model_spec = tiny_model(kind, device=torch_device, dtype=torch_dtype)
+        bridge, model_spec = tiny_model(kind, device=torch_device, dtype=torch_dtype,
+                                        **placement)
     else:
         hf_model, tokenizer, hf_name, processor = _load_hf(name, dtype=torch_dtype,
                                                            use_cache=use_cache)
         bridge, model_spec = wrap_hf_model(hf_model, tokenizer, name=name, hf_name=hf_name,
                                            device=torch_device, dtype=torch_dtype,
-                                           processor=processor)
-    log.info("loaded %s on %s in %s", model_spec.name, model_spec.device, model_spec.dtype)
+                                           processor=processor, **placement)
+    where = model_spec.device
+    if model_spec.device_map:
+        devices = sorted({device for _, device in model_spec.device_map})
+        where = f"{where} (device map over {', '.join(devices)})"
+    log.info("loaded %s on %s in %s", model_spec.name, where, model_spec.dtype)
     return bridge, model_spec
 
 
@@ -295,6 +325,9 @@ def wrap_hf_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     processor: Any = None,
+    device_map: str | Mapping[str, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> tuple[Any, ModelSpec]:
     """Wrap an already loaded Hugging Face model in a bridge and describe it.
 
@@ -302,10 +335,18 @@ def wrap_hf_model(
     ``dtype`` is given, its floating parameters are cast to it (buffers such as rotary
     frequencies stay as they are); ``dtype=None`` keeps the model's own dtype. ``processor``
     (a vision-language model's) is kept as ``bridge.headprobe_processor``.
+
+    ``device_map`` (with ``offload_folder``, ``max_memory``): the model is cast, then spread
+    over devices by :func:`headprobe.placement.dispatch_hf_model` (``device``: the main device,
+    ``None``: the map's first accelerator, else the CPU) before the bridge wraps it, so the
+    bridge's hooks run inside accelerate's; the map is recorded in ``spec.device_map``. A model
+    the caller already spread over devices (``from_pretrained(..., device_map=...)``, for one
+    larger than the CPU's memory) keeps its placement: pass ``device_map=None`` and
+    ``dtype=None`` (its map should give each decoder layer, the embedding, the final norm and
+    the unembedding entries of their own, as accelerate's ``"auto"`` maps do).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    torch_device = resolve_device(device)
     config = hf_model.config
     if not getattr(config, "architectures", None):
         arch = ARCHITECTURES_BY_MODEL_TYPE.get(config.model_type)
@@ -315,15 +356,42 @@ def wrap_hf_model(
                 "is not one headprobe knows how to fill in"
             )
         config.architectures = [arch]
-    hf_model = hf_model.to(torch_device).eval()
-    if dtype is not None:
-        cast_parameters(hf_model, resolve_dtype(dtype, torch_device))
-    param_dtype, param_device = _parameter_dtype_device(hf_model)
-    with _given_processor(processor), adapter_libraries_waived(processor):
+    applied = placed_map(hf_model)  # dispatched by the caller (from_pretrained(device_map=))
+    if applied and device_map is not None:
+        raise UnknownModelError(f"{name} is already spread over devices (hf_device_map); "
+                                "pass device_map=None to keep that placement")
+    if applied:
+        hf_model = hf_model.eval()
+        param_dtype = parameter_dtype_device(hf_model)[0]
+        if dtype is not None and resolve_dtype(dtype, "cpu") != param_dtype:
+            raise UnknownModelError(
+                f"{name} was dispatched over devices in {dtype_name(param_dtype)}; its offloaded "
+                "weights cannot be cast: load it in the dtype wanted, or pass dtype=None")
+        param_device = torch_device = hf_input_device(hf_model)
+    elif device_map is None:
+        torch_device = resolve_device(device)
+        hf_model = hf_model.to(torch_device).eval()
+        if dtype is not None:
+            cast_parameters(hf_model, resolve_dtype(dtype, torch_device))
+        param_dtype, param_device = parameter_dtype_device(hf_model)
+    else:
+        main = resolve_device(device) if device is not None else None
+        hf_model = hf_model.eval()
+        if dtype is not None:  # cast while every weight is still real (not yet offloaded)
+            cast_parameters(hf_model, resolve_dtype(dtype, main or map_main_device(device_map)))
+        applied = dispatch_hf_model(hf_model, device_map, main_device=main,
+                                    offload_folder=offload_folder, max_memory=max_memory,
+                                    keep_whole=runner_paths(config))
+        param_dtype = parameter_dtype_device(hf_model)[0]
+        param_device = torch_device = hf_input_device(hf_model)
+    with _given_processor(processor), adapter_libraries_waived(processor), \
+            mixed_placement_allowed(bool(applied)):
         bridge = TransformerBridge.boot_transformers(
             hf_name or name, hf_model=hf_model, tokenizer=tokenizer, device=torch_device,
             dtype=param_dtype,
         )
+    if applied:  # TransformerLens reads the embedding's (possibly meta) parameter device
+        bridge.cfg.device = str(param_device)
     bridge.eval()
     model_spec = spec_from_hf_config(
         name,
@@ -332,6 +400,7 @@ def wrap_hf_model(
         pad_token_id=_pad_token_id(tokenizer),
         dtype=dtype_name(param_dtype),
         device=str(param_device),
+        device_map=tuple(applied.items()),
     )
     bridge.headprobe_spec = model_spec
     bridge.headprobe_processor = processor
@@ -405,23 +474,16 @@ def describe_model(model: Any) -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec
     tokenizer = model.tokenizer
-    param_dtype, param_device = _parameter_dtype_device(model.original_model)
+    param_dtype = parameter_dtype_device(model.original_model)[0]
     return spec_from_hf_config(  # a VLM: text model's sizes, the wrapper's arch entry
         str(getattr(model.cfg, "model_name", "model")),
         model.original_model.config,
         bos_token_id=getattr(tokenizer, "bos_token_id", None),
         pad_token_id=_pad_token_id(tokenizer) if tokenizer is not None else None,
         dtype=dtype_name(param_dtype),
-        device=str(param_device),
+        device=str(hf_input_device(model.original_model)),
+        device_map=tuple(placed_map(model.original_model).items()),
     )
-
-
-def _parameter_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device of the first floating parameter (fp32 / CPU for none)."""
-    for param in model.parameters():
-        if param.is_floating_point():
-            return param.dtype, param.device
-    return torch.float32, torch.device("cpu")
 
 
 def _pad_token_id(tokenizer: Any) -> int | None:

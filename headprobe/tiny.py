@@ -22,8 +22,9 @@ Real claims about heads are never made on these models.
 
 from __future__ import annotations
 
+import os
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -282,21 +283,30 @@ def tiny_hf_model(kind: str = "llama-gqa", seed: int = 0) -> tuple[Any, Any, Any
 def tiny_model(
     kind: str = "llama-gqa",
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     dtype: torch.dtype = torch.float32,
+    *,
+    device_map: str | Mapping[str, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> tuple[Any, ModelSpec]:
     """A random-weight tiny model of ``kind`` wrapped in a bridge: ``(bridge, spec)``.
 
     The weights are drawn on the CPU in fp32 from ``seed`` (the global RNG is restored), then
     the model is moved to ``device`` and its parameters cast to ``dtype``, so one seed gives
-    the same model everywhere. The ``llava`` and ``qwen2.5-vl`` kinds also get
-    ``bridge.headprobe_processor``.
+    the same model everywhere. With ``device_map`` (and ``offload_folder`` / ``max_memory``)
+    it is spread over devices instead, ``device`` being the main device (``None``: the map's
+    first accelerator), as in :func:`headprobe.models.load_model`; test maps use HF module
+    paths (``model.embed_tokens``, ``model.layers.0``, ``model.norm``, ``lm_head``). The
+    ``llava`` and ``qwen2.5-vl`` kinds also get ``bridge.headprobe_processor``.
     """
     from headprobe.models import wrap_hf_model
 
     hf_model, tokenizer, processor = tiny_hf_model(kind, seed)
     return wrap_hf_model(hf_model, tokenizer, name=f"tiny-{kind}", hf_name=f"tiny-{kind}",
-                             device=device, dtype=dtype, processor=processor)
+                         device=device, dtype=dtype, processor=processor,
+                         device_map=device_map, offload_folder=offload_folder,
+                         max_memory=max_memory)
 
 
 def _spread_weights(model: torch.nn.Module) -> None:

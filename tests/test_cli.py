@@ -141,9 +141,37 @@ def test_every_loading_command_passes_dtype_and_device(tmp_path, monkeypatch, ca
     monkeypatch.setattr(cli, "_load", load)
     assert main([*argv, "--model", "m", "--dtype", "bfloat16", "--device", "cpu"]) == 2
     assert main([*argv, "--model", "m"]) == 2
+    assert main([*argv, "--model", "m", "--device-map", '{"model": "cpu"}',
+                 "--offload-folder", str(tmp_path / "off")]) == 2
+    assert main([*argv, "--model", "m", "--device-map", "auto"]) == 2
     assert calls == [{"spec": "m", "dtype": "bfloat16", "device": "cpu"},
-                     {"spec": "m", "dtype": None, "device": None}]
-    assert capsys.readouterr().err.count("headprobe: error: loaded") == 2
+                     {"spec": "m", "dtype": None, "device": None},
+                     {"spec": "m", "dtype": None, "device": None,
+                      "device_map": {"model": "cpu"}, "offload_folder": str(tmp_path / "off")},
+                     {"spec": "m", "dtype": None, "device": None, "device_map": "auto"}]
+    assert capsys.readouterr().err.count("headprobe: error: loaded") == 4
+    # bad placement options: one line, before anything loads
+    assert main([*argv, "--model", "m", "--device-map", "{model: cpu"]) == 2
+    assert main([*argv, "--model", "m", "--offload-folder", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--device-map is not valid JSON" in err and "--offload-folder needs --device-map" in err
+    assert len(calls) == 4
+
+
+def test_scan_on_a_device_map(tmp_path, capsys):
+    """A tiny model with two layers offloaded to disk scans as on one device."""
+    disk = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+            "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+    tables = []
+    for extra in ([], ["--device-map", json.dumps(disk),
+                       "--offload-folder", str(tmp_path / "offload")]):
+        out = tmp_path / f"scan{len(tables)}"
+        assert main(["scan", "previous_token", "--model", "tiny:llama-gqa", "--out", str(out),
+                     "--n", "2", "--quiet", "--param", "seq_len=8", *extra]) == 0
+        tables.append(pd.read_csv(out / "previous_token.csv"))
+    assert (tables[0]["score"] - tables[1]["score"]).abs().max() <= 1e-6
+    meta = json.loads((tmp_path / "scan1" / "meta.json").read_text())
+    assert "disk" in json.dumps(meta)
 
 
 def test_dtype_reaches_the_loader_and_is_said(tmp_path, monkeypatch, capsys):

@@ -23,6 +23,7 @@ Skipped without CUDA.
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 
 from headprobe import patching as P
 from headprobe.attribution import attribution_patching
+from headprobe.errors import ScorerNeedsError
 from headprobe.experiments import ablation_experiment
 from headprobe.fastscan import loop_scan, scan_heads
 from headprobe.inputs import Text, iter_batches, tokenize_prompts
@@ -41,12 +43,16 @@ from headprobe.runtime.decode import generate
 from headprobe.runtime.forward import forward_batch
 from headprobe.scorers.base import HARD_NEEDS
 from headprobe.tasks.base import Task, TaskItem
+from headprobe.tasks.knowledge_conflict import Fact, conflict_item
 from headprobe.tiny import tiny_model
 
+# HEADPROBE_TEST_DEVICE=cpu runs the same checks on the CPU (a dry run of this file on a
+# machine without a GPU: the routes must also hold between two CPU models)
+DEVICE = os.environ.get("HEADPROBE_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+              pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
+                                 reason="needs CUDA")]
 
-DEVICE = "cuda"
 FP32_TOL = 1e-3
 BF16_TOL = 0.05
 KINDS = ["llama-gqa", "gemma3", "gpt2"]
@@ -137,18 +143,50 @@ def _last_logits(model, spec, prompts, method: str | None = None, **options) -> 
         else:
             with intervene(model, HEADS, method, **options):
                 logits = forward_batch(model, batch)
-    _on_device(logits)
+    # on the model's own device: the reference's is the CPU, the device model's DEVICE
+    assert logits.device.type == batch.tokens.device.type, logits.device
     return final_logits(logits, batch.last)
 
 
 # ---------------------------------------------------------------------------------- scorers
 
 
-def _scorer_inputs(name: str) -> tuple[object, dict]:
+# Scorers whose scores are not bounded near 1 (Sahara: the log-ratio of the refusal
+# direction's magnitude, ~17 on the tiny llama): compared relative to the largest reference
+# score, as raw logits are.
+RELATIVE_SCORERS = {"sahara"}
+# The tiny models use a character tokenizer: one-character answers are single tokens (as in
+# tests/test_conflict.py and tests/test_temporal.py).
+CONFLICT_FACTS = [Fact("code", "x", "The code of x is ", "P"),
+                  Fact("code", "y", "The code of y is ", "Q")]
+
+
+def _temporal_tasks() -> dict[str, Task]:
+    """Two temporal fact sets (``x``, ``y``) and one invariant set (``z``) for the tiny
+    character-level models: pairs of equal length differing in the year."""
+    def pairs(subject: str) -> list[TaskItem]:
+        return [TaskItem(prompt=f"{subject} in 19{year} was", answer=answer, distractor=other,
+                         corrupt_prompt=f"{subject} in 20{year} was", meta={"set": subject})
+                for year, answer, other in (("10", "A", "B"), ("55", "C", "D"))]
+    temporal = Task("temporal_facts", pairs("x") + pairs("y"), meta={"kind": "temporal"})
+    invariant = Task("temporal_facts", [
+        TaskItem(prompt="cap of ab is", answer="C", distractor="D",
+                 corrupt_prompt="cap of cd is", meta={"set": "z"})], meta={"kind": "invariant"})
+    return {"temporal": temporal, "invariant": invariant}
+
+
+def _scorer_inputs(name: str, model: object) -> tuple[object, dict]:
     """Prompts and parameters that the tiny character-level model can meet for ``name``."""
     scorer = get_scorer(name)
     if name == "dla":
         return Task("tiny_dla", DLA_ITEMS), {}
+    if name == "temporal":
+        return _temporal_tasks(), {"steps": 5}
+    if name == "conflict":
+        items = [conflict_item(fact, other, framing, model=model)
+                 for fact, other in zip(CONFLICT_FACTS, "KL", strict=True)
+                 for framing in (1, 2)]
+        return Task("knowledge_conflict", items, meta={"target": "context"}), {}
     if "task" in scorer.defaults or "pairs" in scorer.needs:
         params = {"metric": "logit_diff"} if "metric" in scorer.defaults else {}
         return Task("tiny_pairs", ITEMS), params
@@ -181,13 +219,21 @@ def test_scorer_on_device(pair, name):
     hard = {need: why for need, why in scorer.unmet(model, spec).items() if need in HARD_NEEDS}
     if hard:
         pytest.skip(f"the tiny {spec.name} cannot meet {name}'s needs: {hard}")
-    prompts, params = _scorer_inputs(name)
+    prompts, params = _scorer_inputs(name, ref)
     if name == "retrieval":  # trials whose answers are the CPU model's own greedy replies
         if tol != FP32_TOL:
             pytest.skip("retrieval's gate reads the greedy text, which bf16 may change")
         prompts, params = _retrieval_items(ref), {"max_new_tokens": 6}
-    expected = get_scorer(name)(ref, prompts, progress=False, **params)
+    try:
+        expected = get_scorer(name)(ref, prompts, progress=False, **params)
+    except (NotImplementedError, ScorerNeedsError) as refused:
+        # an architecture the scorer refuses on the CPU must be refused the same on the device
+        with pytest.raises(type(refused)):
+            get_scorer(name)(model, prompts, progress=False, **params)
+        return
     got = get_scorer(name)(model, prompts, progress=False, **params)
+    if name in RELATIVE_SCORERS:
+        tol *= max(1.0, float(np.nanmax(np.abs(expected["score"].to_numpy()))))
     _table_close(expected, got, tol, name)
 
 
@@ -202,6 +248,7 @@ def test_intervention_forward_on_device(pair, method):
     prompts = [item.prompt for item in ITEMS]
     expected = _last_logits(ref, ref_spec, prompts, method, **options)
     got = _last_logits(model, spec, prompts, method, **options)
+    _on_device(got)
     _close(expected, got, tol, method, logits=True)
     plain = _last_logits(ref, ref_spec, prompts)
     assert float((plain - expected).abs().max()) > 10 * FP32_TOL  # the method acts

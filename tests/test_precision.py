@@ -152,15 +152,19 @@ def test_patching_engine_and_path_patching_bf16(plain_pair):
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "gemma3"])
 def test_fastscan_and_eap_bf16(kind):
-    """The fast scan equals the loop in bf16 (1e-3) and fp32 (0.03); EAP-IG node and edge
-    scores within 0.03 of fp32."""
+    """The fast scan with the eager attention equals the loop in bf16 (1e-3: the same
+    kernels); with the fused sdpa attention (the default) it is within the bf16 tolerance
+    of the loop (0.03: another kernel, rounded in bf16), and within 0.03 of fp32; EAP-IG
+    node and edge scores within 0.03 of fp32."""
     (m32, _), (m16, _) = _pair(kind)
     for method in ("patch", "mean"):
         kwargs = {"method": method, "metric": "logit_diff", "progress": False}
         a = scan_heads(m32, ITEMS, **kwargs)["score"].to_numpy()
         b = scan_heads(m16, ITEMS, **kwargs)["score"].to_numpy()
+        eager = scan_heads(m16, ITEMS, fused=False, **kwargs)["score"].to_numpy()
         loop = loop_scan(m16, ITEMS, **kwargs)["score"].to_numpy()
-        assert np.abs(b - loop).max() <= 1e-3
+        assert np.abs(eager - loop).max() <= 1e-3
+        assert np.abs(b - loop).max() <= LD_TOL
         assert np.abs(a - b).max() <= LD_TOL
         assert np.abs(a).max() > 3 * LD_TOL
         _same_top(np.abs(a), np.abs(b), LD_TOL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -103,3 +105,78 @@ def test_modules_are_restored_on_error(tiny_gemma):
                  hooks=[(spec.hooks.at("z", 0), boom)])
     assert attention_types(model, spec) == before
     assert attention_hooks_idle(model, spec)
+
+
+def _fused_spy(monkeypatch) -> list[list[int]]:
+    """Record the layers each :func:`fused_attention` block fused (patched where the fast
+    scans and the decode import it)."""
+    from headprobe.fastscan import effects, patching
+    from headprobe.runtime import decode, sdpa
+
+    seen: list[list[int]] = []
+    original = sdpa.fused_attention
+
+    @contextmanager
+    def spy(*args, **kwargs):
+        with original(*args, **kwargs) as layers:
+            seen.append(list(layers))
+            yield layers
+
+    for module in (patching, effects, decode):
+        monkeypatch.setattr(module, "fused_attention", spy)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("method", ["patch", "zero", "scale_output", "uniform_attention"])
+def test_fast_scan_fuses_the_layers_the_intervention_allows(kind, method, monkeypatch,
+                                                            request):
+    from headprobe.fastscan import scan_heads
+    from headprobe.tasks.base import TaskItem
+
+    model, spec = request.getfixturevalue(kind)
+    items = [TaskItem("ab cd ab", "c", "x", "ab xd ab"), TaskItem("hello", "l", "o", "jello")]
+    options = {"method": method, "metric": "logit_diff", "batch_size": 2, "progress": False}
+    eager = scan_heads(model, items, fused=False, **options)
+    seen = _fused_spy(monkeypatch)
+    fused = scan_heads(model, items, **options)
+    assert (fused["score"] - eager["score"]).abs().max() <= 1e-5
+    assert fused["score"].abs().max() > 1e-3
+    everything = list(range(spec.n_layers))
+    if method == "uniform_attention":  # the query edit keeps the ablated layer eager
+        steps = [layers for layers in seen if layers != everything]
+        assert len(steps) == spec.n_layers
+        assert all(len(layers) == spec.n_layers - 1 for layers in steps)
+    else:
+        assert seen and all(layers == everything for layers in seen)
+    assert attention_hooks_idle(model, spec)
+
+
+def test_head_effects_fuse_the_unablated_layers(tiny_llama, monkeypatch):
+    from headprobe.fastscan import head_effects
+
+    model, spec = tiny_llama
+    prompts = [model.to_tokens(text)[0] for text in ("ab cd ab", "hello there")]
+    eager = head_effects(model, prompts, fused=False, progress=False)
+    seen = _fused_spy(monkeypatch)
+    fused = head_effects(model, prompts, progress=False)
+    torch.testing.assert_close(fused, eager, atol=1e-6, rtol=1e-4)
+    assert seen[0] == list(range(spec.n_layers))  # the base run
+    assert sorted(len(layers) for layers in seen[1:]) == [spec.n_layers - 1] * spec.n_layers
+
+
+def test_decode_steps_fuse_unobserved_layers(tiny_llama, monkeypatch):
+    model, spec = tiny_llama
+    reference = generate(model, PROMPTS, max_new_tokens=5, keep_logits=True, use_cache=False)
+    seen = _fused_spy(monkeypatch)
+    cached = generate(model, PROMPTS, max_new_tokens=5, keep_logits=True)
+    assert seen and seen[-1] == list(range(spec.n_layers))
+    assert torch.equal(cached.tokens, reference.tokens)
+    torch.testing.assert_close(cached.logits, reference.logits, atol=1e-4, rtol=0)
+    seen.clear()
+
+    generate(model, PROMPTS, max_new_tokens=2, hooks=[(spec.hooks.at("pattern", 1), noop)])
+    assert seen[-1] == [layer for layer in range(spec.n_layers) if layer != 1]
+    seen.clear()
+    generate(model, PROMPTS, max_new_tokens=2, use_cache=False)  # the reference stays eager
+    assert seen[-1] == []

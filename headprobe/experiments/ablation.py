@@ -4,11 +4,14 @@
 (``baseline``), with the target heads ablated (``target``) and with ``n_random`` random head
 sets of the same size ablated (``random_0``...), using any method of
 :data:`headprobe.interventions.METHODS`. Statistics: :mod:`headprobe.experiments.stats`.
+With ``distributed=`` the conditions are judged on Ray workers
+(:func:`headprobe.distributed.ray_judge`), one condition per free worker, with the same
+random sets and the means / resample sources computed once here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,7 @@ def ablation_experiment(
     progress: bool = True,
     n_bootstrap: int = 1000,
     method_options: dict[str, Any] | None = None,
+    distributed: Mapping[str, Any] | None = None,
 ) -> ExperimentResult:
     """Ablate ``heads`` and ``n_random`` random head sets of the same size; judge ``task``.
 
@@ -109,6 +113,10 @@ def ablation_experiment(
         random_from: ``same_layers`` or ``uniform``.
         n_bootstrap: bootstrap resamples for the 95% intervals (0: no intervals).
         method_options: extra options of the method (e.g. ``{"factor": 1e-5}``).
+        distributed: judge the conditions on Ray workers: keywords of
+            :func:`headprobe.distributed.ray_judge` (``model_name``, the name ``model`` was
+            loaded from, and ``pool`` or ``address`` / ``num_workers`` / ``load_options``);
+            ``meta["distributed"]`` says so. ``None``: in this process.
 
     Returns:
         :class:`ExperimentResult` whose table has one row per condition (``baseline``,
@@ -137,10 +145,19 @@ def ablation_experiment(
     conditions: list[tuple[str, list[Head] | None]] = [("baseline", None), ("target", target)]
     conditions += [(f"random_{i}", s) for i, s in enumerate(random_sets)]
     correct: dict[str, np.ndarray] = {}
-    with progress_steps(len(conditions), progress, f"ablate ({method})") as step:
-        for name, condition_heads in conditions:
-            correct[name] = runner.judge(condition_heads)
-            step(name)
+    extra: dict[str, Any] = {}
+    if distributed is not None:
+        from headprobe.distributed import ray_judge
+
+        correct, extra["distributed"] = ray_judge(
+            task=task, conditions=conditions, method=method, options=runner.options,
+            all_heads=[h for s in [target, *random_sets] for h in s], batch_size=batch_size,
+            progress=progress, **dict(distributed))
+    else:
+        with progress_steps(len(conditions), progress, f"ablate ({method})") as step:
+            for name, condition_heads in conditions:
+                correct[name] = runner.judge(condition_heads)
+                step(name)
     timer.lap("judge")
     boot = bootstrap_indices(len(task), n_bootstrap, seed) if n_bootstrap else no_bootstrap()
     rows = [condition_row(name, h or [], correct[name], correct["baseline"], boot)
@@ -154,7 +171,7 @@ def ablation_experiment(
         model, spec, task, name="ablation", params=params, seed=seed, timer=timer,
         description=f"{method} ablation of {format_heads(target)} vs {n_random} random "
                     f"{random_from} head sets on {task.name}",
-        random_sets=[format_heads(s) for s in random_sets])
+        random_sets=[format_heads(s) for s in random_sets], **extra)
     figure = ablation_figure(table, title=f"{method} ablation on {task.name} — {spec.name}")
     return ExperimentResult(table, figure, summary, meta, correct, name="ablation")
 

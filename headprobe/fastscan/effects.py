@@ -37,6 +37,7 @@ from headprobe.models import describe_model
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, capture, check_fired, model_device
 from headprobe.runtime.layers import build_layer_inputs, check_supported, run_from_layer
+from headprobe.runtime.sdpa import fused_attention
 
 __all__ = ["head_effects", "kl_divergence", "loop_head_effects"]
 
@@ -77,6 +78,7 @@ def head_effects(
     heads_per_pass: int | None = None,
     progress: bool = True,
     checkpoint: Checkpoint | None = None,
+    fused: bool = True,
 ) -> torch.Tensor:
     """``KL(p_base || p_ablated)`` at each prompt's last token for every (layer, head).
 
@@ -92,6 +94,10 @@ def head_effects(
         batch_size: prompts per batch; a pass runs ``batch_size * heads_per_pass`` rows.
         heads_per_pass: heads ablated in one stacked pass (default all H).
         checkpoint: resume per batch of prompts after a kill.
+        fused: run the fused ``sdpa`` attention in every layer nobody listens to inside
+            (:func:`headprobe.runtime.sdpa.fused_attention`: all layers for
+            ``scale_output``; every layer but the ablated one for ``uniform_attention``,
+            whose query edit needs the eager attention); ``False``: eager throughout.
 
     Returns:
         [N, L, H] float64 KL per prompt and head (NaN on unscanned layers).
@@ -116,7 +122,7 @@ def head_effects(
             for index in range(done, len(batches)):
                 batch = batches[index]
                 names = [spec.hooks.at("resid_pre", layer) for layer in captured]
-                with capture(model, names) as seen:
+                with capture(model, names) as seen, fused_attention(model, spec, fused):
                     logits = forward_batch(model, batch)
                 check_fired(seen, names)
                 base_logp = _log_probs(final_logits(logits, batch.last))  # [B, V]
@@ -134,11 +140,13 @@ def head_effects(
                                 batch.position_ids.repeat(copies, 1))
                         resid = seen[spec.hooks.at("resid_pre", layer)].repeat(copies, 1, 1)
                         hook = copies_hook(model, spec, method, layer, heads, copies, eps=eps)
-                        ablated = run_from_layer(
-                            model, resid, layer, batch.attention_mask.repeat(copies, 1),
-                            batch.position_ids.repeat(copies, 1), [hook],
-                            positions=batch.last.repeat(copies),
-                            layer_inputs=layer_inputs[copies])
+                        # attached first: a query edit keeps its own layer eager
+                        with attached(model, [hook]), fused_attention(model, spec, fused):
+                            ablated = run_from_layer(
+                                model, resid, layer, batch.attention_mask.repeat(copies, 1),
+                                batch.position_ids.repeat(copies, 1),
+                                positions=batch.last.repeat(copies),
+                                layer_inputs=layer_inputs[copies])
                         logp = _log_probs(ablated).reshape(copies, batch.size, -1)
                         kl = kl_divergence(base_logp[None], logp)  # [c, B]
                         out[rows, layer, first:first + copies] = kl.T.cpu()

@@ -75,15 +75,15 @@ import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.errors import MetricError
 from headprobe.fastscan.copies import SCALING_METHODS, copies_hook, scaling_hooks
 from headprobe.fastscan.effects import prompt_batches
+from headprobe.fastscan.sums import REFERENCE, ScanSums, scan_table
 from headprobe.headtable import HeadTable
 from headprobe.inputs import Batch, fingerprint
 from headprobe.interventions.means import pooled_head_means
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
-from headprobe.provenance import Timer, result_meta
+from headprobe.provenance import Timer
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, capture, check_fired, model_device
 from headprobe.runtime.layers import (
@@ -95,18 +95,18 @@ from headprobe.runtime.layers import (
     rows_sliceable,
     run_from_layer,
 )
+from headprobe.runtime.sdpa import fused_attention
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.tasks.pairs import ScanData, prepare_scan_data
 from headprobe.types import Direction, normalize_direction
 
 Method = Literal["patch", "zero", "mean", "scale_output", "uniform_attention"]
 Metric = Literal["logit_diff", "normalized_logit_diff"]
-REFERENCE = ("activation patching: Meng et al. 2022 (ROME); Wang et al. 2022 (IOI); "
-             "TransformerLens patching.get_act_patch_attn_head_out_all_pos")
 
 # ScanData and prepare_scan_data live in headprobe.tasks.pairs (shared with attribution and
 # the patching engine); re-exported here for existing imports.
-__all__ = ["ScanData", "loop_scan", "prepare_scan_data", "scan_heads", "shared_prefix_length"]
+__all__ = ["REFERENCE", "ScanData", "loop_scan", "prepare_scan_data", "scan_heads",
+           "scan_params", "scan_sums", "shared_prefix_length"]
 
 DEFAULT_EPS = 1e-4
 
@@ -131,6 +131,7 @@ class _BatchRuns:
     layer_inputs: dict[int, LayerInputs] = field(default_factory=dict)
     method: str = "patch"
     eps: float = DEFAULT_EPS
+    fused: bool = False
 
     @property
     def start(self) -> int:
@@ -145,11 +146,13 @@ def _ld(logits: torch.Tensor, batch: Batch, answers: torch.Tensor,
 
 
 def _run_capture(model: Any, batch: Batch, spec: ModelSpec, kinds: Sequence[str],
-                 layers: Sequence[int]) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
+                 layers: Sequence[int], fused: bool = False,
+                 ) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
     """One full forward pass; logits [B, T, V] and ``{kind: {layer: activation}}`` clones
-    (through :func:`headprobe.runtime.hooks.capture`)."""
+    (through :func:`headprobe.runtime.hooks.capture`; ``fused``: idle attentions run
+    ``sdpa``)."""
     names = {(kind, layer): spec.hooks.at(kind, layer) for kind in kinds for layer in layers}
-    with capture(model, list(names.values())) as seen:
+    with capture(model, list(names.values())) as seen, fused_attention(model, spec, fused):
         logits = forward_batch(model, batch)
     check_fired(seen, list(names.values()))
     store: dict[str, dict[int, torch.Tensor]] = {kind: {} for kind in kinds}
@@ -161,7 +164,7 @@ def _run_capture(model: Any, batch: Batch, spec: ModelSpec, kinds: Sequence[str]
 def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
                   direction: Direction, batch_size: int, layers: Sequence[int],
                   need_resid: bool, mean_z: dict[int, torch.Tensor] | None,
-                  eps: float = DEFAULT_EPS) -> list[_BatchRuns]:
+                  eps: float = DEFAULT_EPS, fused: bool = False) -> list[_BatchRuns]:
     """Base runs of every batch; ``mean_z``: ``{layer: [H, d_head]}`` for ``method="mean"``."""
     device = model_device(model)
     clean_batches = prompt_batches(model, spec, data.clean, batch_size)
@@ -174,13 +177,14 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
         rows = clean.indices.cpu()
         answers, distractors = data.answers[rows], data.distractors[rows]
         clean_logits, clean_store = _run_capture(
-            model, clean, spec, ["resid_pre", "z"] if need_resid else ["z"], captured)
+            model, clean, spec, ["resid_pre", "z"] if need_resid else ["z"], captured, fused)
         ld_clean = _ld(clean_logits, clean, answers, distractors)
         corrupt = corrupt_batches[index] if corrupt_batches is not None else None
         corrupt_store: dict[str, dict[int, torch.Tensor]] = {}
         if corrupt is not None:
             corrupt_logits, corrupt_store = _run_capture(
-                model, corrupt, spec, ["resid_pre", "z"] if need_resid else ["z"], captured)
+                model, corrupt, spec, ["resid_pre", "z"] if need_resid else ["z"], captured,
+                fused)
             ld_corrupt = _ld(corrupt_logits, corrupt, answers, distractors)
         else:
             ld_corrupt = torch.zeros_like(ld_clean)
@@ -207,13 +211,14 @@ def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
             length = shared_prefix_length(clean, corrupt)
             if length > 0:
                 try:
-                    prefix = record_kv(model, base_store["resid_pre"][0][:, :length],
-                                       base.attention_mask[:, :length],
-                                       base.position_ids[:, :length])
+                    with fused_attention(model, spec, fused):
+                        prefix = record_kv(model, base_store["resid_pre"][0][:, :length],
+                                           base.attention_mask[:, :length],
+                                           base.position_ids[:, :length])
                 except NotImplementedError:  # attention ignores past_key_values: full path
                     prefix = None
         runs.append(_BatchRuns(base, resid, source_z, ld_base, ld_clean, ld_corrupt, prefix,
-                               method=method, eps=eps))
+                               method=method, eps=eps, fused=fused))
     return runs
 
 
@@ -266,6 +271,92 @@ def _check_args(method: str, metric: str, direction: str, eps: float) -> Directi
     return normalize_direction(direction)
 
 
+def scan_sums(
+    model: Any,
+    data: ScanData,
+    *,
+    method: Method = "patch",
+    metric: Metric = "normalized_logit_diff",
+    direction: Direction = "denoising",
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    heads_per_pass: int | None = None,
+    progress: bool = True,
+    fast: bool = True,
+    eps: float = DEFAULT_EPS,
+    mean_z: dict[int, torch.Tensor] | None = None,
+    offset: int = 0,
+    fused: bool = True,
+) -> ScanSums:
+    """The additive sums of a scan of ``data`` (:class:`~headprobe.fastscan.sums.ScanSums`):
+    one shard of a sharded scan, or the whole of :func:`scan_heads` / :func:`loop_scan`.
+
+    Args:
+        data: the tokenized prompts (:func:`prepare_scan_data`; a shard:
+            :meth:`ScanData.subset`).
+        mean_z: ``{layer: [H, d_head]}`` pooled mean ``z`` for ``method="mean"``; default: the
+            mean over ``data``'s clean prompts. A shard of prompts must be given the mean
+            over all of them to equal the unsharded scan.
+        offset: index of ``data``'s first prompt in the whole set (keys of
+            ``prefix_lengths``).
+        fused: let the fast scan run the fused ``sdpa`` attention in every layer where the
+            intervention allows it (:func:`headprobe.runtime.sdpa.fused_attention`: z
+            patching, ablation and output scaling do; a query edit inside the attention keeps
+            that layer eager); ``False``: eager attention everywhere.
+        Other arguments: as :func:`scan_heads` (``fast=False``: one forward per head).
+    """
+    direction = _check_args(method, metric, direction, eps)
+    spec = check_supported(model) if fast else describe_model(model)
+    layer_list = sorted(set(spec.check_layers(layers)))
+    chunk = spec.n_heads if heads_per_pass is None else max(1, min(heads_per_pass, spec.n_heads))
+    sums = ScanSums.zeros(spec.n_layers, spec.n_heads, has_corrupt=data.corrupt is not None)
+    # mean ablation: the pooled mean of z over every real token of the clean prompts (the one
+    # mean of z, headprobe.interventions.means: one streaming pass of its own)
+    if method == "mean" and mean_z is None:
+        mean_z = pooled_head_means(model, layer_list, data.clean, batch_size=batch_size)
+    with torch.inference_mode():
+        runs = _prepare_runs(model, spec, data, method, direction, batch_size, layer_list,
+                             need_resid=fast, mean_z=mean_z, eps=eps,
+                             fused=fast and fused)
+        steps = len(runs) * len(layer_list)
+        bar = tqdm(total=steps, desc="fastscan" if fast else "loop scan",
+                   disable=not progress, leave=False)
+        try:
+            for run in runs:
+                rows = run.base.indices.cpu()
+                answers, distractors = data.answers[rows], data.distractors[rows]
+                sums.prefix_lengths[offset + int(rows.min())] = run.start
+                for layer in layer_list:
+                    sums.n[layer] += run.base.size
+                    for key in ("ld_clean", "ld_corrupt", "ld_base"):
+                        getattr(sums, key)[layer] += float(getattr(run, key).double().sum())
+                    for first in range(0, spec.n_heads, chunk):
+                        heads = list(range(first, min(first + chunk, spec.n_heads)))
+                        if fast:
+                            values = _fast_values(model, spec, run, layer, heads, answers,
+                                                  distractors)
+                        else:
+                            values = _loop_values(model, spec, run, layer, heads, answers,
+                                                  distractors)
+                        check_finite(values, f"intervened logit difference at layer {layer}")
+                        effects = _score(values, run, metric).double().cpu()  # [c, B]
+                        sums.effect[layer, heads] += effects.sum(1)
+                        sums.effect_sq[layer, heads] += (effects ** 2).sum(1)
+                        sums.value[layer, heads] += values.double().cpu().sum(1)
+                    bar.update(1)
+        finally:
+            bar.close()
+    return sums
+
+
+def scan_params(method: str, metric: str, direction: str, layers: Sequence[int],
+                heads_per_pass: int, fast: bool, eps: float) -> dict[str, Any]:
+    """The ``params`` a scan's table records."""
+    return {"method": method, "metric": metric, "direction": normalize_direction(direction),
+            "eps": eps if method in SCALING_METHODS else None, "layers": list(layers),
+            "heads_per_pass": heads_per_pass, "engine": "fastscan" if fast else "loop"}
+
+
 def _scan(
     model: Any,
     task: Task | Sequence[TaskItem],
@@ -279,86 +370,22 @@ def _scan(
     progress: bool,
     fast: bool,
     eps: float = DEFAULT_EPS,
+    fused: bool = True,
 ) -> HeadTable:
-    direction = _check_args(method, metric, direction, eps)
+    _check_args(method, metric, direction, eps)
     spec = check_supported(model) if fast else describe_model(model)
     layer_list = sorted(set(spec.check_layers(layers)))
     timer = Timer()
     data = prepare_scan_data(model, task, need_corrupt=method == "patch")
     chunk = spec.n_heads if heads_per_pass is None else max(1, min(heads_per_pass, spec.n_heads))
-    sums = torch.zeros(spec.n_layers, spec.n_heads, dtype=torch.float64)
-    sq_sums = torch.zeros_like(sums)
-    values_sum = torch.zeros_like(sums)
-    totals = {"ld_clean": 0.0, "ld_corrupt": 0.0, "ld_base": 0.0}
-    # mean ablation: the pooled mean of z over every real token of the clean prompts (the one
-    # mean of z, headprobe.interventions.means: one streaming pass of its own)
-    mean_z = (pooled_head_means(model, layer_list, data.clean, batch_size=batch_size)
-              if method == "mean" else None)
-    with torch.inference_mode():
-        runs = _prepare_runs(model, spec, data, method, direction, batch_size, layer_list,
-                             need_resid=fast, mean_z=mean_z, eps=eps)
-        steps = len(runs) * len(layer_list)
-        bar = tqdm(total=steps, desc="fastscan" if fast else "loop scan",
-                   disable=not progress, leave=False)
-        try:
-            for run in runs:
-                rows = run.base.indices.cpu()
-                answers, distractors = data.answers[rows], data.distractors[rows]
-                for key in totals:
-                    totals[key] += float(getattr(run, key).double().sum())
-                for layer in layer_list:
-                    for first in range(0, spec.n_heads, chunk):
-                        heads = list(range(first, min(first + chunk, spec.n_heads)))
-                        if fast:
-                            values = _fast_values(model, spec, run, layer, heads, answers,
-                                                  distractors)
-                        else:
-                            values = _loop_values(model, spec, run, layer, heads, answers,
-                                                  distractors)
-                        check_finite(values, f"intervened logit difference at layer {layer}")
-                        effects = _score(values, run, metric).double().cpu()  # [c, B]
-                        sums[layer, heads] += effects.sum(1)
-                        sq_sums[layer, heads] += (effects ** 2).sum(1)
-                        values_sum[layer, heads] += values.double().cpu().sum(1)
-                    bar.update(1)
-        finally:
-            bar.close()
-    prefix_lengths = [run.start for run in runs]  # positions skipped, per batch
-    n = len(data.clean)
-    mean = sums / n
-    std = (sq_sums / n - mean ** 2).clamp_min(0).sqrt()
-    if metric == "normalized_logit_diff":
-        # normalise on the means, as headprobe.patching.aggregate_metric does (Heimersheim &
-        # Nanda 2024): per-prompt ratios explode where a prompt's clean-corrupt gap is small.
-        # `std` stays the spread of the per-prompt ratios.
-        clean_mean = totals["ld_clean"] / n
-        corrupt_mean = totals["ld_corrupt"] / n if data.corrupt is not None else 0.0
-        if abs(clean_mean - corrupt_mean) < 1e-9:
-            raise MetricError(
-                f"mean clean and corrupt logit differences are equal ({clean_mean:.4g}): the "
-                "normalised logit difference is undefined; use metric='logit_diff'")
-        mean = (values_sum / n - corrupt_mean) / (clean_mean - corrupt_mean)
-    scanned = torch.zeros(spec.n_layers, dtype=torch.bool)
-    scanned[layer_list] = True
-    nan = torch.full_like(mean, float("nan"))
-    mean = torch.where(scanned[:, None], mean, nan)
-    meta = result_meta(
-        kind="scan", name=f"{'patch' if method == 'patch' else method + '_ablation'}_{metric}",
-        spec=spec, params={"method": method, "metric": metric, "direction": direction,
-                           "eps": eps if method in SCALING_METHODS else None,
-                           "layers": layer_list, "heads_per_pass": chunk,
-                           "engine": "fastscan" if fast else "loop"},
-        fingerprint=fingerprint(data.clean + (data.corrupt or [])), n_prompts=n, timer=timer,
-        description=f"all-head {method} scan (all positions), {metric}",
-        reference=REFERENCE, task=data.name, batch_size=batch_size,
-        mean_ld_clean=totals["ld_clean"] / n,
-        mean_ld_corrupt=totals["ld_corrupt"] / n if data.corrupt is not None else None,
-        mean_ld_base=totals["ld_base"] / n, shared_prefix_lengths=prefix_lengths)
-    return HeadTable.from_grid(
-        mean.float(), spec,
-        columns={"std": torch.where(scanned[:, None], std, nan).float(),
-                 "mean_ld": torch.where(scanned[:, None], values_sum / n, nan).float()},
-        meta=meta)
+    sums = scan_sums(model, data, method=method, metric=metric, direction=direction,
+                     layers=layer_list, batch_size=batch_size, heads_per_pass=chunk,
+                     progress=progress, fast=fast, eps=eps, fused=fused)
+    return scan_table(
+        sums, spec, metric=metric,
+        params=scan_params(method, metric, direction, layer_list, chunk, fast, eps),
+        fingerprint=fingerprint(data.clean + (data.corrupt or [])), task=data.name,
+        batch_size=batch_size, timer=timer)
 
 
 def _fast_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads: list[int],
@@ -380,10 +407,11 @@ def _fast_values(model: Any, spec: ModelSpec, run: _BatchRuns, layer: int, heads
                    else _replacement(run, layer, heads, start))
     hook = copies_hook(model, spec, run.method, layer, heads, copies, eps=run.eps,
                        replacement=replacement)
-    logits = run_from_layer(model, resid, layer, mask, position_ids, [hook],
-                            positions=batch.last.repeat(copies),
-                            layer_inputs=run.layer_inputs[copies],
-                            prefix=run.prefix)
+    # the hook is attached first, so a query edit inside the attention keeps its layer eager
+    with attached(model, [hook]), fused_attention(model, spec, run.fused):
+        logits = run_from_layer(model, resid, layer, mask, position_ids,
+                                positions=batch.last.repeat(copies),
+                                layer_inputs=run.layer_inputs[copies], prefix=run.prefix)
     ld = logit_difference(logits, answers.repeat(copies), distractors.repeat(copies))
     return ld.float().reshape(copies, batch.size)
 
@@ -417,6 +445,7 @@ def scan_heads(
     heads_per_pass: int | None = None,
     progress: bool = True,
     eps: float = DEFAULT_EPS,
+    fused: bool = True,
 ) -> HeadTable:
     """Patch or ablate every (layer, head) at all positions, with prefix reuse.
 
@@ -441,6 +470,9 @@ def scan_heads(
         heads_per_pass: heads intervened on in one batched pass (default: all H heads).
         progress: tqdm bar over (batch, layer) steps.
         eps: the scale of ``scale_output`` / ``uniform_attention``.
+        fused: run PyTorch's fused ``sdpa`` attention in every layer where the intervention
+            allows it (z patching / ablation / output scaling: all layers; a query edit keeps
+            its own layer eager); ``False``: the bridge's eager attention throughout.
 
     Returns:
         A :class:`HeadTable` (``score``: mean effect over prompts; ``std``: its standard
@@ -451,7 +483,7 @@ def scan_heads(
     """
     return _scan(model, task, method=method, metric=metric, direction=direction, layers=layers,
                  batch_size=batch_size, heads_per_pass=heads_per_pass, progress=progress,
-                 fast=True, eps=eps)
+                 fast=True, eps=eps, fused=fused)
 
 
 def loop_scan(
@@ -472,4 +504,4 @@ def loop_scan(
     """
     return _scan(model, task, method=method, metric=metric, direction=direction, layers=layers,
                  batch_size=batch_size, heads_per_pass=1, progress=progress, fast=False,
-                 eps=eps)
+                 eps=eps, fused=False)

@@ -127,6 +127,28 @@ def copies_z_hook(heads: Sequence[int], values: torch.Tensor, copies: int) -> Ho
     return hook
 
 
+class OnDevice:
+    """Tensors kept on the model's main device, handed out on the device that asks for them.
+
+    A model spread over devices (``load_model(..., device_map=...)``) runs each layer's hooks
+    on that layer's device; ``on_device[key, device]`` moves the stored tensor there once and
+    reuses the copy (a plain lookup on a single-device model).
+    """
+
+    def __init__(self, tensors: dict[Any, torch.Tensor]) -> None:
+        self.tensors = tensors
+        self._moved: dict[tuple[Any, torch.device], torch.Tensor] = {}
+
+    def __getitem__(self, key_device: tuple[Any, torch.device]) -> torch.Tensor:
+        key, device = key_device
+        tensor = self.tensors[key]
+        if tensor.device == device:
+            return tensor
+        if (key, device) not in self._moved:
+            self._moved[(key, device)] = tensor.to(device)
+        return self._moved[(key, device)]
+
+
 # transform(z_head [B, T, d_head], layer, head, positions [B, T]) -> new z_head [B, T, d_head];
 # positions are the absolute positions of the columns (headprobe.runtime.positions).
 ZTransform = Callable[[torch.Tensor, int, int, torch.Tensor], torch.Tensor]
@@ -135,7 +157,9 @@ ZTransform = Callable[[torch.Tensor, int, int, torch.Tensor], torch.Tensor]
 def z_hooks(spec: ModelSpec, grouped: dict[int, list[int]], transform: ZTransform) -> HookList:
     """One ``hook_z`` ([B, T, H, d_head]) hook per layer applying ``transform`` to each
     targeted head (each sees the received ``z``); the received tensor is never modified
-    (:func:`write_heads` returns a new one)."""
+    (:func:`write_heads` returns a new one). ``transform`` gets ``z``'s device in its
+    tensors (the layer's device on a model spread over devices) and returns a tensor on
+    any device (moved to ``z``'s)."""
     hooks: HookList = []
     for layer, head_list in grouped.items():
 
@@ -144,7 +168,7 @@ def z_hooks(spec: ModelSpec, grouped: dict[int, list[int]], transform: ZTransfor
             batch, seq, _, d_head = z.shape
             positions = query_positions(batch, seq, z.device)
             values = torch.stack([
-                transform(z[:, :, head], layer, head, positions).to(z.dtype).expand(
+                transform(z[:, :, head], layer, head, positions).to(z.device, z.dtype).expand(
                     batch, seq, d_head)
                 for head in head_list])  # [n, B, T, d_head]
             return write_heads(z, head_list, values)

@@ -14,6 +14,7 @@ from headprobe.errors import InterventionError
 from headprobe.inputs import Batch, Prompts, encode_prompts
 from headprobe.interventions.heads import (
     HookList,
+    OnDevice,
     heads_by_layer,
     normalize_heads,
     prepare,
@@ -73,7 +74,8 @@ def compute_head_means(
             real = context.batch.attention_mask  # [B, T]
             positions = context.batch.position_ids if context.positions is None else (
                 context.positions)
-            values = z.detach()[real].to(torch.float64).cpu()  # [n_real, H, d_head]
+            # z lives on its layer's device (device maps), the batch on the main device
+            values = z.detach()[real.to(z.device)].to(torch.float64).cpu()  # [n_real, H, d]
             sums[context.layer].index_add_(0, positions[real].cpu(), values)
 
         def count(batch: Batch) -> None:
@@ -154,17 +156,19 @@ def mean_ablation(
     if missing:
         raise InterventionError(f"means were not computed for heads {missing}")
     device = model_device(model)
-    table = {h: HeadMean(means[h].per_position.to(device), means[h].pooled.to(device),
-                         means[h].counts.to(device)) for h in wanted}
+    # on the main device; each layer's hook reads them on its own device (device maps)
+    table = OnDevice({(h, part): getattr(means[h], part).to(device) for h in wanted
+                      for part in ("per_position", "pooled", "counts")})
 
     def transform(z: torch.Tensor, layer: int, head: int, at: torch.Tensor) -> torch.Tensor:
-        entry = table[(layer, head)]
+        pooled = table[((layer, head), "pooled"), z.device]
         if not per_position:
-            return entry.pooled.expand_as(z)
-        width = entry.per_position.shape[0]
+            return pooled.expand_as(z)
+        by_position = table[((layer, head), "per_position"), z.device]
+        width = by_position.shape[0]
         index = at.clamp(0, width - 1)  # [B, T]
-        valid = (at < width) & (entry.counts[index] > 0)
-        return torch.where(valid[..., None], entry.per_position[index], entry.pooled)
+        valid = (at < width) & (table[((layer, head), "counts"), z.device][index] > 0)
+        return torch.where(valid[..., None], by_position[index], pooled)
 
     return z_hooks(spec, grouped, transform)
 
@@ -262,7 +266,7 @@ def resample_ablation(
     if missing:
         raise InterventionError(f"the resample source has no cached z for heads {missing}")
     device = model_device(model)
-    cached = {h: source.z[h].to(device) for h in wanted}
+    cached = OnDevice({h: source.z[h].to(device) for h in wanted})  # read on z's device
     lengths = source.lengths
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, Any] = {"session": None, "picks": {}, "generator": None}
@@ -308,8 +312,8 @@ def resample_ablation(
     def transform(z: torch.Tensor, layer: int, head: int, at: torch.Tensor) -> torch.Tensor:
         if layer == first_layer and head == grouped[layer][0]:
             draws["rows"] = choose(at)  # one draw per forward pass, shared by all layers
-        table = cached[(layer, head)]
+        table = cached[(layer, head), z.device]
         index = at.clamp(0, table.shape[1] - 1)
-        return table[draws["rows"][:, None], index]
+        return table[draws["rows"].to(z.device)[:, None], index]
 
     return z_hooks(spec, grouped, transform)

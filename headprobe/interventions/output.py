@@ -11,7 +11,7 @@ import torch
 from headprobe.errors import InterventionError
 from headprobe.interventions.heads import DEFAULT_EPS, HookList, finite, prepare, z_hooks
 from headprobe.models import describe_model
-from headprobe.runtime.hooks import model_device
+from headprobe.runtime.hooks import model_device, onloaded
 from headprobe.types import Head
 from headprobe.weights import head_output_weights
 
@@ -60,7 +60,8 @@ def head_output_matrix(model: Any, layer: int, head: int) -> torch.Tensor:
     :func:`headprobe.weights.head_output_weights`)."""
     spec = describe_model(model)
     spec.check_head(layer, head)
-    return head_output_weights(model, spec, layer)[head]
+    with onloaded(model.blocks[layer]):  # weights offloaded by a device map: loaded here
+        return head_output_weights(model, spec, layer)[head].clone()
 
 
 def add_to_output(
@@ -117,7 +118,7 @@ def add_to_output(
         selected = torch.tensor([int(p) for p in listed], dtype=torch.long, device=device)
 
     def transform(z: torch.Tensor, layer: int, head: int, at: torch.Tensor) -> torch.Tensor:
-        added = per_head[(layer, head)].to(z.dtype)
+        added = per_head[(layer, head)].to(z.device, z.dtype)  # z: on its layer's device
         if selected is None:
             return z + added
         hit = torch.isin(at, selected.to(at.device))  # [B, T]

@@ -14,7 +14,7 @@ import torch
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import InterventionError
-from headprobe.interventions.heads import HookList, finite, prepare
+from headprobe.interventions.heads import HookList, OnDevice, finite, prepare
 from headprobe.runtime.hooks import model_device
 from headprobe.runtime.positions import key_positions, query_positions
 
@@ -78,10 +78,11 @@ def set_pattern(model: Any, heads: Iterable[Sequence[int]], pattern: torch.Tenso
     if not bool(torch.isfinite(given).all()) or bool((given < 0).any()):
         raise InterventionError("pattern must be finite and non-negative")
     device = model_device(model)
-    given = given.to(device)
+    stored = OnDevice({"pattern": given.to(device)})  # read on each layer's device
 
     def transform(old: torch.Tensor, visible: torch.Tensor, layer: int, head: int,
                   at_query: torch.Tensor, at_key: torch.Tensor) -> torch.Tensor:
+        given = stored["pattern", old.device]
         reached = int(torch.maximum(at_query.max(), at_key.max())) + 1
         if given.shape[-1] < reached:
             raise InterventionError(

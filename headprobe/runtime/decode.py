@@ -44,7 +44,6 @@ with them, also on error) and, after every step's token is chosen, the batch's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,7 +59,7 @@ from headprobe.runtime.hooks import Hook, attached, model_device, model_dtype
 from headprobe.runtime.image_features import BatchImageFeatures
 from headprobe.runtime.layers import embed, position_masks, run_from_layer
 from headprobe.runtime.positions import forward_positions
-from headprobe.runtime.sdpa import attention_hooks_idle, sdpa_attention, sdpa_supported
+from headprobe.runtime.sdpa import fused_attention
 from headprobe.runtime.stream import ReduceContext, Reducer, call_reducer
 
 __all__ = [  # position_masks: re-exported
@@ -272,7 +271,11 @@ def generate(
             # before the last), so it may run the fused attention when nothing else listens
             with torch.no_grad(), attached(model, hook_list):
                 run.prefill_prefix()
-                with attached(model, observer_hooks):
+                # the steps run sdpa in every layer nobody listens to inside the attention
+                # (an observer's layers, a pattern edit's, stay eager); the reference route
+                # (use_cache=False) stays eager throughout
+                with attached(model, observer_hooks), fused_attention(
+                        model, spec, enabled=use_cache and run.runner):
                     for step in range(max_new_tokens):
                         state["step"] = step
                         logits = run.forward(step).float()  # [B, V]
@@ -431,23 +434,22 @@ class _BatchRun:
 
     def prefill_prefix(self) -> None:
         """With ``prefill_chunk``: cache the prompt columns before every row's last prompt
-        token, in chunks, before step 0 (which then runs the rest). When no hook listens
-        inside the attention (:func:`~headprobe.runtime.sdpa.attention_hooks_idle`) the
-        chunks run the fused ``sdpa`` attention (no [B, H, chunk, T] scores held)."""
+        token, in chunks, before step 0 (which then runs the rest). Every layer whose
+        attention no hook listens to inside (:func:`~headprobe.runtime.sdpa.fused_attention`)
+        runs the fused ``sdpa`` attention (no [B, H, chunk, T] scores held);
+        ``fused_prefill`` says whether all layers did."""
         batch = self.batch
         if self.prefill_chunk is None or not self.use_cache:
             return
         first = int(batch.last.min())
-        fused = (first > 0 and self.runner and sdpa_supported(self.spec)
-                 and attention_hooks_idle(self.model, self.spec))
-        with sdpa_attention(self.model, self.spec) if fused else nullcontext():
+        with fused_attention(self.model, self.spec, enabled=first > 0 and self.runner) as fused:
             for start in range(0, first, self.prefill_chunk):
                 stop = min(start + self.prefill_chunk, first)
                 column = torch.full((batch.size,), stop - 1, dtype=torch.long,
                                     device=batch.tokens.device)
                 self._cached(0, batch.tokens[:, start:stop], start, column, prefix=True)
         self.prefilled = first
-        self.fused_prefill = fused
+        self.fused_prefill = len(fused) == self.spec.n_layers
 
     def _cached(self, step: int, ids: torch.Tensor, start: int, readout: torch.Tensor,
                 prefix: bool = False) -> torch.Tensor:

@@ -4,12 +4,19 @@ Every hook headprobe attaches goes through :func:`attached` (``model.hooks``), s
 removed when the block ends, also when it raises. :func:`capture` is the one capture
 mechanism: it records (detached clones of) activations at named hook points during whatever
 forward passes run inside its block, never changing them.
+
+Models spread over devices (``load_model(..., device_map=...)``, Hugging Face accelerate):
+:func:`model_device` is the device inputs go to and full-forward outputs come back on (the
+main device), not the first parameter's (which may be a ``meta`` placeholder of a weight
+offloaded to disk); activations seen by hooks live on their layer's device, so hooks move
+what they combine to the activation's device. :func:`onloaded` materializes offloaded weights
+for code that reads them outside a forward pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -26,8 +33,57 @@ def attached(model: Any, fwd_hooks: Sequence[Hook]) -> Iterator[Any]:
 
 
 def model_device(model: Any) -> torch.device:
-    """The device of the model's first parameter."""
-    return next(model.original_model.parameters()).device
+    """Where the model's inputs go: the device of its first parameter, or for a model
+    dispatched over several devices its main device (:func:`hf_input_device`)."""
+    return hf_input_device(model.original_model)
+
+
+def hf_input_device(hf_model: torch.nn.Module) -> torch.device:
+    """The device a Hugging Face model takes its inputs on and returns its outputs on.
+
+    A model dispatched by accelerate (``dispatch_model``) carries a hook on its top module
+    whose execution device is the main device (inputs are moved there, outputs come back on
+    the input's device); otherwise the first parameter's device that is not ``meta``
+    (CPU when there is none).
+    """
+    device = _execution_device(getattr(hf_model, "_hf_hook", None))
+    if device is not None:
+        return device
+    for param in hf_model.parameters():
+        if param.device.type != "meta":
+            return param.device
+    return torch.device("cpu")
+
+
+def _execution_device(hook: Any) -> torch.device | None:
+    """The execution device of an accelerate hook (or of the first hook of a sequence)."""
+    if hook is None:
+        return None
+    for inner in getattr(hook, "hooks", ()):  # SequentialHook
+        found = _execution_device(inner)
+        if found is not None:
+            return found
+    device = getattr(hook, "execution_device", None)
+    if device is None:
+        return None
+    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+
+
+@contextmanager
+def onloaded(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the block, the weights of ``module`` and its submodules that accelerate offloaded
+    (``meta`` placeholders of a model dispatched with ``"cpu"`` / ``"disk"`` entries) are
+    loaded on their execution devices; they are offloaded again afterwards, also on error.
+    A no-op for modules without offloaded weights. Read weights inside the block and copy
+    what is kept (``.detach().clone()`` or ``.to(...)``)."""
+    with ExitStack() as stack:
+        hooked = [m for m in module.modules() if "_hf_hook" in vars(m)]
+        if hooked:
+            from accelerate.utils import align_module_device
+
+            for submodule in hooked:
+                stack.enter_context(align_module_device(submodule))
+        yield module
 
 
 def model_dtype(model: Any) -> torch.dtype:

@@ -25,6 +25,13 @@ padded batch this is HF's column-causal mask on every real query row (padding qu
 nothing; no real position reads them), and it stays right when a KV cache holds pad columns
 between a prompt and its continuation. Rotary tables are built for the absolute positions of
 the columns that run.
+
+Models spread over devices (``load_model(..., device_map=...)``): every module called here
+(embedding, decoder layers, final norm, unembedding, rotary table) is one that
+:func:`headprobe.placement.dispatch_hf_model` gives an accelerate hook of its own, so calling it
+directly moves its inputs (residual, masks, rotary tables, positions) to its device and loads
+offloaded weights, as the full forward does; keys/values and the residual stay where their
+layer ran, and the logits are returned on the model's main device.
 """
 
 from __future__ import annotations
@@ -82,8 +89,10 @@ class _PrefixCache:
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int,
                *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """[c*B, n_kv, S, d_head] new keys/values -> [c*B, n_kv, P + S, d_head]."""
-        old_key = self.prefix.keys[layer_idx].to(key.dtype).repeat(self.copies, 1, 1, 1)
-        old_value = self.prefix.values[layer_idx].to(value.dtype).repeat(self.copies, 1, 1, 1)
+        old_key = self.prefix.keys[layer_idx].to(key.device, key.dtype).repeat(
+            self.copies, 1, 1, 1)
+        old_value = self.prefix.values[layer_idx].to(value.device, value.dtype).repeat(
+            self.copies, 1, 1, 1)
         return torch.cat([old_key, key], dim=-2), torch.cat([old_value, value], dim=-2)
 
 
@@ -354,7 +363,8 @@ def run_from_layer(
 
     Returns:
         [B, S, V] logits (``S = T`` without prefix or cache), or [B, V] with ``positions``;
-        equal to the full forward's logits at those columns.
+        equal to the full forward's logits at those columns, on the device a full forward
+        returns them on (:func:`~headprobe.runtime.hooks.model_device`).
 
     Raises:
         NotImplementedError: the architecture is not supported (names the fallback).
@@ -391,7 +401,7 @@ def run_from_layer(
     softcap = spec.final_logit_softcap
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    return logits
+    return logits.to(model_device(model))  # where a full forward returns them
 
 
 def _cached_columns(cache: Any, resid: torch.Tensor, layer: int, spec: ModelSpec,

@@ -23,7 +23,7 @@ touched.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,7 +32,8 @@ import torch
 from headprobe.arch import ModelSpec
 from headprobe.weights import hf_module
 
-__all__ = ["attention_hooks_idle", "sdpa_attention", "sdpa_supported"]
+__all__ = ["attention_hooks_idle", "fused_attention", "idle_attention_layers", "sdpa_attention",
+           "sdpa_supported"]
 
 # children of the bridge attention whose hooks still fire when the HF attention runs (its
 # q_proj / k_proj / v_proj / o_proj are these bridge components)
@@ -57,29 +58,40 @@ def _has_hooks(module: torch.nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
 
 
+def _layer_idle(attention: Any) -> bool:
+    """Whether no hook is attached inside one bridge attention except its projections."""
+    original = getattr(attention, "_original_component", None)
+    if original is None:  # not a bridge attention: nothing to swap
+        return False
+    projections = [getattr(attention, name, None) for name in _PROJECTIONS]
+    inside = {id(m) for p in projections if p is not None for m in p.modules()}
+    inside |= {id(m) for m in original.modules()}
+    return not any(id(module) not in inside and _has_hooks(module)
+                   for module in attention.modules())
+
+
+def idle_attention_layers(model: Any, spec: ModelSpec) -> list[int]:
+    """The layers whose attention has no hook attached except on its projections (those
+    :func:`sdpa_attention` can swap without skipping a hook)."""
+    return [layer for layer, (_, attention) in enumerate(_layers(model, spec))
+            if _layer_idle(attention)]
+
+
 def attention_hooks_idle(model: Any, spec: ModelSpec) -> bool:
     """Whether no hook is attached inside any layer's attention except its projections (the
     hooks :func:`sdpa_attention` would skip: ``hook_attn_scores``, ``hook_pattern``,
     ``hook_rot_q`` / ``hook_rot_k``, ``hook_q_input`` ..., the attention's ``hook_in`` /
     ``hook_out``)."""
-    for _, attention in _layers(model, spec):
-        original = getattr(attention, "_original_component", None)
-        if original is None:  # not a bridge attention: nothing to swap
-            return False
-        projections = [getattr(attention, name, None) for name in _PROJECTIONS]
-        inside = {id(m) for p in projections if p is not None for m in p.modules()}
-        inside |= {id(m) for m in original.modules()}
-        for module in attention.modules():
-            if id(module) not in inside and _has_hooks(module):
-                return False
-    return True
+    return len(idle_attention_layers(model, spec)) == spec.n_layers
 
 
 @contextmanager
-def sdpa_attention(model: Any, spec: ModelSpec) -> Iterator[None]:
-    """Within the block, every layer runs its original HF attention with ``sdpa``.
+def sdpa_attention(model: Any, spec: ModelSpec,
+                   layers: Sequence[int] | None = None) -> Iterator[None]:
+    """Within the block, the given layers (default every layer) run their original HF
+    attention with ``sdpa``.
 
-    The caller must make sure the skipped hooks are idle (:func:`attention_hooks_idle`) and
+    The caller must make sure the skipped hooks are idle (:func:`idle_attention_layers`) and
     the architecture is supported (:func:`sdpa_supported`); both are checked here too.
 
     Raises:
@@ -89,13 +101,16 @@ def sdpa_attention(model: Any, spec: ModelSpec) -> Iterator[None]:
     if not sdpa_supported(spec):
         raise ValueError(f"{spec.name}: sdpa attention needs a layer-runner architecture "
                          "without attention soft-capping")
-    if not attention_hooks_idle(model, spec):
+    chosen = set(range(spec.n_layers) if layers is None else layers)
+    if not chosen <= set(idle_attention_layers(model, spec)):
         raise ValueError("a hook is attached inside an attention (pattern, scores, rotary "
                          "q/k...); sdpa would skip it: run the eager bridge attention")
     swapped: list[tuple[Any, Any, Any, Any]] = []
     name = spec.facts.attention_module
     try:
-        for decoder_layer, attention in _layers(model, spec):
+        for layer, (decoder_layer, attention) in enumerate(_layers(model, spec)):
+            if layer not in chosen:
+                continue
             original = attention._original_component
             config = original.config
             fused = copy.copy(config)
@@ -108,3 +123,23 @@ def sdpa_attention(model: Any, spec: ModelSpec) -> Iterator[None]:
         for decoder_layer, attention, original, config in reversed(swapped):
             original.config = config
             setattr(decoder_layer, name, attention)
+
+
+@contextmanager
+def fused_attention(model: Any, spec: ModelSpec, enabled: bool = True) -> Iterator[list[int]]:
+    """Run every layer whose attention nobody listens to inside with ``sdpa``, the others
+    eagerly; yields the fused layers (``[]`` when ``enabled`` is false or the architecture
+    is not supported).
+
+    Attach the run's hooks before entering: a hook on ``hook_z`` or the projections (head
+    output patching and ablation, steering the residual) leaves a layer fused; one on the
+    pattern, the scores or the rotated queries (pattern edits, Gemma 3's post-norm query
+    scaling, attention observers) keeps that layer eager. The numbers equal the eager run's
+    to float round-off."""
+    layers = (idle_attention_layers(model, spec) if enabled and sdpa_supported(spec)
+              else [])
+    if not layers:
+        yield []
+        return
+    with sdpa_attention(model, spec, layers):
+        yield layers

@@ -5,11 +5,14 @@ et al. 2022, "In-context Learning and Induction Heads"): the clean run with head
 set to 0 (``zero``) or to its mean over every real token of every prompt (``mean``); with
 ``logit_diff`` the score is the mean change of ``LD = logit[answer] - logit[distractor]``
 (negative: the head supports the answer), with ``normalized_logit_diff`` ``mean LD(ablated) /
-mean LD_clean``. Runs :func:`headprobe.fastscan.scan_heads` where supported, else the loop.
+mean LD_clean``. Runs :func:`headprobe.fastscan.scan_heads` where supported, else the loop;
+sharded over Ray workers through :func:`headprobe.distributed.ray_scorer` (``headprobe scan
+ablation_scan --ray``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from headprobe.arch import ModelSpec
@@ -24,12 +27,13 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
 
 
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
-             batch_size: int, progress: bool) -> ScoreResult:
+             batch_size: int, progress: bool, *,
+             distributed: Mapping[str, Any] | None = None) -> ScoreResult:
     if params["method"] not in ("zero", "mean"):
         raise ScorerParamError(f"ablation_scan method must be 'zero' or 'mean', got "
                              f"{params['method']!r}")
     return run_scan(model, spec, data, params, batch_size, progress, method=params["method"],
-                    direction="denoising")
+                    direction="denoising", distributed=distributed)
 
 
 SCORER = Scorer(

@@ -7,11 +7,13 @@ prompt; ``noising`` the other way round. With ``normalized_logit_diff`` the scor
 ``(mean LD(patched) - mean LD_corrupt) / (mean LD_clean - mean LD_corrupt)`` (1 = clean
 behaviour); with ``logit_diff`` the mean change of ``LD = logit[answer] - logit[distractor]``.
 Runs :func:`headprobe.fastscan.scan_heads` (prefix reuse) where the layer runner supports the
-architecture, else the reference loop (``engine="auto"``).
+architecture, else the reference loop (``engine="auto"``). Sharded over Ray workers through
+:func:`headprobe.distributed.ray_scorer` (``headprobe scan activation_patching --ray``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from headprobe.arch import ModelSpec
@@ -23,8 +25,14 @@ from headprobe.types import normalize_direction
 
 
 def run_scan(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
-             batch_size: int, progress: bool, *, method: str, direction: str) -> ScoreResult:
-    """Run the fast scan (or the loop) on the task in ``data`` and wrap its table."""
+             batch_size: int, progress: bool, *, method: str, direction: str,
+             distributed: Mapping[str, Any] | None = None) -> ScoreResult:
+    """Run the fast scan (or the loop) on the task in ``data`` and wrap its table.
+
+    ``distributed``: keywords of :func:`headprobe.distributed.ray_scan` (``model_name``,
+    ``address``, ``num_workers``, ...): the same scan sharded over Ray workers, its
+    ``meta["distributed"]`` kept.
+    """
     engine = params["engine"]
     if engine not in ("auto", "fast", "loop"):
         raise ScorerParamError(f"engine must be 'auto', 'fast' or 'loop', got {engine!r}")
@@ -32,12 +40,24 @@ def run_scan(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, An
     kwargs: dict[str, Any] = {"method": method, "metric": params["metric"],
                               "direction": direction, "layers": params["layers"],
                               "batch_size": batch_size, "progress": progress}
-    table: HeadTable = (scan_heads(model, data.payload, heads_per_pass=params["heads_per_pass"],
-                                   **kwargs) if fast else loop_scan(model, data.payload, **kwargs))
+    table: HeadTable
+    if distributed is not None:
+        from headprobe.distributed import ray_scan
+
+        table = ray_scan(task=data.payload, heads_per_pass=params["heads_per_pass"],
+                         fast=bool(fast), **kwargs, **dict(distributed))
+    elif fast:
+        table = scan_heads(model, data.payload, heads_per_pass=params["heads_per_pass"],
+                           **kwargs)
+    else:
+        table = loop_scan(model, data.payload, **kwargs)
+    meta = scan_meta(table.meta)
+    if "distributed" in table.meta:
+        meta["distributed"] = table.meta["distributed"]
     return ScoreResult(score=table.pivot().to_numpy(),
                        columns={"std": table.pivot("std").to_numpy(),
                                 "mean_ld": table.pivot("mean_ld").to_numpy()},
-                       meta=scan_meta(table.meta))
+                       meta=meta)
 
 
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
@@ -46,13 +66,14 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
 
 
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
-             batch_size: int, progress: bool) -> ScoreResult:
+             batch_size: int, progress: bool, *,
+             distributed: Mapping[str, Any] | None = None) -> ScoreResult:
     try:
         direction = normalize_direction(params["direction"])
     except ValueError as error:
         raise ScorerParamError(str(error)) from error
     return run_scan(model, spec, data, params, batch_size, progress, method="patch",
-                    direction=direction)
+                    direction=direction, distributed=distributed)
 
 
 SCORER = Scorer(

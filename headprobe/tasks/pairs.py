@@ -43,6 +43,22 @@ class ScanData:
     name: str
     prompts: list[str] | None = None
 
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def subset(self, rows: Sequence[int]) -> ScanData:
+        """The items at ``rows`` (in that order), e.g. one shard of a sharded scan."""
+        rows = [int(row) for row in rows]
+        if any(not 0 <= row < len(self.clean) for row in rows):
+            raise IndexError(f"rows must lie in 0..{len(self.clean) - 1}, got {rows}")
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return ScanData(
+            [self.clean[row] for row in rows],
+            None if self.corrupt is None else [self.corrupt[row] for row in rows],
+            self.answers[index], self.distractors[index] if self.distractors is not None
+            else self.distractors, self.name,
+            None if self.prompts is None else [self.prompts[row] for row in rows])
+
 
 def check_pairs(clean: Sequence[torch.Tensor | Encoded], corrupt: Sequence[torch.Tensor | Encoded],
                 prompts: Sequence[str] | None = None) -> None:

@@ -1,0 +1,81 @@
+"""The conditions of an ablation experiment judged on Ray workers (:func:`ray_judge`).
+
+The driver draws the random control sets and computes the means / resample sources once; each
+condition (baseline, target, each random set) is judged on one free worker. No checkpoint is
+kept: a restarted experiment judges every condition again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from headprobe.distributed.pool import RayScanPool, collect, import_ray, pool_for
+
+
+def ray_judge(
+    model_name: str,
+    task: Any,
+    conditions: Sequence[tuple[str, Sequence[tuple[int, int]] | None]],
+    *,
+    method: str,
+    options: Mapping[str, Any],
+    all_heads: Sequence[tuple[int, int]],
+    batch_size: int = 8,
+    pool: RayScanPool | None = None,
+    address: str | None = None,
+    num_workers: int = 2,
+    load_options: Mapping[str, Any] | None = None,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: float | None = None,
+    max_retries: int = 2,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The conditions of an ablation experiment (:func:`headprobe.experiments.ablation.
+    ablation_experiment`: baseline, target, random control sets) judged on Ray workers, one
+    condition at a time per free worker.
+
+    Args:
+        task: the :class:`~headprobe.tasks.base.Task`.
+        conditions: ``(name, heads)``; ``heads`` ``None`` is the clean model.
+        method, options, all_heads, batch_size: of the driver's
+            :class:`~headprobe.experiments.runner.ConditionRunner` (``options`` holding the
+            means / resample sources it computed once, so every worker ablates with them).
+        Other arguments: as :func:`ray_scan`.
+
+    Returns:
+        ``({name: [N] bool}, distributed meta)``.
+    """
+    from tqdm.auto import tqdm
+
+    ray = import_ray()
+    pool, own_pool = pool_for(pool, model_name, num_workers=num_workers, address=address,
+                              load_options=load_options, cpus_per_worker=cpus_per_worker,
+                              gpus_per_worker=gpus_per_worker, max_retries=max_retries)
+    try:
+        task_ref = ray.put(task)
+        setup_ref = ray.put({"method": method, "options": dict(options),
+                             "all_heads": [tuple(h) for h in all_heads],
+                             "batch_size": batch_size})
+        correct: dict[str, Any] = {}
+        pids: set[int] = set()
+        bar = tqdm(total=len(conditions), desc=f"ray ablate ({method})", disable=not progress,
+                   leave=False)
+
+        def on_done(condition: tuple[str, Any], out: dict[str, Any]) -> None:
+            correct[out["name"]] = out["correct"]
+            pids.add(int(out["pid"]))
+            bar.update(1)
+
+        try:
+            collect(pool, list(conditions),
+                    lambda actor, c: actor.judge.remote(task_ref, c[0], c[1], setup_ref),
+                    on_done, lambda c: f"condition {c[0]}")
+        finally:
+            bar.close()
+        meta = {"backend": "ray", "address": address or "local", "workers": pool.num_workers,
+                "conditions": len(conditions), "worker_pids": sorted(pids)}
+        return correct, meta
+    finally:
+        if own_pool:
+            pool.close()
