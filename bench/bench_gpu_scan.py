@@ -136,12 +136,15 @@ def profile(fn: Any, device: str, rows: int = 25) -> None:
     activities = [ProfilerActivity.CPU]
     if device.startswith("cuda"):
         activities.append(ProfilerActivity.CUDA)
-    with torch_profile(activities=activities) as prof:
+    with torch_profile(activities=activities, record_shapes=True) as prof:
         fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=rows), flush=True)
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by=key, row_limit=rows, max_name_column_width=40, max_shapes_column_width=90),
+        flush=True)
 
 
 def timed(fn: Any, device: str) -> tuple[Any, float]:

@@ -302,6 +302,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                        "num_workers": args.ray_workers,
                        "load_options": {"device": args.device, "dtype": args.dtype,
                                         **placement_options(args)}}
+        if out is not None:  # each judged condition kept: a restarted run resumes
+            distributed.update(checkpoint_dir=out, fresh=args.fresh, echo=print)
     model, spec = _load_from(args, args.model)
     result = ablation_experiment(
         model, task, heads, method=args.method, n_random=args.n_random, seed=args.seed,
@@ -468,7 +470,8 @@ def _add_ablate(sub: Any) -> None:
     ablate.add_argument("--out", default=None,
                         help="write ablation.csv, ablation.html and meta.json here")
     _ray_options(ablate, what="judge the conditions (baseline, target, random sets) on Ray "
-                 "workers")
+                 "workers (with --out each judged condition is checkpointed)")
+    _fresh_option(ablate)
     _run_options(ablate, n_help="number of task prompts")
     ablate.set_defaults(func=cmd_ablate)
 

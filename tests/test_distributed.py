@@ -12,6 +12,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from test_fastscan import TINY_ITEMS  # shared tiny prompt pairs
 
 from headprobe.checkpoint import CHECKPOINT_DIR
@@ -197,6 +198,35 @@ class TestOnPool:
         assert got.meta["random_sets"] == local.meta["random_sets"]
         assert got.meta["distributed"]["conditions"] == 6  # baseline, target, 4 random sets
         assert "distributed" not in local.meta
+
+    def test_ablation_conditions_resume_from_the_checkpoint(self, pool, tiny_llama, tmp_path,
+                                                            monkeypatch):
+        from headprobe.checkpoint import Checkpoint
+
+        model, _ = tiny_llama
+        task = Task("tiny", ITEMS, judge="next_token")
+        kwargs = {"heads": [(1, 0), (2, 3)], "method": "zero", "n_random": 3,
+                  "n_bootstrap": 0, "batch_size": 2, "progress": False}
+        ray_options = {"model_name": MODEL, "pool": pool, "checkpoint_dir": tmp_path}
+        finish = Checkpoint.finish
+        monkeypatch.setattr(Checkpoint, "finish", lambda self: None)  # a driver that died
+        first = ablation_experiment(model, task, distributed=ray_options, **kwargs)
+        monkeypatch.setattr(Checkpoint, "finish", finish)
+        (path,) = (tmp_path / ".checkpoints").glob("ablation_ray.pt")
+        record = torch.load(path, weights_only=True)
+        assert sorted(record["state"]["correct"]) == sorted(first.correct)
+        for name in ("target", "random_1"):  # these two had not come back
+            del record["state"]["correct"][name]
+        torch.save(record, path)
+        lines: list[str] = []
+        again = ablation_experiment(model, task, distributed={**ray_options,
+                                                             "echo": lines.append}, **kwargs)
+        meta = again.meta["distributed"]
+        assert meta["conditions_run"] == ["target", "random_1"]
+        assert meta["conditions_resumed"] == ["baseline", "random_0", "random_2"]
+        assert any("resum" in line for line in lines)
+        pd.testing.assert_frame_equal(again.table, first.table)
+        assert not path.exists()  # finished: removed
 
     def test_pool_holds_one_model(self, pool):
         with pytest.raises(UsageError, match="pool's workers hold"):

@@ -31,8 +31,9 @@ flight finish (and be checkpointed), then raises :class:`ShardFailedError`.
 :func:`ray_judge` does the same for an ablation experiment
 (:func:`headprobe.experiments.ablation.ablation_experiment` with ``distributed=``): its
 conditions (baseline, target, each random control set) are judged one per free worker, with
-the random sets drawn and the means / resample sources computed once by the driver. It keeps
-no checkpoint (a restarted experiment judges every condition again).
+the random sets drawn and the means / resample sources computed once by the driver; with a
+``checkpoint_dir`` each judged condition is saved at once and a restarted experiment judges
+only the missing ones.
 
 Ray is imported only inside the functions here, so ``import headprobe.distributed`` works
 without it; asking for a Ray scan without Ray raises :class:`RayNotInstalledError`.

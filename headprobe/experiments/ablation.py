@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from headprobe.arch import ModelSpec
+from headprobe.checkpoint import Checkpoint, run_key_fields
 from headprobe.experiments.controls import RandomFrom, format_heads, random_head_sets
 from headprobe.experiments.judging import check_task
 from headprobe.experiments.runner import (
@@ -34,6 +36,7 @@ from headprobe.experiments.stats import (
     no_bootstrap,
 )
 from headprobe.headtable import atomic_write, ensure_output_dir, write_json
+from headprobe.inputs import encode_prompts, fingerprint
 from headprobe.interventions import normalize_heads
 from headprobe.models import describe_model
 from headprobe.provenance import Timer
@@ -115,7 +118,9 @@ def ablation_experiment(
         method_options: extra options of the method (e.g. ``{"factor": 1e-5}``).
         distributed: judge the conditions on Ray workers: keywords of
             :func:`headprobe.distributed.ray_judge` (``model_name``, the name ``model`` was
-            loaded from, and ``pool`` or ``address`` / ``num_workers`` / ``load_options``);
+            loaded from, and ``pool`` or ``address`` / ``num_workers`` / ``load_options``),
+            plus ``checkpoint_dir`` (keep each judged condition there: a restarted
+            experiment judges only the missing ones), ``fresh`` and ``echo``;
             ``meta["distributed"]`` says so. ``None``: in this process.
 
     Returns:
@@ -146,13 +151,20 @@ def ablation_experiment(
     conditions += [(f"random_{i}", s) for i, s in enumerate(random_sets)]
     correct: dict[str, np.ndarray] = {}
     extra: dict[str, Any] = {}
+    checkpoint = None
     if distributed is not None:
         from headprobe.distributed import ray_judge
 
+        ray_options = dict(distributed)
+        checkpoint = _conditions_checkpoint(
+            model, spec, task, ray_options, seed=seed, batch_size=batch_size,
+            params={"method": method, "method_options": jsonable_options(options),
+                    "heads": format_heads(target), "random_from": random_from,
+                    "random_sets": [format_heads(s) for s in random_sets]})
         correct, extra["distributed"] = ray_judge(
             task=task, conditions=conditions, method=method, options=runner.options,
             all_heads=[h for s in [target, *random_sets] for h in s], batch_size=batch_size,
-            progress=progress, **dict(distributed))
+            progress=progress, checkpoint=checkpoint, **ray_options)
     else:
         with progress_steps(len(conditions), progress, f"ablate ({method})") as step:
             for name, condition_heads in conditions:
@@ -173,7 +185,26 @@ def ablation_experiment(
                     f"{random_from} head sets on {task.name}",
         random_sets=[format_heads(s) for s in random_sets], **extra)
     figure = ablation_figure(table, title=f"{method} ablation on {task.name} — {spec.name}")
+    if checkpoint is not None:
+        checkpoint.finish()
     return ExperimentResult(table, figure, summary, meta, correct, name="ablation")
+
+
+def _conditions_checkpoint(model: Any, spec: ModelSpec, task: Task,
+                           ray_options: dict[str, Any], *, seed: int, batch_size: int,
+                           params: dict[str, Any]) -> Checkpoint | None:
+    """The checkpoint of the Ray-judged conditions (``ray_options`` keys ``checkpoint_dir``,
+    ``fresh``, ``echo``, removed from it), keyed by the model, the method and the head sets,
+    the seed and the task's prompts; ``None`` without ``checkpoint_dir``."""
+    folder = ray_options.pop("checkpoint_dir", None)
+    fresh = bool(ray_options.pop("fresh", False))
+    echo = ray_options.pop("echo", None)
+    if folder is None:
+        return None
+    digest = fingerprint(encode_prompts(model, task.prompts, spec))
+    return Checkpoint(folder, "ablation_ray", run_key_fields(
+        name="ablation_ray", spec=spec, params=params, seed=seed, n=len(task),
+        batch_size=batch_size, fingerprint=digest), fresh=fresh, echo=echo)
 
 
 def ablation_figure(table: pd.DataFrame, title: str) -> Any:
