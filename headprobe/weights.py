@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
+from headprobe.runtime.hooks import model_device, onloaded
 
 
 def head_output_weights(model: Any, spec: ModelSpec, layer: int | None = None) -> torch.Tensor:
@@ -21,15 +22,44 @@ def head_output_weights(model: Any, spec: ModelSpec, layer: int | None = None) -
     bias, which belongs to no head).
     """
     if layer is None:
-        weights = model.W_O.detach()
         expected: tuple[int, ...] = (spec.n_layers, spec.n_heads, spec.d_head, spec.d_model)
+        if not placed(model):
+            weights = model.W_O.detach()
+        else:  # layer by layer, each loaded where accelerate keeps it, gathered on one device
+            weights = torch.stack([_offloaded_w_o(model, spec, index)
+                                   for index in range(spec.n_layers)])
     else:
         spec.check_layer(layer)
-        weights = model.blocks[layer].attn.W_O.detach()
+        weights = (_offloaded_w_o(model, spec, layer) if placed(model)
+                   else model.blocks[layer].attn.W_O.detach())
         expected = (spec.n_heads, spec.d_head, spec.d_model)
     if tuple(weights.shape) != expected:
         raise RuntimeError(f"bridge W_O has shape {tuple(weights.shape)}, expected {expected}")
     return weights
+
+
+def placed(model: Any) -> bool:
+    """Whether ``model`` was spread over devices or offloaded by a device map
+    (:mod:`headprobe.placement`): its weights must then be read through :func:`read_weight`
+    or :func:`~headprobe.runtime.hooks.onloaded`."""
+    return bool(getattr(model.original_model, "hf_device_map", None))
+
+
+def read_weight(model: Any, module: torch.nn.Module, name: str = "weight") -> torch.Tensor:
+    """``module.<name>`` detached, on the model's main device: loaded first when a device map
+    offloaded it (``meta`` outside a forward pass), copied so it outlives the load."""
+    with onloaded(module):
+        tensor = getattr(module, name).detach()
+        if placed(model):
+            tensor = tensor.to(model_device(model), copy=True)
+    return tensor
+
+
+def _offloaded_w_o(model: Any, spec: ModelSpec, layer: int) -> torch.Tensor:
+    """Layer ``layer``'s ``W_O`` [H, d_head, d_model] of a model spread by a device map, read
+    with the layer's weights loaded and moved to the main device."""
+    with onloaded(hf_module(model, f"{spec.facts.layers_path}.{layer}")):
+        return model.blocks[layer].attn.W_O.detach().to(model_device(model), copy=True)
 
 
 def hf_module(model: Any, path: str, *, bridged: bool = False) -> Any:

@@ -264,6 +264,28 @@ def test_gemma3_offloaded(gemma_pair):
     check_scans(*gemma_pair, TOL, methods=("patch", "uniform_attention"))
 
 
+@pytest.mark.parametrize("pair", ["llama_pair", "gemma_pair"])
+@pytest.mark.parametrize("name", ["dla", "successor", "sink"])
+def test_weight_reading_scorers_equal(name, pair, request):
+    """Scorers that read weights outside a forward pass (W_O per head, the unembedding, the
+    norms, layer 0's MLP) load what the map offloaded and give the plain model's scores."""
+    from headprobe.registry import get_scorer
+    from headprobe.tasks.base import Task, TaskItem
+
+    plain, spread = request.getfixturevalue(pair)
+    items = [TaskItem("ab cd ab", "c", "x"), TaskItem("pq rs pq", "r", "x")]
+    prompts, options = (Task("pairs", items), {}) if name == "dla" else (None, {"n": 2})
+    expected = get_scorer(name)(plain, prompts, progress=False, **options)
+    got = get_scorer(name)(spread, prompts, progress=False, **options)
+    diff = float((expected["score"] - got["score"]).abs().max())
+    assert diff <= 1e-6, f"{name}: {diff}"
+    assert expected["score"].abs().max() > 0
+    assert got.meta["model_spec"]["device_map"]
+    # nothing stays loaded after the read: the offloaded weights are placeholders again
+    layer = dict(spread.original_model.named_modules())["model.layers.1"]
+    assert {p.device.type for p in layer.parameters()} == {"meta"}
+
+
 def test_string_maps(llama_pair, tmp_path):
     plain = llama_pair[0]
     ids = torch.tensor([[1, 10, 20, 30, 40]])

@@ -52,7 +52,7 @@ from headprobe.runtime.hooks import attached, model_device
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.tasks.pairs import item_answer_ids, task_items
-from headprobe.weights import head_output_weights, hf_module
+from headprobe.weights import head_output_weights, hf_module, read_weight
 
 REFERENCE = ("Elhage et al. 2021, A Mathematical Framework for Transformer Circuits; "
              "nostalgebraist 2020, the logit lens; METHODS.md section 7")
@@ -237,9 +237,11 @@ def checked_answer_ids(model: Any, task: Task) -> tuple[torch.Tensor, torch.Tens
 # The computation
 
 
-def _param(module: Any, name: str) -> torch.Tensor | None:
-    value = getattr(module, name, None)
-    return None if value is None else value.detach().double()
+def _param(model: Any, module: Any, name: str) -> torch.Tensor | None:
+    """``module.<name>`` in float64 (``None`` when absent), loaded first under a device map."""
+    if getattr(module, name, None) is None:
+        return None
+    return read_weight(model, module, name).double()
 
 
 @dataclass
@@ -262,23 +264,24 @@ def _weights(model: Any, spec: ModelSpec) -> _Weights:
     unembed = hf_module(model, facts.unembed)
     final = hf_module(model, facts.final_norm)
     layers = [f"{facts.layers_path}.{layer}" for layer in range(spec.n_layers)]
-    o_bias = [_param(hf_module(model, f"{p}.{facts.attention_module}.{facts.o_proj}"), "bias")
+    o_bias = [_param(model, hf_module(model, f"{p}.{facts.attention_module}.{facts.o_proj}"),
+                     "bias")
               for p in layers]
     post_w = post_b = None
     if facts.has_post_attention_norm:
         if facts.post_attention_norm is None:
             raise RuntimeError(f"{spec.model_type}: has_post_attention_norm without a module name")
         posts = [hf_module(model, f"{p}.{facts.post_attention_norm}") for p in layers]
-        weights = [_param(m, "weight") for m in posts]
-        biases = [_param(m, "bias") for m in posts]
+        weights = [_param(model, m, "weight") for m in posts]
+        biases = [_param(model, m, "bias") for m in posts]
         post_w = torch.stack(weights) if all(w is not None for w in weights) else None  # type: ignore[misc]
         post_b = torch.stack(biases) if all(b is not None for b in biases) else None  # type: ignore[misc]
     return _Weights(
         w_o=w_o,
-        w_u=unembed.weight.detach().double(),
-        b_u=_param(unembed, "bias"),
-        final_w=_param(final, "weight"),
-        final_b=_param(final, "bias"),
+        w_u=read_weight(model, unembed).double(),
+        b_u=_param(model, unembed, "bias"),
+        final_w=_param(model, final, "weight"),
+        final_b=_param(model, final, "bias"),
         b_o=torch.stack(o_bias) if all(b is not None for b in o_bias) else None,  # type: ignore[misc]
         post_w=post_w,
         post_b=post_b,

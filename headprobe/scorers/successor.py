@@ -69,9 +69,9 @@ from headprobe.ordinal_sets import (
     tokenize_sets,
     variant_names,
 )
-from headprobe.runtime.hooks import model_device
+from headprobe.runtime.hooks import model_device, onloaded
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
-from headprobe.weights import head_output_weights, hf_module
+from headprobe.weights import head_output_weights, hf_module, read_weight
 
 REFERENCE = ('Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention Heads '
              'In The Wild"')
@@ -154,10 +154,11 @@ def effective_embeddings(model: Any, spec: ModelSpec, token_ids: torch.Tensor,
     if embedding == "raw":
         return e
     layer0 = _layer(spec, 0)
-    out = _apply(hf_module(model, f"{layer0}.{names.mlp}"),
-                 _apply(hf_module(model, f"{layer0}.{names.pre_mlp_norm}"), e))
-    if names.post_mlp_norm is not None:
-        out = _apply(hf_module(model, f"{layer0}.{names.post_mlp_norm}"), out)
+    with onloaded(hf_module(model, layer0)):  # weights a device map offloaded, loaded
+        out = _apply(hf_module(model, f"{layer0}.{names.mlp}"),
+                     _apply(hf_module(model, f"{layer0}.{names.pre_mlp_norm}"), e))
+        if names.post_mlp_norm is not None:
+            out = _apply(hf_module(model, f"{layer0}.{names.post_mlp_norm}"), out)
     return out if embedding == "mlp0_out" else e + out
 
 
@@ -168,24 +169,28 @@ def head_readouts(model: Any, spec: ModelSpec, layer: int, resid: torch.Tensor) 
     names = block_names(spec)
     facts = spec.facts
     prefix = _layer(spec, layer)
-    normed = _apply(hf_module(model, f"{prefix}.{names.input_norm}"), resid)  # [N, d]
-    v_proj = hf_module(model, f"{prefix}.{facts.attention_module}.{facts.v_proj}")
-    w_v = v_proj.weight.detach().float().reshape(spec.n_kv_heads, spec.d_head, spec.d_model)
-    kv_of_head = torch.arange(spec.n_heads, device=w_v.device) // spec.group_size
-    z = torch.einsum("nd,hed->hne", normed.to(w_v.device), w_v[kv_of_head])  # [H, N, d_head]
-    if getattr(v_proj, "bias", None) is not None:
-        bias = v_proj.bias.detach().float().reshape(spec.n_kv_heads, spec.d_head)
-        z = z + bias[kv_of_head][:, None, :]
-    w_o = head_output_weights(model, spec, layer).float().to(z.device)  # [H, d_head, d]
-    out = torch.einsum("hne,hed->hnd", z, w_o)
-    if facts.has_post_attention_norm:
-        out = _apply(hf_module(model, f"{prefix}.{facts.post_attention_norm}"), out)
-    return _apply(hf_module(model, facts.final_norm), out)
+    w_o = head_output_weights(model, spec, layer).float()  # [H, d_head, d]
+    with onloaded(hf_module(model, prefix)):  # weights a device map offloaded, loaded
+        normed = _apply(hf_module(model, f"{prefix}.{names.input_norm}"), resid)  # [N, d]
+        v_proj = hf_module(model, f"{prefix}.{facts.attention_module}.{facts.v_proj}")
+        w_v = v_proj.weight.detach().float().reshape(spec.n_kv_heads, spec.d_head,
+                                                     spec.d_model)
+        kv_of_head = torch.arange(spec.n_heads, device=w_v.device) // spec.group_size
+        z = torch.einsum("nd,hed->hne", normed.to(w_v.device), w_v[kv_of_head])  # [H, N, e]
+        if getattr(v_proj, "bias", None) is not None:
+            bias = v_proj.bias.detach().float().reshape(spec.n_kv_heads, spec.d_head)
+            z = z + bias[kv_of_head][:, None, :]
+        out = torch.einsum("hne,hed->hnd", z, w_o.to(z.device))
+        if facts.has_post_attention_norm:
+            out = _apply(hf_module(model, f"{prefix}.{facts.post_attention_norm}"), out)
+    final_norm = hf_module(model, facts.final_norm)
+    with onloaded(final_norm):
+        return _apply(final_norm, out)
 
 
 def unembedding(model: Any, spec: ModelSpec) -> torch.Tensor:
     """[V, d_model] ``W_U`` rows (the ``lm_head`` weight; tied to the embedding for Gemma)."""
-    return hf_module(model, spec.facts.unembed).weight.detach()
+    return read_weight(model, hf_module(model, spec.facts.unembed))
 
 
 def set_logits(model: Any, spec: ModelSpec, tset: TokenizedSet, layer: int,
