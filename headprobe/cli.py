@@ -107,6 +107,16 @@ def placement_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def ray_workers(args: argparse.Namespace) -> dict[str, Any]:
+    """The Ray workers ``--ray [ADDRESS]`` / ``--ray-workers`` ask for, each loading
+    ``--model`` with the command's ``--device``, ``--dtype`` and placement
+    (:mod:`headprobe.distributed`)."""
+    return {"model_name": args.model, "address": args.ray or None,
+            "num_workers": args.ray_workers,
+            "load_options": {"device": args.device, "dtype": args.dtype,
+                             **placement_options(args)}}
+
+
 def _load_from(args: argparse.Namespace, spec: str) -> tuple[Any, Any]:
     """:func:`_load` with the command's ``--device``, ``--dtype`` and placement; prints what
     was loaded."""
@@ -174,10 +184,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.ray is not None:  # checks the scorer and that ray is importable, before loading
         from headprobe.distributed import ray_scorer
 
-        scorer = ray_scorer(scorer, model_name=args.model, address=args.ray or None,
-                            num_workers=args.ray_workers, shard_by=args.shard_by,
-                            load_options={"device": args.device, "dtype": args.dtype,
-                                          **placement_options(args)},
+        scorer = ray_scorer(scorer, **ray_workers(args), shard_by=args.shard_by,
                             checkpoint_dir=out, checkpoint_name=f"{scorer.name}_ray",
                             fresh=args.fresh, echo=print)
         print(f"sharding over {args.ray_workers} Ray workers by {args.shard_by} "
@@ -298,10 +305,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         from headprobe.distributed import import_ray
 
         import_ray()  # a clear error before loading the model
-        distributed = {"model_name": args.model, "address": args.ray or None,
-                       "num_workers": args.ray_workers,
-                       "load_options": {"device": args.device, "dtype": args.dtype,
-                                        **placement_options(args)}}
+        distributed = ray_workers(args)
         if out is not None:  # each judged condition kept: a restarted run resumes
             distributed.update(checkpoint_dir=out, fresh=args.fresh, echo=print)
     model, spec = _load_from(args, args.model)
