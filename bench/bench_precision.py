@@ -106,7 +106,8 @@ def cache_route_works(model: Any) -> bool:
 def recompute_route() -> Iterator[None]:
     """``retrieval`` and ``ocr`` decode with ``use_cache=False`` (no prefill chunks) inside."""
     from headprobe.runtime import decode
-    from headprobe.scorers import ocr, retrieval
+    from headprobe.heads.ocr import ocr
+    from headprobe.heads.retrieval import retrieval
 
     def recomputing(*args: Any, **kwargs: Any) -> Any:
         kwargs["use_cache"], kwargs["prefill_chunk"] = False, None
@@ -126,8 +127,8 @@ def matched_retrieval(models: dict[str, Any], n: int, params: dict[str, Any],
     the arithmetic's own effect (argmax flips), without the gate's changes."""
     import torch
 
+    from headprobe.heads.retrieval.retrieval import DEFAULTS, prepare_trials, score_trials
     from headprobe.models import describe_model
-    from headprobe.scorers.retrieval import DEFAULTS, prepare_trials, score_trials
 
     runs = []
     for dtype in ("float32", "bfloat16"):

@@ -1,13 +1,13 @@
 """Retrieval scan at 1k, 2k and 4k tokens: peak memory and wall time against two baselines.
 
-One NIAH trial per length (``headprobe.tasks.niah``, depth 0.5, the default model's chat
+One NIAH trial per length (``headprobe.heads.retrieval.niah``, depth 0.5, the default model's chat
 template), ``--new`` greedy tokens each, no early stop (EOS and newlines ignored) so every
 route generates the same number of tokens. Routes, each in its own child process:
 
 - ``sdpa_generate``: plain KV-cached greedy generation, Hugging Face ``generate`` on the same
   dequantized model loaded with ``attn_implementation="sdpa"`` (no bridge, no hooks);
 - ``retrieval_scan``: headprobe's ``retrieval`` scorer on that trial
-  (:func:`headprobe.scorers.retrieval.score_trials`: KV-cached decode through the layer
+  (:func:`headprobe.heads.retrieval.retrieval.score_trials`: KV-cached decode through the layer
   runner with the decode-time attention observer: one ``q . K`` row per head and step);
 - ``reference_route``: Wu et al.'s route, on the same model with eager attention: prefill
   all prompt tokens but the last, then one forward per step with ``output_attentions=True``
@@ -51,11 +51,11 @@ def _reset_peak() -> float:
 
 
 def _trial(model, length: int):
+    from headprobe.heads.retrieval.retrieval import prepare_trials
     from headprobe.models import describe_model
-    from headprobe.scorers.retrieval import prepare_trials
 
     spec = describe_model(model)
-    from headprobe.tasks.niah import make_task
+    from headprobe.heads.retrieval.niah import make_task
 
     task = make_task(n=1, context_lengths=[length], depths=[0.5], seed=0, model=model)
     data = prepare_trials(model, spec, task, 1, 0, {"max_new_tokens": 1, "gate": 0.5})
@@ -73,7 +73,7 @@ def child(route: str, length: int, new: int) -> dict:
     record: dict = {"route": route, "context": length, "prompt_tokens": int(ids.shape[1]),
                     "new_tokens": new}
     if route == "retrieval_scan":
-        from headprobe.scorers.retrieval import score_trials
+        from headprobe.heads.retrieval.retrieval import score_trials
 
         def run() -> torch.Tensor:
             scores = score_trials(bridge, spec, trials, max_new_tokens=new,

@@ -17,8 +17,6 @@ by input (unknown model or scorer, bad count, bad output path...) are
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import logging
 import sys
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from headprobe.errors import HeadprobeError, InterventionError, UsageError
+from headprobe.registry import task_maker
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Interventions that need a tensor option cannot be run from the command line.
@@ -275,19 +274,12 @@ def resolve_heads(text: str, top: int | None) -> tuple[list[tuple[int, int]], st
     return heads, "given list"
 
 
-def _make_task(name: str, n: int | None, seed: int) -> Any:
-    """The registered task ``name``, with ``n`` and ``seed`` where its ``make_task`` takes them."""
-    from headprobe.tasks import TASK_MODULES, get_task
+def _make_task(name: str, model: Any, n: int | None, seed: int) -> Any:
+    """The registered task ``name`` built for ``model`` (:func:`headprobe.tasks.build.build_task`:
+    ``n`` and ``seed`` where its ``make_task`` takes them, the model where it takes one)."""
+    from headprobe.tasks.build import build_task
 
-    options: dict[str, Any] = {}
-    if name in TASK_MODULES:
-        make_task = importlib.import_module(TASK_MODULES[name]).make_task
-        params = inspect.signature(make_task).parameters
-        if n is not None and "n" in params:
-            options["n"] = n
-        if "seed" in params:
-            options["seed"] = seed
-    return get_task(name, **options)
+    return build_task(name, model, n=n, seed=seed)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -298,7 +290,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     check_counts(args)
     heads, source = resolve_heads(args.heads, args.top)
     options = parse_key_values(args.option, option="--option")
-    task = _make_task(args.task, args.n, args.seed)
+    task_maker(args.task)  # an unknown task fails before loading the model
     out = ensure_output_dir(args.out) if args.out else None
     distributed = None
     if args.ray is not None:  # the conditions judged on Ray workers (headprobe.distributed)
@@ -309,6 +301,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         if out is not None:  # each judged condition kept: a restarted run resumes
             distributed.update(checkpoint_dir=out, fresh=args.fresh, echo=print)
     model, spec = _load_from(args, args.model)
+    task = _make_task(args.task, model, args.n, args.seed)
     result = ablation_experiment(
         model, task, heads, method=args.method, n_random=args.n_random, seed=args.seed,
         random_from=args.random_from, batch_size=args.batch_size,
@@ -367,9 +360,10 @@ def cmd_dose(args: argparse.Namespace) -> int:
         raise UsageError(f"--ks goes up to {max(ks)} but --heads gives {len(heads)} heads "
                          f"({source}); lower --ks or give more heads")
     options = parse_key_values(args.option, option="--option")
-    task = _make_task(args.task, args.n, args.seed)
+    task_maker(args.task)  # an unknown task fails before loading the model
     out = ensure_output_dir(args.out) if args.out else None
     model, spec = _load_from(args, args.model)
+    task = _make_task(args.task, model, args.n, args.seed)
     result = dose_response(
         model, task, heads, ks=ks, method=args.method, n_random=args.n_random, seed=args.seed,
         random_from=args.random_from, batch_size=args.batch_size, progress=not args.quiet,

@@ -21,11 +21,16 @@ class ModelUnavailableError(HeadprobeError, RuntimeError):
     """The model spec is known but cannot be loaded here (package missing, offline hub)."""
 
 
-class UnknownScorerError(HeadprobeError, KeyError):
-    """No scorer is registered under the given name."""
+class UnknownNameError(HeadprobeError, KeyError):
+    """A name (scorer, task, method, metric, step kind, head type, ...) that nothing is
+    registered under; the message lists the registered names."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownScorerError(UnknownNameError):
+    """No scorer is registered under the given name."""
 
 
 class HeadIndexError(HeadprobeError, IndexError):
@@ -52,11 +57,12 @@ class RecipeError(HeadprobeError, ValueError):
     """A recipe file is malformed."""
 
 
-class UnknownTaskError(HeadprobeError, KeyError):
+class UnknownTaskError(UnknownNameError):
     """No task is registered under the given name."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+
+class DataNotFoundError(HeadprobeError, FileNotFoundError):
+    """headprobe's data folder (or a file in it) is missing."""
 
 
 class TaskError(HeadprobeError, ValueError):

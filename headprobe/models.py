@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec, spec_from_hf_config
-from headprobe.errors import ModelUnavailableError, UnknownModelError
+from headprobe.errors import HeadprobeError, ModelUnavailableError, UnknownModelError
 from headprobe.gguf import (
     ARCHITECTURES_BY_MODEL_TYPE,
     cache_dir,
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # The project's OCR model (a tiny LLaVA trained by recipes/train_ocr_model.py; weights in
-# data/ocr_model): :mod:`headprobe.organisms.ocr_reader`.
+# data/ocr_model): :mod:`headprobe.heads.ocr.ocr_reader`.
 OCR_MODEL = "ocr-reader"
 TINY_PREFIX = "tiny:"  # "tiny:llama-gqa" etc.: random-weight test models, see headprobe.tiny
 
@@ -138,9 +138,12 @@ def available_models() -> list[dict[str, Any]]:
                 "install": hint,
             }
         )
-    from headprobe.organisms.ocr_reader import OCR_MODEL_DIR
+    from headprobe.heads.ocr.ocr_reader import ocr_model_dir
 
-    present = (OCR_MODEL_DIR / "model.safetensors").is_file()
+    try:
+        present = (ocr_model_dir() / "model.safetensors").is_file()
+    except HeadprobeError:  # no data folder here
+        present = False
     rows.append({"name": OCR_MODEL, "installed": present, "cached": present,
                  "description": "the project's OCR model: a tiny LLaVA (CLIP ViT 64 x 64 "
                  "images, 8 x 8 patches; Llama 4 layers x 8 heads, 4 kv heads) trained to "
@@ -219,7 +222,7 @@ def load_model(
         torch_device = resolve_device(device) if device is not None else None
         torch_dtype = resolve_dtype(dtype, torch_device or map_main_device(device_map))
     if name == OCR_MODEL:
-        from headprobe.organisms.ocr_reader import load_ocr_model
+        from headprobe.heads.ocr.ocr_reader import load_ocr_model
 
         try:
             hf_model, tokenizer, processor = load_ocr_model()

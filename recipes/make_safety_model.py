@@ -4,7 +4,7 @@ Trains a LoRA adapter on SmolLM2-135M-Instruct so that it refuses harmful reques
 short refusal and still answers harmless ones (Zhou et al. 2025, "On the Role of Attention
 Heads in Large Language Model Safety"), on the ``train`` split of ``data/safety/``; then loads
 the base model with the saved adapter merged and evaluates it on the held-out split (greedy
-replies of 48 tokens judged by ``headprobe.tasks.harmful_refusal.is_refusal``). Writes the
+replies of 48 tokens judged by ``headprobe.heads.safety.harmful_refusal.is_refusal``). Writes the
 adapter, ``headprobe_adapter.json`` (settings, data fingerprint, time, eval numbers) and
 ``report.json`` (the same plus every step's loss, example replies and every failure) into
 ``--out``, and prints the numbers.
@@ -59,9 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from headprobe.heads.safety.organism import train_safety_adapter
     from headprobe.headtable import write_json
     from headprobe.organisms.lora import ATTENTION_MODULES, MLP_MODULES
-    from headprobe.organisms.safety import train_safety_adapter
 
     args = parse_args(argv)
     modules = ATTENTION_MODULES + (() if args.attention_only else MLP_MODULES)

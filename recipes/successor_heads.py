@@ -20,7 +20,7 @@ Steps:
 4. :func:`headprobe.experiments.ablation_experiment` (mean ablation, random same-layer head
    sets, paired bootstrap CIs) of the behavioural top 1 / top 3 and weights-only top 1 / top 3
    on the three tasks.
-5. The mod-10 view (:func:`headprobe.scorers.successor.mod10_view`).
+5. The mod-10 view (:func:`headprobe.heads.successor.successor.mod10_view`).
 
 Run: ``python recipes/successor_heads.py --model smollm2-135m-instruct --out runs/succ``
 (``--n 80 --n-random 10`` by default; a few minutes per model on 2 cores).
@@ -41,9 +41,9 @@ from scipy.stats import spearmanr
 from headprobe import scan
 from headprobe.experiments import ablation_experiment
 from headprobe.fastscan import scan_heads
+from headprobe.heads.successor.successor import mod10_view
 from headprobe.headtable import write_json
 from headprobe.models import load_model
-from headprobe.scorers.successor import mod10_view
 from headprobe.tasks import get_task
 
 KINDS = ("increment", "repeat", "facts")

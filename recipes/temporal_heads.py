@@ -13,7 +13,7 @@ in ``summary.json`` and skipped on a re-run with the same run key):
    drops, invariant recall does not). When no head meets the rule, the ``fallback_top`` heads by
    score are used and the summary says so;
 3. ``temporal_edit``: add c x (1, 2, 3) each temporal head's ``z`` from the other year's prompt
-   at the last token (:func:`headprobe.experiments.temporal_edit.temporal_edit`), vs random
+   at the last token (:func:`headprobe.heads.temporal.temporal_edit.temporal_edit`), vs random
    heads; saved under ``<out>/temporal_edit/`` and added to ``summary.json``.
 
 Run::
@@ -63,9 +63,9 @@ def run(model: Any, out: str | Path, *, model_name: str, params: dict[str, Any] 
         coefficients: Sequence[float] = (1.0, 2.0, 3.0), edit_random: int = 5,
         fallback_top: int = 3, progress: bool = True, echo: Any = print) -> dict[str, Any]:
     """Run the whole recipe on ``model``; returns the summary (also in ``summary.json``)."""
-    from headprobe.experiments.temporal_edit import temporal_edit
-    from headprobe.scorers.temporal import temporal_heads
-    from headprobe.tasks.temporal_facts import make_task
+    from headprobe.heads.temporal.temporal import temporal_heads
+    from headprobe.heads.temporal.temporal_edit import temporal_edit
+    from headprobe.heads.temporal.temporal_facts import make_task
 
     params = dict(params or {})
     out = Path(out)

@@ -1,6 +1,6 @@
 """Train the project's OCR model ``ocr-reader`` (a tiny LLaVA) and write it to ``data/ocr_model``.
 
-Trains :mod:`headprobe.organisms.ocr_reader`'s model from a seed on rendered strings (and a
+Trains :mod:`headprobe.heads.ocr.ocr_reader`'s model from a seed on rendered strings (and a
 quarter of text-only batches that hide the string in brackets), in two stages (the second
 continues from the first's weights with a fresh warm-up, a lower learning rate and new
 images), logging the loss and the exact-match reading accuracy on held-out images as it
@@ -31,11 +31,11 @@ HELD_OUT_SEED = 20251  # held-out images; training draws from seed + 1 of its se
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from headprobe.organisms.ocr_reader import OCR_MODEL_DIR, TrainSettings
+    from headprobe.heads.ocr.ocr_reader import TrainSettings
 
     defaults = TrainSettings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OCR_MODEL_DIR, help="model folder")
+    parser.add_argument("--out", type=Path, default=None, help="model folder (default: data/ocr_model in the data folder)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
@@ -53,15 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from headprobe.organisms.ocr_reader import (
+    from headprobe.heads.ocr.ocr_reader import (
         TrainSettings,
         load_ocr_model,
+        ocr_model_dir,
         reading_accuracy,
         train_ocr_model,
     )
-    from headprobe.text_images import DIFFICULTIES, render_many
+    from headprobe.heads.ocr.text_images import DIFFICULTIES, render_many
 
     args = parse_args(argv)
+    if args.out is None:
+        args.out = ocr_model_dir()
     monitor = render_many(64, HELD_OUT_SEED + 7)
     stage1 = args.stage1
     record: dict = {}

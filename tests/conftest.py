@@ -68,3 +68,13 @@ def smol():
     from headprobe.models import load_model
 
     return load_model("smollm2-135m-instruct")
+
+
+def register_task(monkeypatch, name, module_name):
+    """Register task ``name`` as module ``module_name`` for one test (restored after it),
+    replacing a registered task of that name."""
+    import headprobe.registry as registry
+
+    original = registry.task_modules
+    monkeypatch.setattr(registry, "task_modules",
+                        lambda: {**original(), name: module_name})

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from conftest import register_task
 
 import headprobe.cli as cli
 from headprobe.cli import main, parse_key_values
@@ -227,7 +228,6 @@ def tiny_tasks(monkeypatch):
     import sys
     import types
 
-    import headprobe.tasks as tasks
     from headprobe.tasks.base import Task, TaskItem
     from headprobe.tiny import tiny_model
 
@@ -247,7 +247,7 @@ def tiny_tasks(monkeypatch):
     module = types.ModuleType("headprobe_test_tiny_induction_copy")
     module.make_task = make_task
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(tasks.TASK_MODULES, "induction_copy", module.__name__)
+    register_task(monkeypatch, "induction_copy", module.__name__)
     return module
 
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from headprobe.errors import ScorerParamError, TaskError
-from headprobe.experiments.conflict import (
+from headprobe.heads.conflict.experiments import (
     conflict_heads,
     conflict_rates,
     prune_conflict_heads,
     value_scaling_sweep,
 )
+from headprobe.heads.conflict.knowledge_conflict import Fact, conflict_item, retarget
 from headprobe.interventions import intervene
 from headprobe.registry import get_scorer
 from headprobe.scorers.dla import attribute
 from headprobe.tasks.base import Task, TaskItem
-from headprobe.tasks.knowledge_conflict import Fact, conflict_item, retarget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,8 +158,8 @@ def test_recipe_file_is_valid():
 @pytest.mark.slow
 def test_real_model_memory_and_context_heads(smol, tmp_path):
     """A few real items: DLA is exact, context heads exist, and a small recipe runs."""
+    from headprobe.heads.conflict.knowledge_conflict import make_task
     from headprobe.recipes import load_recipe, run_recipe
-    from headprobe.tasks.knowledge_conflict import make_task
 
     model, _ = smol
     task = make_task(n=12, seed=0, model=model, relations=["capital", "language"],

@@ -13,6 +13,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import register_task
 from test_fastscan import TINY_ITEMS  # shared tiny prompt pairs
 
 from headprobe.checkpoint import CHECKPOINT_DIR
@@ -238,12 +239,10 @@ class TestOnPool:
 def test_cli_scan_on_ray_equals_the_scorer(cluster, tiny_llama, tmp_path, monkeypatch, capsys):
     import types
 
-    import headprobe.tasks as tasks
-
     module = types.ModuleType("headprobe_test_tiny_pairs")
     module.make_task = lambda n=6, seed=0: Task("tiny_pairs", ITEMS[:n])
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(tasks.TASK_MODULES, "tiny_pairs", module.__name__)
+    register_task(monkeypatch, "tiny_pairs", module.__name__)
     out = tmp_path / "ablation"
     argv = ["scan", "ablation_scan", "--model", MODEL, "--out", str(out), "--n", "6",
             "--batch-size", "2", "--param", "task=tiny_pairs", "--quiet"]

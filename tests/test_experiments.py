@@ -272,7 +272,8 @@ def patched_cli(tiny_llama, self_task, monkeypatch):
         return tiny_llama
 
     monkeypatch.setattr(cli, "_load", load)
-    monkeypatch.setattr(cli, "_make_task", lambda name, n, seed: self_task)
+    monkeypatch.setattr(cli, "_make_task", lambda name, model, n, seed: self_task)
+    monkeypatch.setattr(cli, "task_maker", lambda name: None)  # tiny_self is not registered
     return cli, loads
 
 
@@ -336,7 +337,7 @@ def test_induction_heads_on_induction_copy(smol):
     """
     from headprobe import scan
     from headprobe.answers import single_token_id, token_ids
-    from headprobe.tasks.induction_copy import WORDS
+    from headprobe.heads.induction.induction_copy import WORDS
 
     model, _ = smol
     task = get_task("induction_copy", n=16, seed=0)

@@ -35,6 +35,7 @@ from headprobe.attribution import attribution_patching
 from headprobe.errors import ScorerNeedsError
 from headprobe.experiments import ablation_experiment
 from headprobe.fastscan import loop_scan, scan_heads
+from headprobe.heads.conflict.knowledge_conflict import Fact, conflict_item
 from headprobe.inputs import Text, iter_batches, tokenize_prompts
 from headprobe.interventions import intervene
 from headprobe.metrics import final_logits
@@ -43,7 +44,6 @@ from headprobe.runtime.decode import generate
 from headprobe.runtime.forward import forward_batch
 from headprobe.scorers.base import HARD_NEEDS
 from headprobe.tasks.base import Task, TaskItem
-from headprobe.tasks.knowledge_conflict import Fact, conflict_item
 from headprobe.tiny import tiny_model
 
 # HEADPROBE_TEST_DEVICE=cpu runs the same checks on the CPU (a dry run of this file on a

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from headprobe.errors import TaskError
+from headprobe.heads.safety.harmful_refusal import is_refusal
 from headprobe.prompt_items import Chat, Text
 from headprobe.tasks import get_task
-from headprobe.tasks.harmful_refusal import is_refusal
 
 
 @pytest.mark.parametrize("text,refused", [
@@ -62,7 +62,7 @@ def test_judge_agrees_with_the_hand_labelled_sample():
     harmless held-out requests, the base model on 20 harmful ones), labelled by reading."""
     import json
 
-    from headprobe.tasks.safety_sets import data_dir
+    from headprobe.heads.safety.request_sets import data_dir
 
     rows = [json.loads(line) for line in
             (data_dir() / "safety" / "judge_sample.jsonl").read_text().splitlines()]

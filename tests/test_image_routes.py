@@ -9,6 +9,7 @@ import torch
 
 from headprobe.experiments import ablation_experiment
 from headprobe.experiments.judging import answer_first_tokens, judge_task
+from headprobe.heads.induction.pattern_mass import induction_targets, per_prompt_pattern_scores
 from headprobe.inputs import ImagePrompt, encode_prompts, fingerprint, iter_batches
 from headprobe.interventions import zero_ablation
 from headprobe.metrics import final_logits
@@ -19,7 +20,6 @@ from headprobe.runtime.decode import generate
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached
 from headprobe.runtime.stream import collect_per_prompt
-from headprobe.scorers.pattern_mass import induction_targets, per_prompt_pattern_scores
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.tiny import tiny_model
 

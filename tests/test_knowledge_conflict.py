@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from headprobe.errors import PromptPairError, TaskError
-from headprobe.tasks import get_task
-from headprobe.tasks.knowledge_conflict import (
+from headprobe.heads.conflict.knowledge_conflict import (
     FRAMINGS,
     Fact,
     conflict_item,
@@ -16,6 +15,7 @@ from headprobe.tasks.knowledge_conflict import (
     relations,
     retarget,
 )
+from headprobe.tasks import get_task
 
 
 def test_items_pair_context_and_memory_answers():

@@ -9,10 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from headprobe.headtable import HeadTable, TableUnitError
-from headprobe.interventions import METHODS, intervene, streaming_attention
-from headprobe.interventions.window import query_heads_of
-from headprobe.kv_budget import (
+from headprobe.heads.retrieval.kv_budget import (
     KVBudgetError,
     KVBudgetPlan,
     kv_head_table,
@@ -21,6 +18,9 @@ from headprobe.kv_budget import (
     read_duo_attention,
     read_headkv,
 )
+from headprobe.headtable import HeadTable, TableUnitError
+from headprobe.interventions import METHODS, intervene, streaming_attention
+from headprobe.interventions.window import query_heads_of
 from headprobe.runtime.hooks import attached
 from headprobe.tasks.base import Task, TaskItem
 
@@ -324,7 +324,7 @@ def test_plan_accuracy_runs_on_a_tiny_task(tiny_llama):
 def test_restricting_every_kv_head_hurts_niah_on_smollm2(smol):
     """All kv heads restricted to sink 4 + window 32 at 256 tokens: the needle is out of reach.
     (Measured with 6 items at 512 tokens: 6/6 correct unrestricted, 0/6 restricted.)"""
-    from headprobe.tasks.niah import make_task
+    from headprobe.heads.retrieval.niah import make_task
 
     model, spec = smol
     task = make_task(n=3, context_lengths=(256,), depths=(0.25, 0.5), model=model, seed=0)

@@ -7,9 +7,7 @@ import re
 import pytest
 
 from headprobe.errors import HeadprobeError, TaskError
-from headprobe.inputs import Chat, Text, encode_prompts
-from headprobe.tasks import get_task, list_tasks
-from headprobe.tasks.niah import (
+from headprobe.heads.retrieval.niah import (
     INSTRUCTION,
     MAX_NEW_TOKENS,
     insert_needle,
@@ -20,6 +18,8 @@ from headprobe.tasks.niah import (
     rouge1_recall,
     sentence_boundaries,
 )
+from headprobe.inputs import Chat, Text, encode_prompts
+from headprobe.tasks import get_task, list_tasks
 
 # Short needles so that a context fits the tiny models' 256-character window.
 SHORT_NEEDLES = [

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from headprobe.errors import OCRDataError, PromptFormatError, ScorerNeedsError
+from headprobe.heads.ocr.ocr import OCRSample, credit_samples, longest_common_run
 from headprobe.inputs import ImagePrompt, encode_prompts
 from headprobe.registry import get_scorer
-from headprobe.scorers.ocr import OCRSample, credit_samples, longest_common_run
 from headprobe.tasks.base import TaskItem
 from headprobe.tiny import tiny_hf_model, tiny_model
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from headprobe.experiments.ocr import (
+from headprobe.heads.ocr.figures import (
     compare_with_retrieval,
     evidence_figure,
     patch_attention,

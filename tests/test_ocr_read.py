@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from headprobe.errors import TaskError
+from headprobe.heads.ocr.ocr_read import exact_reading
+from headprobe.heads.ocr.text_images import render_text
 from headprobe.inputs import ImagePrompt, Text
 from headprobe.tasks import get_task
-from headprobe.tasks.ocr_read import exact_reading
-from headprobe.text_images import render_text
 
 
 def test_ocr_read_items_carry_the_renderer_ground_truth():

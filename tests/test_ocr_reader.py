@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from headprobe.models import available_models, load_model
-from headprobe.organisms.ocr_reader import (
+from headprobe.heads.ocr.ocr_reader import (
     OCRModelSize,
     TrainSettings,
     load_ocr_model,
@@ -18,8 +17,9 @@ from headprobe.organisms.ocr_reader import (
     reading_accuracy,
     train_ocr_model,
 )
+from headprobe.heads.ocr.text_images import OCR_ALPHABET, render_many, render_text
+from headprobe.models import available_models, load_model
 from headprobe.tasks import get_task
-from headprobe.text_images import OCR_ALPHABET, render_many, render_text
 
 SMALL = OCRModelSize(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
                      text_layers=1, text_heads=2, text_kv_heads=1, head_dim=16)

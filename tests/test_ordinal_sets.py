@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from headprobe.errors import TokenSetError
-from headprobe.ordinal_sets import ORDINAL_SETS, tokenize_set, tokenize_sets, variant_names
+from headprobe.heads.successor.ordinal_sets import (
+    ORDINAL_SETS,
+    tokenize_set,
+    tokenize_sets,
+    variant_names,
+)
 
 
 class _FakeModel:

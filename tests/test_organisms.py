@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from headprobe.errors import AdapterMismatchError, ModelUnavailableError
+from headprobe.heads.safety.organism import evaluate_refusals, safety_examples, train_safety_adapter
 from headprobe.organisms.adapters import (
     ADAPTER_META,
     load_adapted,
@@ -23,7 +24,6 @@ from headprobe.organisms.lora import (
     encode_example,
     train_lora,
 )
-from headprobe.organisms.safety import evaluate_refusals, safety_examples, train_safety_adapter
 from headprobe.tiny import char_tokenizer
 
 BASE = "tiny-llama-plain"

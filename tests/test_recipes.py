@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import register_task
 
 from headprobe.errors import RecipeError, UnknownScorerError
 from headprobe.recipes import load_recipe, run_recipe
@@ -184,11 +185,9 @@ def self_task_module(model, name="tiny_self"):
 @pytest.fixture
 def tiny_task(tiny_llama, monkeypatch):
     """``tiny_self`` registered for the test (TASK_MODULES and sys.modules, both restored)."""
-    import headprobe.tasks as tasks
-
     module = self_task_module(tiny_llama[0])
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(tasks.TASK_MODULES, "tiny_self", module.__name__)
+    register_task(monkeypatch, "tiny_self", module.__name__)
     return module
 
 
@@ -408,7 +407,7 @@ context_length = 100
 
 
 def test_kv_budget_step_writes_plan_measures_it_and_resumes(tiny_llama, tiny_task, tmp_path):
-    from headprobe.kv_budget import KVBudgetPlan, plan_kv_budget, read_duo_attention
+    from headprobe.heads.retrieval.kv_budget import KVBudgetPlan, plan_kv_budget, read_duo_attention
     from headprobe.models import describe_model
 
     model, _ = tiny_llama

@@ -14,7 +14,7 @@ import torch
 from headprobe.attribution import attribution_patching
 from headprobe.errors import UnknownScorerError
 from headprobe.fastscan import scan_heads
-from headprobe.registry import SCORER_MODULES, get_scorer, list_scorers, scan
+from headprobe.registry import get_scorer, list_scorers, scan, scorer_modules
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult, ScorerNeedsError, unmet_needs
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.types import Need
@@ -33,9 +33,9 @@ def test_unknown_scorer_names_the_registered_ones():
         scan(None, "nope")
 
 
-@pytest.mark.parametrize("name", list(SCORER_MODULES))
+@pytest.mark.parametrize("name", list(scorer_modules()))
 def test_every_registered_scorer_imports_with_its_name(name):
-    module = importlib.import_module(SCORER_MODULES[name])
+    module = importlib.import_module(scorer_modules()[name])
     scorer = module.SCORER
     assert isinstance(scorer, Scorer) and scorer.name == name
     assert get_scorer(name) is scorer

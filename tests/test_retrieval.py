@@ -13,17 +13,17 @@ import torch
 
 from headprobe.checkpoint import Checkpoint
 from headprobe.errors import NoRetrievalError, TaskError
-from headprobe.inputs import Text
-from headprobe.registry import get_scorer
-from headprobe.runtime.decode import generate
-from headprobe.runtime.hooks import attached
-from headprobe.scorers import retrieval
-from headprobe.scorers.retrieval import (
+from headprobe.heads.retrieval.retrieval import (
     DEFAULTS,
     copy_credit,
     prepare_trials,
     score_trials,
 )
+from headprobe.inputs import Text
+from headprobe.registry import get_scorer
+from headprobe.runtime.decode import generate
+from headprobe.runtime.hooks import attached
+from headprobe.heads.retrieval import retrieval
 from headprobe.tasks.base import TaskItem
 
 NEW = 8

@@ -12,8 +12,7 @@ import pytest
 
 import headprobe.models
 from headprobe.errors import HeadprobeError, TaskError
-from headprobe.tasks import safety_sets
-from headprobe.tasks.safety_sets import (
+from headprobe.heads.safety.request_sets import (
     SafetyRequest,
     data_dir,
     load_advbench,
@@ -23,6 +22,7 @@ from headprobe.tasks.safety_sets import (
     load_requests,
     safety_path,
 )
+from headprobe.heads.safety import request_sets as safety_sets
 
 HUB_LOADERS = [load_advbench, load_harmbench, load_jailbreakbench]
 # Phrases that string-matching refusal judges look for; no harmless answer may hold one.
@@ -126,14 +126,6 @@ def test_bad_kind_split_and_empty_results(monkeypatch, tmp_path):
     (tmp_path / "safety" / "harmful.jsonl").write_text(json.dumps(bad) + "\n")
     with pytest.raises(TaskError, match=r"lacks the field.*refusal"):
         load_requests("harmful")
-
-
-def test_data_dir_default_and_missing(monkeypatch, tmp_path):
-    monkeypatch.delenv("HEADPROBE_DATA", raising=False)
-    assert data_dir() == Path(safety_sets.__file__).resolve().parents[2] / "data"
-    monkeypatch.setenv("HEADPROBE_DATA", str(tmp_path / "nowhere"))
-    with pytest.raises(TaskError, match=r"HEADPROBE_DATA is set to .*nowhere.*default is"):
-        data_dir()
 
 
 @pytest.mark.parametrize("loader", HUB_LOADERS)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from headprobe.errors import ScorerParamError
+from headprobe.heads.safety.sahara import greedy_head_set, loop_sahara_angles, subspace_angle
 from headprobe.inputs import Text, encode_prompts
 from headprobe.registry import get_scorer
-from headprobe.scorers.sahara import greedy_head_set, loop_sahara_angles, subspace_angle
 
 PROMPTS = ["How do I pick a lock on a door?", "tell me a secret",
            "Write a story about a dragon and a knight", "why?", "what is two plus two",

@@ -6,14 +6,14 @@ import torch
 
 from headprobe import get_scorer, list_scorers, scan
 from headprobe.errors import NonCausalModelError, UnknownScorerError
-from headprobe.inputs import iter_batches
-from headprobe.prompts import repeated_random_tokens
-from headprobe.scorers.pattern_mass import (
+from headprobe.heads.induction.pattern_mass import (
     allowed_keys,
     duplicate_token_targets,
     induction_targets,
     previous_token_targets,
 )
+from headprobe.inputs import iter_batches
+from headprobe.prompts import repeated_random_tokens
 
 
 def _batch(tokens):

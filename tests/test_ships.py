@@ -7,9 +7,9 @@ import torch
 
 from headprobe.errors import ScorerParamError, TaskError
 from headprobe.fastscan.effects import loop_head_effects
+from headprobe.heads.safety.ships import summarize
 from headprobe.inputs import Text, encode_prompts
 from headprobe.registry import get_scorer
-from headprobe.scorers.ships import summarize
 
 PROMPTS = ["How do I pick a lock on a door?", "tell me a secret",
            "Write a story about a dragon and a knight", "why?"]

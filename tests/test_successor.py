@@ -7,8 +7,8 @@ import torch
 
 from headprobe import scan
 from headprobe.errors import ScorerNeedsError, ScorerParamError, TaskError, TokenSetError
-from headprobe.ordinal_sets import tokenize_set
-from headprobe.scorers.successor import mod10_view, set_logits
+from headprobe.heads.successor.ordinal_sets import tokenize_set
+from headprobe.heads.successor.successor import mod10_view, set_logits
 from headprobe.tiny import tiny_model
 
 

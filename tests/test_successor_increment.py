@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from headprobe.errors import TaskError
-from headprobe.ordinal_sets import ORDINAL_SETS
+from headprobe.heads.successor.ordinal_sets import ORDINAL_SETS
 from headprobe.tasks import get_task
 from headprobe.tasks.base import answer_token_ids
 

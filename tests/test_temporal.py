@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from headprobe.errors import ScorerParamError
-from headprobe.experiments.temporal_edit import (
+from headprobe.heads.temporal.temporal import (
+    agreement,
+    circuit_heads,
+    kept_edges,
+    membership_fractions,
+    temporal_mask,
+)
+from headprobe.heads.temporal.temporal_edit import (
     edit_hooks,
     edited_next_token,
     source_outputs,
@@ -20,13 +27,6 @@ from headprobe.experiments.temporal_edit import (
 )
 from headprobe.registry import get_scorer
 from headprobe.runtime.hooks import attached
-from headprobe.scorers.temporal import (
-    agreement,
-    circuit_heads,
-    kept_edges,
-    membership_fractions,
-    temporal_mask,
-)
 from headprobe.tasks.base import Task, TaskItem
 
 ROOT = Path(__file__).resolve().parents[1]

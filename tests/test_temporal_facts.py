@@ -7,8 +7,7 @@ import json
 import pytest
 
 from headprobe.errors import PromptPairError, TaskError, YearRangeError
-from headprobe.tasks import get_task
-from headprobe.tasks.temporal_facts import (
+from headprobe.heads.temporal.temporal_facts import (
     answer_in,
     covered_range,
     invariant_pair,
@@ -16,6 +15,7 @@ from headprobe.tasks.temporal_facts import (
     make_task,
     temporal_pair,
 )
+from headprobe.tasks import get_task
 
 
 def test_data_records_are_consistent():

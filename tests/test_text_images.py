@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headprobe.text_images import (
+from headprobe.heads.ocr.text_images import (
     DIFFICULTIES,
     OCR_ALPHABET,
     render_many,

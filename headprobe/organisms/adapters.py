@@ -5,7 +5,7 @@ headprobe's :data:`ADAPTER_META` (``headprobe_adapter.json``): the base model's 
 a hash of its parameter names and shapes, the training settings, the data fingerprint, the
 training time and the evaluation numbers. Packaged adapters live under
 ``data/adapters/<name>/`` (:func:`packaged_adapter_dir`, found through
-:func:`headprobe.tasks.safety_sets.data_dir`).
+:func:`headprobe.paths.data_dir`).
 
 :func:`merge_adapter` checks that an adapter fits the base model it is merged into (the base
 name, every LoRA matrix against its target layer, then the shape hash) and merges it with
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from headprobe.errors import AdapterMismatchError, ModelUnavailableError
+from headprobe.paths import data_dir
 
 ADAPTER_META = "headprobe_adapter.json"
 ADAPTERS_DIR = "adapters"
@@ -38,10 +39,8 @@ def packaged_adapter_dir(name: str) -> Path:
     """``data/adapters/<name>`` (the folder may not exist; see :func:`require_adapter_files`).
 
     Raises:
-        TaskError: the data folder itself cannot be found.
+        DataNotFoundError: the data folder itself cannot be found.
     """
-    from headprobe.tasks.safety_sets import data_dir
-
     return data_dir() / ADAPTERS_DIR / name
 
 

@@ -31,7 +31,7 @@ checks of the best heads of an earlier scan against random head sets of the same
     ks = [1, 2, 4, 6]              # top defaults to max(ks)
 
     [[step]]
-    kind = "kv_budget"             # headprobe.kv_budget.plan_kv_budget (+ plan_accuracy)
+    kind = "kv_budget"             # headprobe.heads.retrieval.kv_budget.plan_kv_budget (+ plan_accuracy)
     name = "budget"
     from = "induction"             # an earlier scan step
     full_share = 0.2               # or threshold = 0.1
@@ -65,7 +65,7 @@ exactly one of ``threshold`` (kv heads scoring above it keep a full cache) and `
 query heads of a kv group; default ``max``), ``sink`` (default 4), ``window`` (default 32),
 ``context_length`` (where to report the memory saved; default: the task's longest prompt plus
 its new tokens, else 1024, 4096 and 32768 tokens) and, to measure the plan with
-:func:`headprobe.kv_budget.plan_accuracy`, ``task`` with ``task_options``, ``n_random``
+:func:`headprobe.heads.retrieval.kv_budget.plan_accuracy`, ``task`` with ``task_options``, ``n_random``
 (default 5), ``seed``, ``n_bootstrap`` and ``batch_size``. A task whose ``make_task`` takes a
 ``model`` (``niah``, ``ioi``, ``facts``) gets the recipe's model (so ``niah`` lengths count
 the model's tokens); ``task_options`` cannot name one. :func:`load_recipe` checks all of this
@@ -85,7 +85,7 @@ scorer can (:mod:`headprobe.checkpoint`). A causal step's run key covers its par
 heads it used (so a rerun scan that ranks heads differently reruns it), the model and the
 task's fingerprint (tokenized prompts, answers and judge); a ``kv_budget`` step's covers its
 parameters, the plan's full kv heads, the model and its task's fingerprint. A ``kv_budget``
-step writes its plan under ``<out>/<step name>/`` in every format :mod:`headprobe.kv_budget`
+step writes its plan under ``<out>/<step name>/`` in every format :mod:`headprobe.heads.retrieval.kv_budget`
 knows: ``plan.json``, ``plan.csv``, ``duo_attention/`` and ``headkv.json`` (left out, with the
 reason in the summary, when the scores cannot be HeadKV's: negative or NaN), plus
 ``accuracy.csv`` when it measures a task.

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import re
 import tomllib
 from collections.abc import Callable, Sequence
@@ -180,12 +178,10 @@ def _parse_step(table: dict[str, Any], index: int, earlier: Sequence[Step],
 def _check_task(options: dict[str, Any], label: str) -> None:
     """Validate a step's ``task`` (registered) and ``task_options`` (options of its
     ``make_task``)."""
-    from headprobe.tasks import TASK_MODULES
+    from headprobe.errors import TaskError, UnknownTaskError
+    from headprobe.tasks.build import check_task_options
 
     task = options["task"]
-    if task not in TASK_MODULES:
-        raise RecipeError(f"{label}: unknown task {task!r}; registered tasks: "
-                          f"{', '.join(TASK_MODULES)}")
     task_options = options.get("task_options", {})
     if not isinstance(task_options, dict):
         raise RecipeError(f"{label}: task_options must be a table, e.g. task_options = "
@@ -193,13 +189,10 @@ def _check_task(options: dict[str, Any], label: str) -> None:
     if "model" in task_options:
         raise RecipeError(f"{label}: task_options cannot set model: a task that takes one gets "
                           "the recipe's model")
-    make_task = importlib.import_module(TASK_MODULES[task]).make_task
-    parameters = inspect.signature(make_task).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        unknown = sorted(set(task_options) - set(parameters))
-        if unknown:
-            raise RecipeError(f"{label}: task {task!r} has no option {', '.join(unknown)}; its "
-                              f"options: {', '.join(parameters) or 'none'}")
+    try:
+        check_task_options(task, task_options)
+    except (UnknownTaskError, TaskError) as error:
+        raise RecipeError(f"{label}: {error}") from None
 
 
 def _scan_source(source: Any, key: str, earlier: Sequence[Step], label: str) -> None:

@@ -5,8 +5,6 @@ summarised as it finishes and skipped on a re-run with the same run key (see
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -161,13 +159,9 @@ def select_heads(step: Step, tables: Mapping[str, HeadTable]) -> tuple[list[tupl
 def build_task(name: str, options: Mapping[str, Any], model: Any) -> Any:
     """Build task ``name`` with ``options``, passing ``model`` when its ``make_task`` takes one
     (e.g. ``niah`` then counts context lengths in the model's tokens)."""
-    from headprobe.tasks import TASK_MODULES, get_task
+    from headprobe.tasks.build import build_task as build_registered_task
 
-    kwargs = dict(options)
-    make_task = importlib.import_module(TASK_MODULES[name]).make_task
-    if "model" in inspect.signature(make_task).parameters:
-        kwargs["model"] = model
-    return get_task(name, **kwargs)
+    return build_registered_task(name, model, **options)
 
 
 def task_fingerprint(model: Any, task: Any) -> str:
@@ -310,8 +304,8 @@ class KVBudgetStepResult:
     """What a ``kv_budget`` step gives :func:`run_recipe`'s caller.
 
     Attributes:
-        plan: the :class:`~headprobe.kv_budget.KVBudgetPlan`.
-        accuracy: :func:`~headprobe.kv_budget.plan_accuracy`'s table (one row per condition:
+        plan: the :class:`~headprobe.heads.retrieval.kv_budget.KVBudgetPlan`.
+        accuracy: :func:`~headprobe.heads.retrieval.kv_budget.plan_accuracy`'s table (one row per condition:
             baseline, plan, random_0, ...), or ``None`` when the step names no task.
         summary: the step's entry in ``summary.json`` under ``kv_budgets``.
     """
@@ -371,7 +365,7 @@ def _accuracy_entry(table: pd.DataFrame) -> dict[str, Any]:
 def _write_plan(plan: Any, saved: Path) -> str | None:
     """Write ``plan`` in every format under ``saved``; the reason HeadKV's file was left out,
     or ``None`` when it was written."""
-    from headprobe.kv_budget import KVBudgetError
+    from headprobe.heads.retrieval.kv_budget import KVBudgetError
 
     plan.to_json(saved / "plan.json")
     plan.to_csv(saved / "plan.csv")
@@ -388,7 +382,12 @@ def _run_kv_budget(step: Step, model: Any, folder: Path, tables: Mapping[str, He
                    progress: bool, echo: Echo, fresh: bool) -> tuple[KVBudgetStepResult,
                                                                    dict[str, Any]]:
     """Run (or load) one ``kv_budget`` step; its result and its summary entry."""
-    from headprobe.kv_budget import KVBudgetError, KVBudgetPlan, plan_accuracy, plan_kv_budget
+    from headprobe.heads.retrieval.kv_budget import (
+        KVBudgetError,
+        KVBudgetPlan,
+        plan_accuracy,
+        plan_kv_budget,
+    )
     from headprobe.models import describe_model
 
     options = step.options

@@ -7,16 +7,14 @@ Not a scorer itself; the scorers are :mod:`headprobe.scorers.activation_patching
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from typing import Any
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import TaskError
 from headprobe.inputs import fingerprint
 from headprobe.scorers.base import ScorerData
-from headprobe.tasks import TASK_MODULES, get_task
 from headprobe.tasks.base import Task
+from headprobe.tasks.build import build_task as build_registered_task
 from headprobe.tasks.pairs import prepare_scan_data, task_items
 
 TASK_HELP = "registered task of the default data (headprobe.tasks), built with n and seed"
@@ -25,12 +23,7 @@ TASK_HELP = "registered task of the default data (headprobe.tasks), built with n
 def build_task(model: Any, name: str, n: int, seed: int) -> Task:
     """The registered task ``name`` with ``n`` items and ``seed`` (and ``model``, for tasks
     that filter their words to single tokens of the model)."""
-    options: dict[str, Any] = {"n": n, "seed": seed}
-    if name in TASK_MODULES:
-        make = importlib.import_module(TASK_MODULES[name]).make_task
-        if "model" in inspect.signature(make).parameters:
-            options["model"] = model
-    return get_task(name, **options)
+    return build_registered_task(name, model, n=n, seed=seed)
 
 
 def prepare_task_scan(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,

@@ -1,0 +1,19 @@
+"""Retrieval heads: copy-paste attention on the needle while a model repeats it.
+
+Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context Factuality". Holds the
+scorer, the needle-in-a-haystack task (haystack and needles in ``headprobe/resources``) and
+the KV-cache budget plans built from retrieval scores (:mod:`.kv_budget`, after
+DuoAttention, Xiao et al. 2024, and HeadKV, Fu et al. 2024).
+"""
+
+from headprobe.registry import HeadType
+
+HEAD_TYPE = HeadType(
+    name="retrieval",
+    summary="retrieval heads: decode-time attention argmax on the needle token being copied "
+            "(Wu et al. 2024), and KV-cache budgets built from them",
+    scorers={"retrieval": "headprobe.heads.retrieval.retrieval"},
+    tasks={"niah": "headprobe.heads.retrieval.niah"},
+    recipes=("recipes/retrieval_heads.toml",),
+    notebook="notebooks/03_retrieval_heads.ipynb",
+)

@@ -1,0 +1,16 @@
+"""Attention-sink heads: attention parked on the first token, active or dormant per domain.
+
+Xiao et al. 2023, "Efficient Streaming Language Models with Attention Sinks"; Guo et al. 2024,
+"Active-Dormant Attention Heads".
+"""
+
+from headprobe.registry import HeadType
+
+HEAD_TYPE = HeadType(
+    name="sink",
+    summary="attention-sink heads: attention on the first token per prompt domain, "
+            "active/dormant split (Xiao et al. 2023; Guo et al. 2024)",
+    scorers={"sink": "headprobe.heads.sink.sink"},
+    recipes=(),
+    notebook="notebooks/01_quickstart.ipynb",
+)

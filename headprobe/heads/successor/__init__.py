@@ -1,0 +1,17 @@
+"""Successor heads: heads whose OV circuit maps an ordinal item to the next one.
+
+Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention Heads In The Wild".
+Holds the weights-only scorer, the ordinal token sets and the ``successor_increment`` task.
+"""
+
+from headprobe.registry import HeadType
+
+HEAD_TYPE = HeadType(
+    name="successor",
+    summary="successor heads: the effective OV circuit maps each ordinal item (numbers, days, "
+            "months, letters, ...) to its successor (Gould et al. 2023)",
+    scorers={"successor": "headprobe.heads.successor.successor"},
+    tasks={"successor_increment": "headprobe.heads.successor.successor_increment"},
+    recipes=("recipes/successor_heads.toml",),
+    notebook="notebooks/05_successor_heads.ipynb",
+)
