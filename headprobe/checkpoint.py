@@ -18,8 +18,8 @@ ever unpickled. Loading it under a different key deletes it and starts afresh, a
 
 Which work resumes at which grain:
 
-- per batch: the pattern scorers (``previous_token``, ``duplicate_token``, ``induction``:
-  :func:`headprobe.heads.induction.pattern_mass.per_prompt_pattern_scores`) and ``sink``; any scorer
+- per batch: the attention-pattern scorers of the induction head type (``previous_token``,
+  ``duplicate_token``, ``induction``) and ``sink``; any scorer
   whose ``compute`` takes a ``checkpoint`` keyword (:attr:`headprobe.scorers.base.Scorer.
   resumes_per_batch`);
 - per scorer: :func:`headprobe.atlas.build_atlas` skips a scorer whose table is already saved

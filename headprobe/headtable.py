@@ -11,9 +11,9 @@ Units. A table is per *query head* (``meta["unit"]`` absent or ``"head"``, the d
 :meth:`HeadTable.from_kv_grid`; its ``head`` column holds the kv head index and equals
 ``kv_head``). Under grouped-query attention a kv head is the unit a KV cache keeps or drops
 (DuoAttention, Xiao et al. 2024; RazorAttention, Tang et al. 2024), so KV-budget plans
-(:mod:`headprobe.heads.retrieval.kv_budget`) are kv-head tables. ``save``, ``load``, ``pivot`` ([L, H_kv]),
-``heatmap`` (x axis ``kv head``), ``top`` and ``join`` work in both units; ``join`` refuses to
-mix them.
+(the retrieval head type's ``kv_budget``) are kv-head tables. ``save``, ``load``, ``pivot``
+([L, H_kv]), ``heatmap`` (x axis ``kv head``), ``top`` and ``join`` work in both units;
+``join`` refuses to mix them.
 """
 
 from __future__ import annotations
@@ -250,7 +250,8 @@ class HeadTable:
             listing = ", ".join(f"{t.scorer}: {t.unit}" for t in tables)
             raise TableUnitError(
                 f"cannot join tables of different units ({listing}); aggregate the per-head "
-                "tables to kv heads first (headprobe.heads.retrieval.kv_budget.kv_head_table) or join each "
+                "tables to kv heads first (the retrieval head type's kv_budget.kv_head_table) or "
+                "join each "
                 "unit separately")
         keys = ["layer", "head", "kv_head"]
         wide = tables[0].data[keys].copy()

@@ -57,11 +57,12 @@ class HeadType:
         summary: one line: what heads of this type do, and the paper that defines them.
         scorers: ``{scorer name: module}``, each module defining ``SCORER``.
         tasks: ``{task name: module}``, each module defining ``make_task(**options)``.
-        recipes: the shipped TOML recipes, paths relative to the repository root.
+        recipes: the shipped TOML recipes, paths relative to the repository root (at least
+            one; ``tests/test_head_types.py`` checks it).
         notebook: the notebook that walks through the head type (repository-relative).
         example: ``"module:function"`` of the tiny-model example with an exactly known
-            answer; the function takes no argument and returns a
-            :class:`headprobe.heads.base.Example`.
+            answer (``headprobe/heads/<name>/example.py``); the function takes no argument
+            and returns a :class:`headprobe.examples.Example` whose ``check()`` passes.
         models: ``{model name: "module:function"}`` of the head type's model organisms;
             the function takes ``(device, dtype)`` and returns ``(bridge, spec)``.
         steps: ``{recipe step kind: "module:function"}`` that the head type adds to recipes

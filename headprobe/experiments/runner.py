@@ -72,7 +72,8 @@ def check_method_options(method: str, options: dict[str, Any]) -> None:
     if entry.unit != "head":
         raise InterventionError(
             f"method {method!r} takes (layer, kv head) pairs, but ablation experiments draw "
-            "random sets of query heads; use headprobe.heads.retrieval.kv_budget.plan_accuracy for kv heads")
+            "random sets of query heads; use the retrieval head type's "
+            "kv_budget.plan_accuracy for kv heads")
     factory = entry.factory
     parameters = list(inspect.signature(factory).parameters.values())[2:]  # after model, heads
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):

@@ -6,7 +6,7 @@ Inference with Retrieval and Streaming Heads") and RazorAttention (Tang et al. 2
 only the first ``sink`` tokens of the sequence (the attention sinks) and the ``window`` most
 recent tokens; every other key is dropped. :func:`streaming_attention` makes a model behave as
 if the chosen kv heads had such a cache, so a task can be judged under a KV-budget plan
-(:mod:`headprobe.heads.retrieval.kv_budget`).
+(the retrieval head type's ``kv_budget``).
 
 Definition, for a query at absolute position ``t`` (BOS = 0) of a restricted kv head ``g``,
 for every query head ``h`` reading ``g`` (``spec.kv_head(h) == g``)::

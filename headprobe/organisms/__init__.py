@@ -5,8 +5,8 @@
 - :mod:`headprobe.organisms.adapters`: adapter folders, their metadata, the check that an
   adapter fits its base model, and merging (``PeftModel.merge_and_unload``).
 
-A head type's own organism lives in its folder (the refusing SmolLM2 in
-:mod:`headprobe.heads.safety.organism`, the OCR model in :mod:`headprobe.heads.ocr.ocr_reader`).
+A head type's own organism lives in its folder and is declared in its ``HEAD_TYPE.models``
+(the refusing SmolLM2 of the safety head type, the OCR model of the ocr head type).
 Importing this package imports neither peft nor a model.
 """
 

@@ -15,4 +15,5 @@ HEAD_TYPE = HeadType(
     tasks={"knowledge_conflict": "headprobe.heads.conflict.knowledge_conflict"},
     recipes=("recipes/knowledge_conflict.toml",),
     notebook="notebooks/06_temporal_and_conflict_heads.ipynb",
+    example="headprobe.heads.conflict.example:example",
 )

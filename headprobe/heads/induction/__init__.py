@@ -19,4 +19,5 @@ HEAD_TYPE = HeadType(
     tasks={"induction_copy": "headprobe.heads.induction.induction_copy"},
     recipes=("recipes/induction.toml",),
     notebook="notebooks/01_quickstart.ipynb",
+    example="headprobe.heads.induction.example:example",
 )

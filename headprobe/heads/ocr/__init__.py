@@ -18,4 +18,5 @@ HEAD_TYPE = HeadType(
     },
     recipes=("recipes/ocr_heads.toml",),
     notebook="notebooks/07_ocr_heads.ipynb",
+    example="headprobe.heads.ocr.example:example",
 )

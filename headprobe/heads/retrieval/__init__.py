@@ -16,4 +16,5 @@ HEAD_TYPE = HeadType(
     tasks={"niah": "headprobe.heads.retrieval.niah"},
     recipes=("recipes/retrieval_heads.toml",),
     notebook="notebooks/03_retrieval_heads.ipynb",
+    example="headprobe.heads.retrieval.example:example",
 )

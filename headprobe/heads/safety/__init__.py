@@ -21,4 +21,5 @@ HEAD_TYPE = HeadType(
     },
     recipes=("recipes/safety_heads.toml",),
     notebook="notebooks/04_safety_heads.ipynb",
+    example="headprobe.heads.safety.example:example",
 )

@@ -11,6 +11,7 @@ HEAD_TYPE = HeadType(
     summary="attention-sink heads: attention on the first token per prompt domain, "
             "active/dormant split (Xiao et al. 2023; Guo et al. 2024)",
     scorers={"sink": "headprobe.heads.sink.sink"},
-    recipes=(),
+    recipes=("recipes/sink_heads.toml",),
     notebook="notebooks/01_quickstart.ipynb",
+    example="headprobe.heads.sink.example:example",
 )

@@ -14,4 +14,5 @@ HEAD_TYPE = HeadType(
     tasks={"successor_increment": "headprobe.heads.successor.successor_increment"},
     recipes=("recipes/successor_heads.toml",),
     notebook="notebooks/05_successor_heads.ipynb",
+    example="headprobe.heads.successor.example:example",
 )

@@ -15,4 +15,5 @@ HEAD_TYPE = HeadType(
     tasks={"temporal_facts": "headprobe.heads.temporal.temporal_facts"},
     recipes=(),
     notebook="notebooks/06_temporal_and_conflict_heads.ipynb",
+    example="headprobe.heads.temporal.example:example",
 )
