@@ -251,8 +251,7 @@ class HeadTable:
             raise TableUnitError(
                 f"cannot join tables of different units ({listing}); aggregate the per-head "
                 "tables to kv heads first (the retrieval head type's kv_budget.kv_head_table) or "
-                "join each "
-                "unit separately")
+                "join each unit separately")
         keys = ["layer", "head", "kv_head"]
         wide = tables[0].data[keys].copy()
         for table in tables:

@@ -125,16 +125,31 @@ def check_decode_scorer(module: ModuleType, models: dict[str, Any]) -> None:
     assert "generation" in scorer.needs
 
 
+def check_head_type_example(module: ModuleType, models: dict[str, Any]) -> None:
+    """The example's answer holds, and a wrong answer is reported."""
+    import dataclasses
+
+    from headprobe.examples import Example, ExampleMismatch
+
+    example = module.example()
+    assert isinstance(example, Example) and example.kind == "hand-set"
+    table = example.check()
+    assert table.heads(k=1) == [(0, 0)]
+    with pytest.raises(ExampleMismatch, match="L0H0"):
+        dataclasses.replace(example, scores={(0, 0): 0.9}).check(table)
+
+
 CHECKS: dict[str, Callable[[ModuleType, dict[str, Any]], None]] = {
     "chat-task": check_chat_task,
     "image-task": check_image_task,
     "decode-scorer": check_decode_scorer,
+    "head-type-example": check_head_type_example,
 }
 
 
 def test_every_example_has_a_check():
     names = set(examples())
-    assert {"chat-task", "image-task", "decode-scorer"} <= names
+    assert {"chat-task", "image-task", "decode-scorer", "head-type-example"} <= names
     assert names == set(CHECKS), "add a check for each example block of CONTRIBUTING.md"
 
 

@@ -99,7 +99,7 @@ def test_a_wrong_answer_is_reported(examples):
     grid[0, 3] += 0.01
     with pytest.raises(ExampleMismatch, match="L0H3 score"):
         dataclasses.replace(example, top=(), scores={}, grid=grid).check(table)
-    with pytest.raises(ExampleMismatch, match="L1H2 score = 1, expected below 0.5"):
+    with pytest.raises(ExampleMismatch, match=r"L1H2 score = 1, expected below 0\.5"):
         dataclasses.replace(example, top=(), rest_below=0.5).check(table)
 
 

@@ -1,8 +1,9 @@
 """Example with an exactly known answer (hand-set): the induction head retrieves the needle.
 
 On the hand-set copy circuit (:func:`headprobe.handset.copy_circuit`) the needle is eight
-distinct letters inside filler text (capitals: only ``a`` .. ``h`` have codes) and the prompt ends with the needle's first letter. The
-induction head ``L1H2`` then attends to the next needle letter and the unembedding reads
+distinct letters inside filler text (capitals: only ``a`` .. ``h`` have codes) and the
+prompt ends with the needle's first letter. The induction head ``L1H2`` then attends to
+the next needle letter and the unembedding reads
 only its output, so greedy decoding copies the needle's other 7 letters; at each of the 7
 steps ``L1H2``'s attention argmax is the needle letter it copies. Its ``retrieval`` score
 is 7 / 8 (a hit is worth 1 / needle length) on every trial; every trial passes the gate
