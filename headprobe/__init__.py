@@ -9,6 +9,7 @@ Importing headprobe loads no model and changes no global state. Start with::
 """
 
 from headprobe.arch import ModelSpec
+from headprobe.catalogue import available_models, load_model
 from headprobe.errors import (
     ContextLengthError,
     EmptyPromptsError,
@@ -22,7 +23,7 @@ from headprobe.errors import (
 )
 from headprobe.headtable import HeadTable
 from headprobe.inputs import Batch, Chat, ImagePrompt, Text, encode_prompts
-from headprobe.models import available_models, describe_model, load_model
+from headprobe.models import describe_model
 from headprobe.registry import get_scorer, list_scorers, scan
 
 __version__ = "0.1.0"

@@ -79,10 +79,10 @@ def _load(spec: str, *, device: str | None = None, dtype: str | None = None,
           **placement: Any) -> tuple[Any, Any]:
     """Load ``spec`` as ``(bridge, ModelSpec)`` (the one loading seam; tests replace it).
 
-    ``dtype``/``device`` ``None`` leave the choice to :func:`headprobe.models.load_model`
+    ``dtype``/``device`` ``None`` leave the choice to :func:`headprobe.catalogue.load_model`
     (fp32 on the CPU, bf16 on CUDA); ``placement``: ``device_map`` / ``offload_folder``.
     """
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     return load_model(spec, device=device, dtype=dtype, **placement)
 
@@ -138,7 +138,8 @@ def precision(model: Any) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the packaged models, whether they are installed and cached."""
-    from headprobe.models import available_models, cache_dir
+    from headprobe.catalogue import available_models
+    from headprobe.sources import cache_dir
 
     print(f"{'name':24} {'installed':9} {'cached':6}  description")
     for row in available_models():
@@ -392,7 +393,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
 
 def _model_options(parser: argparse.ArgumentParser, *, recipe: bool = False) -> None:
     """``--model``, ``--dtype`` and ``--device`` of a command that loads a model."""
-    from headprobe.models import DEFAULT_MODEL
+    from headprobe.catalogue import DEFAULT_MODEL
 
     if recipe:
         parser.add_argument("--model", default=None, help="override the recipe's model")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import headprobe.models
+import headprobe.sources
 from headprobe.errors import HeadprobeError, TaskError
 from headprobe.heads.safety.request_sets import (
     SafetyRequest,
@@ -135,7 +135,7 @@ def test_hub_loaders_fail_at_once_offline(monkeypatch, loader):
         loader()
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(headprobe.models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(headprobe.sources, "_hub_reachable", lambda *a, **k: False)
     with pytest.raises(TaskError, match="not reachable"):
         loader()
 
