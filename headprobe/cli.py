@@ -293,21 +293,21 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     options = parse_key_values(args.option, option="--option")
     task_maker(args.task)  # an unknown task fails before loading the model
     out = ensure_output_dir(args.out) if args.out else None
-    distributed = None
+    judge, resume = None, {}
     if args.ray is not None:  # the conditions judged on Ray workers (headprobe.distributed)
-        from headprobe.distributed import import_ray
+        from headprobe.distributed import import_ray, ray_conditions_judge
 
         import_ray()  # a clear error before loading the model
-        distributed = ray_workers(args)
+        judge = ray_conditions_judge(**ray_workers(args))
         if out is not None:  # each judged condition kept: a restarted run resumes
-            distributed.update(checkpoint_dir=out, fresh=args.fresh, echo=print)
+            resume = {"checkpoint_dir": out, "fresh": args.fresh, "echo": print}
     model, spec = _load_from(args, args.model)
     task = _make_task(args.task, model, args.n, args.seed)
     result = ablation_experiment(
         model, task, heads, method=args.method, n_random=args.n_random, seed=args.seed,
         random_from=args.random_from, batch_size=args.batch_size,
         progress=not args.quiet, n_bootstrap=args.n_bootstrap, method_options=options,
-        distributed=distributed,
+        judge=judge, **resume,
     )
     summary = result.summary
     print(f"{spec.name} · task {task.name} ({len(task)} prompts) · method {args.method}")
