@@ -6,7 +6,7 @@ import torch
 
 from headprobe import describe_model, load_model
 from headprobe.catalogue import available_models
-from headprobe.errors import ModelUnavailableError, UnknownModelError
+from headprobe.errors import ModelLoadError, ModelUnavailableError, UnknownModelError
 from headprobe.fastscan import loop_scan, scan_heads
 from headprobe.inputs import ImagePrompt, encode, encode_prompts, iter_batches
 from headprobe.models import resolve_dtype
@@ -26,6 +26,12 @@ def test_unknown_spec_says_what_is_accepted():
 
 def test_folder_without_config(tmp_path):
     with pytest.raises(UnknownModelError, match=r"no config\.json"):
+        load_model(tmp_path)
+
+
+def test_malformed_config_is_a_model_load_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=r"cannot load the model at .*config\.json"):
         load_model(tmp_path)
 
 
