@@ -6,8 +6,9 @@ A prompt item is one of
 - :class:`Chat`: a list of ``{"role", "content"}`` messages, rendered with the tokenizer's own
   chat template (``add_generation_prompt=True`` by default);
 - :class:`ImagePrompt`: text with ``<image>`` placeholders and the images, encoded through
-  the model's processor (``model.headprobe_processor``, set by :func:`headprobe.catalogue.load_model`
-  for vision-language models; see :mod:`headprobe.images`);
+  the model's processor (``model.headprobe_processor``, set by
+  :func:`headprobe.catalogue.load_model` for vision-language models; see
+  :mod:`headprobe.images`);
 - a sequence of token ids (taken as it is).
 
 :func:`headprobe.encoding.encode` turns one item into an :class:`Encoded` (token ids [T],

@@ -13,6 +13,7 @@ import torch
 
 from headprobe.checkpoint import Checkpoint
 from headprobe.errors import NoRetrievalError, TaskError
+from headprobe.heads.retrieval import retrieval
 from headprobe.heads.retrieval.retrieval import (
     DEFAULTS,
     copy_credit,
@@ -23,7 +24,6 @@ from headprobe.inputs import Text
 from headprobe.registry import get_scorer
 from headprobe.runtime.decode import generate
 from headprobe.runtime.hooks import attached
-from headprobe.heads.retrieval import retrieval
 from headprobe.tasks.base import TaskItem
 
 NEW = 8

@@ -12,6 +12,7 @@ import pytest
 
 import headprobe.sources
 from headprobe.errors import HeadprobeError, TaskError
+from headprobe.heads.safety import request_sets as safety_sets
 from headprobe.heads.safety.request_sets import (
     SafetyRequest,
     data_dir,
@@ -22,7 +23,6 @@ from headprobe.heads.safety.request_sets import (
     load_requests,
     safety_path,
 )
-from headprobe.heads.safety import request_sets as safety_sets
 
 HUB_LOADERS = [load_advbench, load_harmbench, load_jailbreakbench]
 # Phrases that string-matching refusal judges look for; no harmless answer may hold one.
