@@ -26,6 +26,7 @@ demo: setup
 	$(VENV)/bin/headprobe atlas --model smollm2-135m-instruct --out $(OUT)
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
 
 # Everything but the real-model, Gemma and slow tests (make test runs them all, as CI does).
@@ -34,6 +35,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) bench/bench_cache_memory.py

@@ -20,8 +20,8 @@ import torch
 def main() -> None:
     from _machine import machine
 
+    from headprobe.catalogue import load_model
     from headprobe.fastscan import loop_scan, scan_heads
-    from headprobe.models import load_model
     from headprobe.tasks import get_task
     from headprobe.tasks.base import answer_token_ids
 

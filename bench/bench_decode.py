@@ -23,7 +23,7 @@ import torch
 def main() -> None:
     from _machine import machine
 
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
     from headprobe.prompts import repeated_random_tokens
     from headprobe.runtime.decode import generate
 

@@ -88,7 +88,7 @@ def bench_task(model: object, task: object, n: int) -> dict:
 def main() -> None:
     from _machine import machine
 
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=8)

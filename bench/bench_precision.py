@@ -3,7 +3,7 @@
 Each scorer (``retrieval``, ``ships``, ``successor``, ``temporal``, ``conflict`` on
 ``--model``, default SmolLM2-135M-Instruct; ``ocr`` on ``--ocr-model``, default the project's
 ``ocr-reader``) runs on the same inputs with the model loaded in ``float32`` and in
-``bfloat16`` (:func:`headprobe.models.load_model` ``dtype``), small ``n`` (``CONFIGS``). Per
+``bfloat16`` (:func:`headprobe.catalogue.load_model` ``dtype``), small ``n`` (``CONFIGS``). Per
 column (``score`` and the scorer's main other columns) it reports, over the L x H heads:
 ``max_abs_diff`` and ``mean_abs_diff`` (NaN-aware), ``spearman`` (rank correlation; NaN when
 a column is constant) and ``spearman_top50`` (over the 50 heads strongest in fp32: the heads a
@@ -105,9 +105,9 @@ def cache_route_works(model: Any) -> bool:
 @contextlib.contextmanager
 def recompute_route() -> Iterator[None]:
     """``retrieval`` and ``ocr`` decode with ``use_cache=False`` (no prefill chunks) inside."""
-    from headprobe.runtime import decode
     from headprobe.heads.ocr import ocr
     from headprobe.heads.retrieval import retrieval
+    from headprobe.runtime import decode
 
     def recomputing(*args: Any, **kwargs: Any) -> Any:
         kwargs["use_cache"], kwargs["prefill_chunk"] = False, None
@@ -161,7 +161,7 @@ def main() -> None:
     import torch
     from _machine import machine
 
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
     from headprobe.registry import get_scorer
 
     parser = argparse.ArgumentParser()

@@ -33,9 +33,9 @@ def main() -> None:
     import ray
     from _machine import machine
 
+    from headprobe.catalogue import DEFAULT_MODEL, load_model
     from headprobe.distributed import RayScanPool, ray_scan
     from headprobe.fastscan import scan_heads
-    from headprobe.models import DEFAULT_MODEL, load_model
     from headprobe.tasks import get_task
 
     parser = argparse.ArgumentParser()

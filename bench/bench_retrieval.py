@@ -65,7 +65,7 @@ def _trial(model, length: int):
 def child(route: str, length: int, new: int) -> dict:
     import torch
 
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     bridge, spec = load_model()
     spec, trials = _trial(bridge, length)

@@ -21,10 +21,10 @@ from pathlib import Path
 def main() -> None:
     from _machine import machine
 
+    from headprobe.catalogue import load_model
     from headprobe.fastscan import head_effects, loop_head_effects
     from headprobe.heads.safety.request_sets import load_requests, request_prompt
     from headprobe.inputs import encode_prompts
-    from headprobe.models import load_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m-safety")

@@ -63,8 +63,8 @@ __version__ = "0.1.0"
 # edit here.
 _PUBLIC: dict[str, str] = {
     # Load a model
-    "load_model": "headprobe.models:load_model",
-    "available_models": "headprobe.models:available_models",
+    "load_model": "headprobe.catalogue:load_model",
+    "available_models": "headprobe.catalogue:available_models",
     "describe_model": "headprobe.models:describe_model",
     "ModelSpec": "headprobe.arch:ModelSpec",
     # Prompts

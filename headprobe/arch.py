@@ -226,7 +226,7 @@ class ModelSpec:
             model lives (``"cpu"``, ``"cuda:0"``); for a model spread over devices by a
             device map, its main device, where inputs go and outputs come back.
         device_map: ``(module path, device)`` pairs of a model spread over devices by
-            Hugging Face accelerate (:func:`headprobe.models.load_model` with ``device_map=``;
+            Hugging Face accelerate (:func:`headprobe.catalogue.load_model` with ``device_map=``;
             devices ``"cuda:0"``, ``"cpu"``, ``"disk"``...), in the map's order; empty for a
             model on one device. ``to_dict`` gives it as ``{path: device}`` and leaves it out
             when empty.

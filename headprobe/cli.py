@@ -79,10 +79,10 @@ def _load(spec: str, *, device: str | None = None, dtype: str | None = None,
           **placement: Any) -> tuple[Any, Any]:
     """Load ``spec`` as ``(bridge, ModelSpec)`` (the one loading seam; tests replace it).
 
-    ``dtype``/``device`` ``None`` leave the choice to :func:`headprobe.models.load_model`
+    ``dtype``/``device`` ``None`` leave the choice to :func:`headprobe.catalogue.load_model`
     (fp32 on the CPU, bf16 on CUDA); ``placement``: ``device_map`` / ``offload_folder``.
     """
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     return load_model(spec, device=device, dtype=dtype, **placement)
 
@@ -138,7 +138,8 @@ def precision(model: Any) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the packaged models, whether they are installed and cached."""
-    from headprobe.models import available_models, cache_dir
+    from headprobe.catalogue import available_models
+    from headprobe.sources import cache_dir
 
     print(f"{'name':24} {'installed':9} {'cached':6}  description")
     for row in available_models():
@@ -292,21 +293,21 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     options = parse_key_values(args.option, option="--option")
     task_maker(args.task)  # an unknown task fails before loading the model
     out = ensure_output_dir(args.out) if args.out else None
-    distributed = None
+    judge, resume = None, {}
     if args.ray is not None:  # the conditions judged on Ray workers (headprobe.distributed)
-        from headprobe.distributed import import_ray
+        from headprobe.distributed import import_ray, ray_conditions_judge
 
         import_ray()  # a clear error before loading the model
-        distributed = ray_workers(args)
+        judge = ray_conditions_judge(**ray_workers(args))
         if out is not None:  # each judged condition kept: a restarted run resumes
-            distributed.update(checkpoint_dir=out, fresh=args.fresh, echo=print)
+            resume = {"checkpoint_dir": out, "fresh": args.fresh, "echo": print}
     model, spec = _load_from(args, args.model)
     task = _make_task(args.task, model, args.n, args.seed)
     result = ablation_experiment(
         model, task, heads, method=args.method, n_random=args.n_random, seed=args.seed,
         random_from=args.random_from, batch_size=args.batch_size,
         progress=not args.quiet, n_bootstrap=args.n_bootstrap, method_options=options,
-        distributed=distributed,
+        judge=judge, **resume,
     )
     summary = result.summary
     print(f"{spec.name} · task {task.name} ({len(task)} prompts) · method {args.method}")
@@ -392,7 +393,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
 
 def _model_options(parser: argparse.ArgumentParser, *, recipe: bool = False) -> None:
     """``--model``, ``--dtype`` and ``--device`` of a command that loads a model."""
-    from headprobe.models import DEFAULT_MODEL
+    from headprobe.catalogue import DEFAULT_MODEL
 
     if recipe:
         parser.add_argument("--model", default=None, help="override the recipe's model")

@@ -17,6 +17,11 @@ class UnknownModelError(HeadprobeError, ValueError):
     """The model spec names no packaged model, local file, local directory or hub model."""
 
 
+class ModelLoadError(HeadprobeError, RuntimeError):
+    """A model's files are there but cannot be read (a malformed ``config.json``, a broken
+    weights file); the message names the path and the first line of the cause."""
+
+
 class ModelUnavailableError(HeadprobeError, RuntimeError):
     """The model spec is known but cannot be loaded here (package missing, offline hub)."""
 

@@ -6,8 +6,8 @@ carries a fingerprint of the file's path, size and modification time), so later 
 folder (about a second). :func:`cache_dir` is ``$HEADPROBE_CACHE`` when set, else
 ``$XDG_CACHE_HOME/headprobe`` (``~/.cache/headprobe``).
 
-:func:`headprobe.models.load_model` resolves a spec to a file and calls :func:`load_gguf`; the
-names here are re-exported by :mod:`headprobe.models` where they were public before.
+:func:`headprobe.sources.load_hf` resolves a spec to a file and calls :func:`load_gguf`;
+``cache_dir`` and ``CACHE_ENV`` are re-exported by :mod:`headprobe.sources`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Image prompts through a vision-language model's processor.
 
 An :class:`~headprobe.prompt_items.ImagePrompt` is text with ``<image>`` placeholders and the
-images. :func:`encode_image_prompt` runs the processor that :func:`headprobe.models.load_model`
+images. :func:`encode_image_prompt` runs the processor that :func:`headprobe.catalogue.load_model`
 keeps on the bridge (``model.headprobe_processor``), which expands each placeholder into one
 image token per patch and returns ``pixel_values``; it finds each image's run of image tokens
 (the config's ``image_token_id`` / ``image_token_index``), gives it a span ``image`` (or
@@ -14,7 +14,6 @@ the 3-D multimodal rotary positions of the prompt (``position_ids`` [3, T]) as a
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -40,7 +39,7 @@ TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "offset_
 
 
 def processor_of(model: Any) -> Any:
-    """The processor kept on the bridge by :func:`headprobe.models.load_model`.
+    """The processor kept on the bridge by :func:`headprobe.catalogue.load_model`.
 
     Raises:
         PromptFormatError: the model has none (it is not a vision-language model).
@@ -248,32 +247,3 @@ def _expansion_map(plain: Sequence[int], expanded: Sequence[int], image_id: int
         raise PromptFormatError("the processor added tokens the tokenizer did not give; "
                                 "spans cannot be mapped")
     return position_of, runs
-
-
-def qwen_images_processor(tokenizer: Any, image_processor: Any) -> Any:
-    """A Qwen2-VL-style processor for images only: ``tokenizer`` and a PIL
-    ``Qwen2VLImageProcessorPil`` (HF's default fast image and video processors need
-    torchvision, which headprobe does not install). Videos are not supported."""
-    return _image_only_qwen_processor_class()(
-        image_processor=image_processor, tokenizer=tokenizer,
-        chat_template=getattr(tokenizer, "chat_template", None))
-
-
-@functools.cache
-def _image_only_qwen_processor_class() -> Any:
-    """``Qwen2_5_VLProcessor`` without its video sub-processor (whose base class needs
-    torchvision); images are processed by the parent class's own code."""
-    from transformers import Qwen2_5_VLProcessor
-    from transformers.processing_utils import ProcessorMixin
-
-    class _ImageOnlyQwenProcessor(Qwen2_5_VLProcessor):
-        def __init__(self, image_processor: Any = None, tokenizer: Any = None,
-                     chat_template: str | None = None, **kwargs: Any) -> None:
-            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-            self.image_token_id = int(tokenizer.convert_tokens_to_ids(self.image_token))
-            self.video_token_id = int(tokenizer.convert_tokens_to_ids(self.video_token))
-            ProcessorMixin.__init__(self, image_processor, tokenizer,
-                                    chat_template=chat_template)
-
-    return _ImageOnlyQwenProcessor

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from headprobe.encoding import encode, encode_prompts, render_chat, tokenize_prompts
 from headprobe.errors import PromptFormatError
 from headprobe.prompt_items import (
     IMAGE_PLACEHOLDER,
@@ -36,12 +37,8 @@ from headprobe.prompt_items import (
     Prompts,
     Text,
     chars_to_span,
-    encode,
-    encode_prompts,
     mark_chars,
-    render_chat,
     token_offsets,
-    tokenize_prompts,
     tokenizer_of,
 )
 from headprobe.types import Span

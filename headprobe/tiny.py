@@ -179,7 +179,7 @@ def qwen_vl_processor(tokenizer: Any, image_processor: Any = None) -> Any:
         image_processor = Qwen2VLImageProcessorPil(
             patch_size=_QWEN_PATCH, temporal_patch_size=2, merge_size=_QWEN_MERGE,
             min_pixels=_QWEN_MIN_PIXELS, max_pixels=_QWEN_MAX_PIXELS)
-    from headprobe.images import qwen_images_processor
+    from headprobe.processors import qwen_images_processor
 
     return qwen_images_processor(tokenizer, image_processor)
 
@@ -296,7 +296,7 @@ def tiny_model(
     the model is moved to ``device`` and its parameters cast to ``dtype``, so one seed gives
     the same model everywhere. With ``device_map`` (and ``offload_folder`` / ``max_memory``)
     it is spread over devices instead, ``device`` being the main device (``None``: the map's
-    first accelerator), as in :func:`headprobe.models.load_model`; test maps use HF module
+    first accelerator), as in :func:`headprobe.catalogue.load_model`; test maps use HF module
     paths (``model.embed_tokens``, ``model.layers.0``, ``model.norm``, ``lm_head``). The
     ``llava`` and ``qwen2.5-vl`` kinds also get ``bridge.headprobe_processor``.
     """

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.runtime.hooks import model_device, onloaded
+from headprobe.placement import is_placed, model_device, onloaded
 
 
 def head_output_weights(model: Any, spec: ModelSpec, layer: int | None = None) -> torch.Tensor:
@@ -41,8 +41,9 @@ def head_output_weights(model: Any, spec: ModelSpec, layer: int | None = None) -
 def placed(model: Any) -> bool:
     """Whether ``model`` was spread over devices or offloaded by a device map
     (:mod:`headprobe.placement`): its weights must then be read through :func:`read_weight`
-    or :func:`~headprobe.runtime.hooks.onloaded`."""
-    return bool(getattr(model.original_model, "hf_device_map", None))
+    or :func:`~headprobe.placement.onloaded`; the predicate of
+    :func:`headprobe.placement.is_placed`, so a one-device map is not placed."""
+    return is_placed(model.original_model)
 
 
 def read_weight(model: Any, module: torch.nn.Module, name: str = "weight") -> torch.Tensor:

@@ -39,11 +39,11 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from headprobe import scan
+from headprobe.catalogue import load_model
 from headprobe.experiments import ablation_experiment
 from headprobe.fastscan import scan_heads
 from headprobe.heads.successor.successor import mod10_view
 from headprobe.headtable import write_json
-from headprobe.models import load_model
 from headprobe.tasks import get_task
 
 KINDS = ("increment", "repeat", "facts")

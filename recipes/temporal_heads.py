@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="5 IG steps, 2 random sets, 200 bootstrap draws")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     model, _ = load_model(args.model)
     params: dict[str, Any] = {"steps": 5 if args.quick else args.steps, "method": args.method,

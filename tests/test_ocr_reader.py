@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from headprobe.catalogue import available_models, load_model
 from headprobe.heads.ocr.ocr_reader import (
     OCRModelSize,
     TrainSettings,
@@ -18,7 +19,6 @@ from headprobe.heads.ocr.ocr_reader import (
     train_ocr_model,
 )
 from headprobe.heads.ocr.text_images import OCR_ALPHABET, render_many, render_text
-from headprobe.models import available_models, load_model
 from headprobe.tasks import get_task
 
 SMALL = OCRModelSize(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,

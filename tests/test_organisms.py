@@ -144,10 +144,10 @@ def test_missing_adapter_says_how_to_rebuild(tmp_path, monkeypatch):
                      rebuild_hint="python recipes/make_safety_model.py")
     (tmp_path / "adapters" / "smollm2-135m-safety").mkdir(parents=True)
     monkeypatch.setenv("HEADPROBE_DATA", str(tmp_path))
-    monkeypatch.setattr("headprobe.models.is_installed", lambda name: True)
+    monkeypatch.setattr("headprobe.sources.is_installed", lambda name: True)
     assert packaged_adapter_dir("smollm2-135m-safety") == (
         tmp_path / "adapters" / "smollm2-135m-safety")
-    from headprobe.models import available_models, load_model
+    from headprobe.catalogue import available_models, load_model
 
     with pytest.raises(ModelUnavailableError, match=r"lacks .*make_safety_model"):
         load_model("smollm2-135m-safety")
@@ -175,7 +175,7 @@ def test_evaluate_refusals_on_a_tiny_model(tiny_llama):
 
 @pytest.mark.real
 def test_packaged_safety_model_refuses_and_answers():
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     model, spec = load_model("smollm2-135m-safety")
     assert spec.name == "smollm2-135m-safety" and spec.n_layers == 30

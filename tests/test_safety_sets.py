@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import headprobe.models
+import headprobe.sources
 from headprobe.errors import HeadprobeError, TaskError
+from headprobe.heads.safety import request_sets as safety_sets
 from headprobe.heads.safety.request_sets import (
     SafetyRequest,
     data_dir,
@@ -22,7 +23,6 @@ from headprobe.heads.safety.request_sets import (
     load_requests,
     safety_path,
 )
-from headprobe.heads.safety import request_sets as safety_sets
 
 HUB_LOADERS = [load_advbench, load_harmbench, load_jailbreakbench]
 # Phrases that string-matching refusal judges look for; no harmless answer may hold one.
@@ -135,7 +135,7 @@ def test_hub_loaders_fail_at_once_offline(monkeypatch, loader):
         loader()
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(headprobe.models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(headprobe.sources, "_hub_reachable", lambda *a, **k: False)
     with pytest.raises(TaskError, match="not reachable"):
         loader()
 

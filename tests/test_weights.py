@@ -8,8 +8,9 @@ import torch
 
 from headprobe.errors import HeadIndexError
 from headprobe.inputs import iter_batches, tokenize_prompts
+from headprobe.placement import is_placed, placed_map
 from headprobe.runtime.hooks import capture
-from headprobe.weights import head_output_weights, hf_module, unwrap
+from headprobe.weights import head_output_weights, hf_module, placed, unwrap
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2", "tiny_gemma"])
@@ -57,3 +58,19 @@ def test_hf_module_unwraps_bridge_components(tiny_llama):
     assert type(layer).__name__ == "LlamaDecoderLayer"
     with pytest.raises(AttributeError):
         hf_module(model, "model.no_such_module")
+
+
+@pytest.mark.parametrize(("device_map", "placed_here"), [
+    ({"": "cpu"}, False),  # from_pretrained(device_map="cpu"): a plain model on one device
+    ({"": 0} if torch.cuda.is_available() else {"": "cpu"}, False),
+    ({"model": "cpu", "lm_head": "cpu"}, False),  # several entries, one device
+    ({"model": "cpu", "lm_head": "disk"}, True),  # offloaded to the disk
+])
+def test_one_placement_predicate(tiny_llama, monkeypatch, device_map, placed_here):
+    """weights.placed and placement.placed_map answer from one predicate (is_placed): a
+    one-device map is not placed, a map over several devices or the disk is."""
+    model, _ = tiny_llama
+    monkeypatch.setattr(model.original_model, "hf_device_map", device_map, raising=False)
+    assert placed(model) is placed_here
+    assert is_placed(model.original_model) is placed_here
+    assert bool(placed_map(model.original_model)) is placed_here

@@ -29,7 +29,8 @@ A worker process that dies is restarted by Ray (``max_restarts``) and its shard 
 flight finish (and be checkpointed), then raises :class:`ShardFailedError`.
 
 :func:`ray_judge` does the same for an ablation experiment
-(:func:`headprobe.experiments.ablation.ablation_experiment` with ``distributed=``): its
+(:func:`headprobe.experiments.ablation.ablation_experiment` with
+``judge=ray_conditions_judge(model_name, ...)``): its
 conditions (baseline, target, each random control set) are judged one per free worker, with
 the random sets drawn and the means / resample sources computed once by the driver; with a
 ``checkpoint_dir`` each judged condition is saved at once and a restarted experiment judges
@@ -49,7 +50,7 @@ Modules:
 
 from __future__ import annotations
 
-from headprobe.distributed.experiment import ray_judge
+from headprobe.distributed.experiment import ray_conditions_judge, ray_judge
 from headprobe.distributed.pool import INSTALL_HINT, RayScanPool, import_ray
 from headprobe.distributed.scan import RAY_SCORERS, ray_scan, ray_scorer
 from headprobe.distributed.shards import SHARD_BY, Shard, ShardBy, plan_shards
@@ -58,4 +59,4 @@ from headprobe.errors import RayNotInstalledError, ShardFailedError
 
 __all__ = ["INSTALL_HINT", "RAY_SCORERS", "SHARD_BY", "RayNotInstalledError", "RayScanPool",
            "ScanWorker", "Shard", "ShardBy", "ShardFailedError", "import_ray", "plan_shards",
-           "ray_judge", "ray_scan", "ray_scorer"]
+           "ray_conditions_judge", "ray_judge", "ray_scan", "ray_scorer"]

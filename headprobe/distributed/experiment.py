@@ -9,7 +9,8 @@ conditions still missing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -99,3 +100,11 @@ def ray_judge(
     finally:
         if own_pool:
             pool.close()
+
+
+def ray_conditions_judge(model_name: str, **ray_options: Any) -> Callable[..., Any]:
+    """The ``judge=`` of :func:`headprobe.experiments.ablation.ablation_experiment` that judges
+    its conditions on Ray workers: :func:`ray_judge` with ``model_name`` (the name the model
+    was loaded from) and ``ray_options`` (``pool`` or ``address`` / ``num_workers`` /
+    ``load_options``, ``cpus_per_worker``, ``gpus_per_worker``, ``max_retries``) bound."""
+    return functools.partial(ray_judge, model_name, **ray_options)

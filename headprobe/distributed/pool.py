@@ -32,7 +32,7 @@ class RayScanPool:
     instance the pool started itself).
 
     Args:
-        model_name: the model each worker loads (:func:`headprobe.models.load_model`).
+        model_name: the model each worker loads (:func:`headprobe.catalogue.load_model`).
         num_workers: actors (one model each).
         address: Ray cluster address (``"auto"``, ``"ray://host:10001"``...); ``None``: the
             running Ray instance of this process if any, else a new local one.

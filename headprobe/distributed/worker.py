@@ -21,14 +21,14 @@ class ScanWorker:
     """One Ray actor: loads ``model_name`` once and runs shards of scans on it.
 
     Args:
-        model_name: anything :func:`headprobe.models.load_model` takes (``tiny:llama-gqa``,
+        model_name: anything :func:`headprobe.catalogue.load_model` takes (``tiny:llama-gqa``,
             ``smollm2-135m-instruct``, a local folder...).
         load_options: keyword arguments of ``load_model`` (``device``, ``dtype``).
         threads: torch intra-op threads (the worker's CPU share).
     """
 
     def __init__(self, model_name: str, load_options: Mapping[str, Any], threads: int) -> None:
-        from headprobe.models import load_model
+        from headprobe.catalogue import load_model
 
         torch.set_num_threads(max(1, int(threads)))
         self.model, self.spec = load_model(model_name, **dict(load_options))

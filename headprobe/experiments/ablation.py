@@ -4,14 +4,15 @@
 (``baseline``), with the target heads ablated (``target``) and with ``n_random`` random head
 sets of the same size ablated (``random_0``...), using any method of
 :data:`headprobe.interventions.METHODS`. Statistics: :mod:`headprobe.experiments.stats`.
-With ``distributed=`` the conditions are judged on Ray workers
-(:func:`headprobe.distributed.ray_judge`), one condition per free worker, with the same
-random sets and the means / resample sources computed once here.
+With ``judge=`` the conditions are judged elsewhere, e.g. on Ray workers
+(:func:`headprobe.distributed.ray_conditions_judge`, one condition per free worker), with the
+same random sets and the means / resample sources computed once here; the harness does not
+import the judge's machinery (it sits in a higher layer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ from headprobe.provenance import Timer
 from headprobe.tasks.base import Task
 from headprobe.types import Head
 
+# Judges an ablation experiment's conditions somewhere else (Ray workers, ...): called with
+# keywords task, conditions ([(name, heads or None)]), method, options (the runner's, with the
+# means / resample sources computed once), all_heads, batch_size, progress and checkpoint
+# (a Checkpoint or None); returns ({condition: [N] bool correct}, meta of the run).
+ConditionsJudge = Callable[..., tuple[dict[str, np.ndarray], dict[str, Any]]]
 
 @dataclass
 class ExperimentResult:
@@ -99,7 +105,10 @@ def ablation_experiment(
     progress: bool = True,
     n_bootstrap: int = 1000,
     method_options: dict[str, Any] | None = None,
-    distributed: Mapping[str, Any] | None = None,
+    judge: ConditionsJudge | None = None,
+    checkpoint_dir: str | Path | None = None,
+    fresh: bool = False,
+    echo: Callable[[str], Any] | None = None,
 ) -> ExperimentResult:
     """Ablate ``heads`` and ``n_random`` random head sets of the same size; judge ``task``.
 
@@ -116,12 +125,12 @@ def ablation_experiment(
         random_from: ``same_layers`` or ``uniform``.
         n_bootstrap: bootstrap resamples for the 95% intervals (0: no intervals).
         method_options: extra options of the method (e.g. ``{"factor": 1e-5}``).
-        distributed: judge the conditions on Ray workers: keywords of
-            :func:`headprobe.distributed.ray_judge` (``model_name``, the name ``model`` was
-            loaded from, and ``pool`` or ``address`` / ``num_workers`` / ``load_options``),
-            plus ``checkpoint_dir`` (keep each judged condition there: a restarted
-            experiment judges only the missing ones), ``fresh`` and ``echo``;
-            ``meta["distributed"]`` says so. ``None``: in this process.
+        judge: judge the conditions elsewhere (a :data:`ConditionsJudge`, e.g.
+            :func:`headprobe.distributed.ray_conditions_judge` for Ray workers); its meta is
+            kept as ``meta["distributed"]``. ``None``: in this process.
+        checkpoint_dir, fresh, echo: with ``judge``, keep each judged condition in a
+            checkpoint under ``checkpoint_dir`` (a restarted experiment judges only the
+            missing ones; ``fresh`` starts over, ``echo`` prints the checkpoint's messages).
 
     Returns:
         :class:`ExperimentResult` whose table has one row per condition (``baseline``,
@@ -152,19 +161,18 @@ def ablation_experiment(
     correct: dict[str, np.ndarray] = {}
     extra: dict[str, Any] = {}
     checkpoint = None
-    if distributed is not None:
-        from headprobe.distributed import ray_judge
-
-        ray_options = dict(distributed)
-        checkpoint = _conditions_checkpoint(
-            model, spec, task, ray_options, seed=seed, batch_size=batch_size,
-            params={"method": method, "method_options": jsonable_options(options),
-                    "heads": format_heads(target), "random_from": random_from,
-                    "random_sets": [format_heads(s) for s in random_sets]})
-        correct, extra["distributed"] = ray_judge(
+    if judge is not None:
+        if checkpoint_dir is not None:
+            checkpoint = _conditions_checkpoint(
+                model, spec, task, checkpoint_dir, fresh=fresh, echo=echo, seed=seed,
+                batch_size=batch_size,
+                params={"method": method, "method_options": jsonable_options(options),
+                        "heads": format_heads(target), "random_from": random_from,
+                        "random_sets": [format_heads(s) for s in random_sets]})
+        correct, extra["distributed"] = judge(
             task=task, conditions=conditions, method=method, options=runner.options,
             all_heads=[h for s in [target, *random_sets] for h in s], batch_size=batch_size,
-            progress=progress, checkpoint=checkpoint, **ray_options)
+            progress=progress, checkpoint=checkpoint)
     else:
         with progress_steps(len(conditions), progress, f"ablate ({method})") as step:
             for name, condition_heads in conditions:
@@ -190,17 +198,11 @@ def ablation_experiment(
     return ExperimentResult(table, figure, summary, meta, correct, name="ablation")
 
 
-def _conditions_checkpoint(model: Any, spec: ModelSpec, task: Task,
-                           ray_options: dict[str, Any], *, seed: int, batch_size: int,
-                           params: dict[str, Any]) -> Checkpoint | None:
-    """The checkpoint of the Ray-judged conditions (``ray_options`` keys ``checkpoint_dir``,
-    ``fresh``, ``echo``, removed from it), keyed by the model, the method and the head sets,
-    the seed and the task's prompts; ``None`` without ``checkpoint_dir``."""
-    folder = ray_options.pop("checkpoint_dir", None)
-    fresh = bool(ray_options.pop("fresh", False))
-    echo = ray_options.pop("echo", None)
-    if folder is None:
-        return None
+def _conditions_checkpoint(model: Any, spec: ModelSpec, task: Task, folder: str | Path, *,
+                           fresh: bool, echo: Callable[[str], Any] | None, seed: int,
+                           batch_size: int, params: dict[str, Any]) -> Checkpoint:
+    """The checkpoint of the conditions judged by a ``judge`` in ``folder``, keyed by the
+    model, the method and the head sets, the seed and the task's prompts."""
     digest = fingerprint(encode_prompts(model, task.prompts, spec))
     return Checkpoint(folder, "ablation_ray", run_key_fields(
         name="ablation_ray", spec=spec, params=params, seed=seed, n=len(task),

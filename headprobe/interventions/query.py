@@ -7,33 +7,9 @@ from typing import Any
 
 import torch
 
-from headprobe.arch import ModelSpec
 from headprobe.errors import InterventionError
 from headprobe.interventions.heads import DEFAULT_EPS, HookList, finite, prepare
-
-
-def query_hook_point(model: Any, spec: ModelSpec, layer: int) -> tuple[str, int]:
-    """The hook carrying head queries *after* any query norm, and its head axis.
-
-    - rotary models (Llama, Gemma 3): ``hook_rot_q`` [B, T, H, d_head], after the q norm
-      and after rotary; rotary is linear, so scaling here equals scaling before it;
-    - models with a q norm but no rotary hook: ``hook_q_normed`` [B, H, T, d_head];
-    - otherwise (GPT-2): ``hook_q`` [B, T, H, d_head].
-
-    Scaling the q projection output of a model with a query norm (Gemma 3) does *not*
-    make its attention uniform: the norm undoes the scale.
-    """
-    rot = spec.hooks.at("rot_q", layer)
-    if rot in model.hook_dict:
-        return rot, 2
-    if spec.facts.has_qk_norm:
-        normed = spec.hooks.at("q_normed", layer)
-        if normed in model.hook_dict:
-            return normed, 1
-        raise InterventionError(
-            f"{spec.name} normalises queries but exposes neither hook_rot_q nor hook_q_normed "
-            f"at layer {layer}; uniform attention cannot be applied after the q norm")
-    return spec.hooks.at("q", layer), 2
+from headprobe.runtime.hooks import query_hook_point as query_hook_point  # re-exported
 
 
 def uniform_attention(

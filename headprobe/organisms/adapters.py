@@ -172,7 +172,7 @@ def load_adapted(
     use_cache: bool = True,
     rebuild_hint: str = "",
 ) -> tuple[Any, Any]:
-    """``(hf_model, tokenizer)``: the base model (any :func:`headprobe.models.load_model`
+    """``(hf_model, tokenizer)``: the base model (any :func:`headprobe.catalogue.load_model`
     spec) loaded in fp32, the adapter in ``folder`` merged into it, then cast to ``dtype``.
 
     Raises:
@@ -181,7 +181,7 @@ def load_adapted(
         AdapterMismatchError: the adapter does not fit the base model.
     """
     from headprobe.gguf import cast_parameters
-    from headprobe.models import load_hf_model
+    from headprobe.sources import load_hf_model
 
     folder = Path(folder)
     require_adapter_files(folder, rebuild_hint)
@@ -201,8 +201,10 @@ def load_adapted_model(
     use_cache: bool = True,
 ) -> tuple[Any, Any]:
     """``(bridge, spec)`` of ``base`` with the adapter in ``folder`` merged, like
-    :func:`headprobe.models.load_model` (``name``: the spec's name, default the folder's)."""
-    from headprobe.models import PACKAGED_MODELS, resolve_device, resolve_dtype, wrap_hf_model
+    :func:`headprobe.catalogue.load_model` (``name``: the spec's name, default the folder's)."""
+    from headprobe.models import resolve_dtype, wrap_hf_model
+    from headprobe.placement import resolve_device
+    from headprobe.sources import PACKAGED_MODELS
 
     folder = Path(folder)
     torch_device = resolve_device(device)

@@ -16,10 +16,18 @@ for code that reads them outside a forward pass.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from headprobe.arch import ModelSpec
+from headprobe.errors import InterventionError
+from headprobe.placement import (  # re-exported: device facts live in placement
+    hf_input_device as hf_input_device,
+)
+from headprobe.placement import model_device as model_device
+from headprobe.placement import onloaded as onloaded
 
 HookFn = Callable[..., Any]
 Hook = tuple[str, HookFn]
@@ -30,60 +38,6 @@ def attached(model: Any, fwd_hooks: Sequence[Hook]) -> Iterator[Any]:
     """Attach forward hooks for the duration of a block; they are removed even on error."""
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         yield model
-
-
-def model_device(model: Any) -> torch.device:
-    """Where the model's inputs go: the device of its first parameter, or for a model
-    dispatched over several devices its main device (:func:`hf_input_device`)."""
-    return hf_input_device(model.original_model)
-
-
-def hf_input_device(hf_model: torch.nn.Module) -> torch.device:
-    """The device a Hugging Face model takes its inputs on and returns its outputs on.
-
-    A model dispatched by accelerate (``dispatch_model``) carries a hook on its top module
-    whose execution device is the main device (inputs are moved there, outputs come back on
-    the input's device); otherwise the first parameter's device that is not ``meta``
-    (CPU when there is none).
-    """
-    device = _execution_device(getattr(hf_model, "_hf_hook", None))
-    if device is not None:
-        return device
-    for param in hf_model.parameters():
-        if param.device.type != "meta":
-            return param.device
-    return torch.device("cpu")
-
-
-def _execution_device(hook: Any) -> torch.device | None:
-    """The execution device of an accelerate hook (or of the first hook of a sequence)."""
-    if hook is None:
-        return None
-    for inner in getattr(hook, "hooks", ()):  # SequentialHook
-        found = _execution_device(inner)
-        if found is not None:
-            return found
-    device = getattr(hook, "execution_device", None)
-    if device is None:
-        return None
-    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
-
-
-@contextmanager
-def onloaded(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Within the block, the weights of ``module`` and its submodules that accelerate offloaded
-    (``meta`` placeholders of a model dispatched with ``"cpu"`` / ``"disk"`` entries) are
-    loaded on their execution devices; they are offloaded again afterwards, also on error.
-    A no-op for modules without offloaded weights. Read weights inside the block and copy
-    what is kept (``.detach().clone()`` or ``.to(...)``)."""
-    with ExitStack() as stack:
-        hooked = [m for m in module.modules() if "_hf_hook" in vars(m)]
-        if hooked:
-            from accelerate.utils import align_module_device
-
-            for submodule in hooked:
-                stack.enter_context(align_module_device(submodule))
-        yield module
 
 
 def model_dtype(model: Any) -> torch.dtype:
@@ -141,3 +95,27 @@ def check_fired(store: dict[str, torch.Tensor], names: Sequence[str]) -> None:
     missing = [name for name in names if name not in store]
     if missing:
         raise RuntimeError(f"hooks {missing} did not fire during the forward pass")
+
+
+def query_hook_point(model: Any, spec: ModelSpec, layer: int) -> tuple[str, int]:
+    """The hook carrying head queries *after* any query norm, and its head axis.
+
+    - rotary models (Llama, Gemma 3): ``hook_rot_q`` [B, T, H, d_head], after the q norm
+      and after rotary; rotary is linear, so scaling here equals scaling before it;
+    - models with a q norm but no rotary hook: ``hook_q_normed`` [B, H, T, d_head];
+    - otherwise (GPT-2): ``hook_q`` [B, T, H, d_head].
+
+    Scaling the q projection output of a model with a query norm (Gemma 3) does *not*
+    make its attention uniform: the norm undoes the scale.
+    """
+    rot = spec.hooks.at("rot_q", layer)
+    if rot in model.hook_dict:
+        return rot, 2
+    if spec.facts.has_qk_norm:
+        normed = spec.hooks.at("q_normed", layer)
+        if normed in model.hook_dict:
+            return normed, 1
+        raise InterventionError(
+            f"{spec.name} normalises queries but exposes neither hook_rot_q nor hook_q_normed "
+            f"at layer {layer}; uniform attention cannot be applied after the q norm")
+    return spec.hooks.at("q", layer), 2

@@ -9,7 +9,7 @@ only the one row per head, computed as one ``q . K`` product:
 
 - ``q`` [B, H, d_head]: the newest query of the step (after the q norm and rotary), read from
   the query hook (``hook_rot_q``; see
-  :func:`headprobe.interventions.query.query_hook_point`) at the column whose logits choose
+  :func:`headprobe.runtime.hooks.query_hook_point`) at the column whose logits choose
   the next token. Hooks the user attaches at the same point (e.g. uniform attention) run
   first, so the row is the one the edited model uses.
 - ``K`` [B, H_kv, T_k, d_head]: the layer's keys after the k norm and rotary, as the layer
@@ -47,9 +47,8 @@ import torch
 from headprobe.arch import ModelSpec
 from headprobe.errors import NonCausalModelError
 from headprobe.inputs import Batch, Prompts
-from headprobe.interventions.query import query_hook_point
 from headprobe.runtime.decode import DecodeStep, Generation, generate
-from headprobe.runtime.hooks import Hook
+from headprobe.runtime.hooks import Hook, query_hook_point
 from headprobe.weights import hf_module
 
 __all__ = [

@@ -17,6 +17,7 @@ HEAD_TYPE = HeadType(
         "bracket_copy": "headprobe.heads.ocr.bracket_copy",
     },
     recipes=("recipes/ocr_heads.toml",),
+    models={"ocr-reader": "headprobe.heads.ocr.model:OCR_MODEL_SOURCE"},
     notebook="notebooks/07_ocr_heads.ipynb",
     example="headprobe.heads.ocr.example:example",
 )

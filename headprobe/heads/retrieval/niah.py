@@ -276,7 +276,7 @@ def load_dataset_text(name: str, *, text_column: str = "text", config: str | Non
             reachable: fails at once, never waits on the network), ``datasets`` missing, the
             set or the column not found, or no text in it.
     """
-    from headprobe.models import hub_offline
+    from headprobe.sources import hub_offline
 
     if hub_offline():
         raise TaskError(f"cannot read the data set {name!r}: the Hugging Face hub is not "

@@ -20,6 +20,7 @@ HEAD_TYPE = HeadType(
         "harmless_answer": "headprobe.heads.safety.harmless_answer",
     },
     recipes=("recipes/safety_heads.toml",),
+    models={"smollm2-135m-safety": "headprobe.heads.safety.model:SAFETY_MODEL_SOURCE"},
     notebook="notebooks/04_safety_heads.ipynb",
     example="headprobe.heads.safety.example:example",
 )

