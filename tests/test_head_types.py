@@ -42,9 +42,13 @@ def test_folder_declares_a_complete_head_type(name):
         assert module.startswith(f"headprobe.heads.{name}."), module
         assert registry.task_modules()[task] == module
         assert callable(registry.task_maker(task))
-    for target in (*head_type.models.values(), *head_type.steps.values()):
+    for target in head_type.steps.values():
         assert target.startswith(f"headprobe.heads.{name}.")
         assert callable(registry.resolve(target))
+    for model, target in head_type.models.items():
+        assert target.startswith(f"headprobe.heads.{name}.")
+        source = registry.resolve(target)
+        assert source.name == model and callable(source.load) and callable(source.status)
     assert head_type.notebook and (ROOT / head_type.notebook).is_file()
 
 
