@@ -121,7 +121,8 @@ class Scorer:
         prepare: builds the default data (or tokenizes the given prompts).
         compute: runs the model and returns a :class:`ScoreResult`; ``prepare`` and
             ``compute`` receive the validated parameters as a plain ``{name: value}`` dict.
-        prompts: what the scorer's ``prompts`` argument may be (None: its default data).
+        prompts: what the scorer's ``prompts`` argument may be (None: its default data);
+            every registered scorer says it (``headprobe scorers NAME`` prints it).
         params: the scorer's parameter record, a frozen :class:`~headprobe.scorers.params.Params`
             dataclass (types, defaults, help, bounds); no field may be named like a run
             option (:data:`headprobe.options.RUN_OPTIONS`).
@@ -138,7 +139,7 @@ class Scorer:
     reference: str
     prepare: Prepare
     compute: Compute
-    prompts: str
+    prompts: str = ""
     params: type[Params] = Params
     default_n: int = 32
     requires_causal: bool = True
@@ -159,8 +160,6 @@ class Scorer:
         if undocumented:
             raise TypeError(f"scorer {self.name!r}: parameters {undocumented} have no help "
                             "(make them with headprobe.scorers.params.param)")
-        if not self.prompts.strip():
-            raise TypeError(f"scorer {self.name!r}: say what its prompts may be (prompts=)")
         self.params()  # the defaults themselves must validate
 
     @property

@@ -74,13 +74,14 @@ def _is_union(kind: Any) -> bool:
 
 
 def type_name(kind: Any) -> str:
-    """``"int | None"``, ``"'mean' | 'zero'"``, ``"tuple[str, ...]"``: a type, for people."""
+    """``"int | None"``, ``"'mean' or 'zero'"``, ``"tuple[str, ...]"``: a type, for people."""
     if kind is type(None):
         return "None"
     if _is_union(kind):
         return " | ".join(type_name(arg) for arg in get_args(kind))
-    if get_origin(kind) is Literal:
-        return " | ".join(repr(arg) for arg in get_args(kind))
+    if get_origin(kind) is Literal:  # "'a', 'b' or 'c'"
+        names = [repr(arg) for arg in get_args(kind)]
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
     if get_origin(kind) is tuple:
         args = get_args(kind)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -259,7 +260,7 @@ def parse_text(cls: type[Params], name: str, text: str, *, owner: str) -> Any:
         raise ScorerParamError(f"{owner}: parameter {name!r} is now called "
                                f"{cls.renamed[name]!r}")
     if name not in fields:
-        raise ScorerParamError(f"{owner} has no parameter {name!r}; its parameters: "
+        raise ScorerParamError(f"{owner} has no parameter {name}; its parameters: "
                                f"{', '.join(fields) or 'none'}")
     kind = type_hints(cls)[name]
     try:
