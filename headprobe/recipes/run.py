@@ -27,6 +27,7 @@ from headprobe.headtable import (
     to_jsonable,
     write_json,
 )
+from headprobe.options import ControlOptions
 from headprobe.recipes.format import (
     DEFAULT_N_RANDOM,
     KV_BUDGET_DEFAULTS,
@@ -35,7 +36,6 @@ from headprobe.recipes.format import (
     Step,
     explicit_heads,
 )
-from headprobe.options import ControlOptions
 from headprobe.registry import get_scorer
 
 # ---------------------------------------------------------------------------------------------
