@@ -52,7 +52,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                   "columns": ["score", "strict"], "signed": []},
     "temporal": {"model": "model", "n": 4,
                  "params": {"temporal_sets": ("president", "ceo"),
-                            "invariant_sets": ("capital",), "steps": 5},
+                            "invariant_sets": ("capital",), "ig_steps": 5},
                  "columns": ["score", "invariant_fraction", "node_score", "exact_patching"],
                  "signed": ["node_score", "exact_patching"]},
     "conflict": {"model": "model", "n": 6, "params": {},

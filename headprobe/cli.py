@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from headprobe.errors import HeadprobeError, InterventionError, UsageError
+from headprobe.options import ControlOptions
 from headprobe.registry import task_maker
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -59,6 +60,27 @@ def parse_key_values(pairs: Sequence[str], *, option: str = "--param") -> dict[s
         if not sep or not key.strip():
             raise UsageError(f"{option} takes KEY=VALUE (e.g. {option} seq_len=8), got {pair!r}")
         values[key.strip()] = parse_value(raw.strip())
+    return values
+
+
+def scorer_params(scorer: Any, pairs: Sequence[str]) -> dict[str, Any]:
+    """``--param KEY=VALUE`` pairs read by the types of ``scorer``'s parameter record
+    (:func:`headprobe.scorers.params.parse_text`: ints, floats, bools, ``none``, comma-separated
+    or JSON lists, choices), checked together through the record (later pairs win).
+
+    Raises:
+        UsageError: a pair without ``=``; ScorerParamError: an unknown name or a bad value.
+    """
+    from headprobe.scorers.params import parse_text
+
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param takes KEY=VALUE (e.g. --param seq_len=8), got {pair!r}")
+        values[key.strip()] = parse_text(scorer.params, key.strip(), raw,
+                                         owner=f"scorer {scorer.name!r}")
+    scorer.check_params(values)
     return values
 
 
@@ -152,10 +174,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_scorer(scorer: Any) -> str:
+    """``headprobe scorers NAME``: the scorer's line, reference, what its prompts may be and
+    each parameter with its type, default and help."""
+    from headprobe.scorers.params import describe
+
+    lines = [f"{scorer.name}: {scorer.description}", f"reference: {scorer.reference}",
+             f"prompts: {scorer.prompts or '(not described)'}", f"default n: {scorer.default_n}"]
+    needs = sorted(scorer.needs)
+    if needs:
+        lines.append("needs: " + ", ".join(needs))
+    infos = describe(scorer.params)
+    lines.append("parameters (--param KEY=VALUE):" if infos else "parameters: none")
+    for info in infos:
+        lines.append(f"  {info.name}: {info.type} = {info.default!r}")
+        lines.append(f"      {info.help}")
+    return "\n".join(lines)
+
+
 def cmd_scorers(args: argparse.Namespace) -> int:
-    """List the registered scorers with what each needs (generation, GPU...)."""
+    """List the registered scorers with what each needs (generation, GPU...); with a name,
+    that scorer's parameters (type, default, help) and what its prompts may be."""
     from headprobe.registry import get_scorer, list_scorers
 
+    if args.name is not None:
+        print(describe_scorer(get_scorer(args.name)))
+        return 0
     for name in list_scorers():
         scorer = get_scorer(name)
         flags = [] if scorer.cheap else ["not in atlas: slow on CPU"]
@@ -174,14 +218,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     check_counts(args)
     scorer = get_scorer(args.scorer)  # fail before loading the model
-    params = parse_key_values(args.param, option="--param")
-    unknown = sorted(set(params) - set(scorer.defaults))
-    if unknown:
-        known = ", ".join(sorted(scorer.defaults)) or "none"
-        raise UsageError(f"scorer {scorer.name!r} has no parameter {', '.join(unknown)}; "
-                         f"its parameters: {known}")
+    params = scorer_params(scorer, args.param)
     out = ensure_output_dir(args.out)
-    if args.ray is not None:  # checks the scorer and that ray is importable, before loading
+    if args.ray is not None:  # the scorer's scan sharded by headprobe.distributed, not by it
         from headprobe.distributed import ray_scorer
 
         scorer = ray_scorer(scorer, **ray_workers(args), shard_by=args.shard_by,
@@ -304,10 +343,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     model, spec = _load_from(args, args.model)
     task = _make_task(args.task, model, args.n, args.seed)
     result = ablation_experiment(
-        model, task, heads, method=args.method, n_random=args.n_random, seed=args.seed,
-        random_from=args.random_from, batch_size=args.batch_size,
-        progress=not args.quiet, n_bootstrap=args.n_bootstrap, method_options=options,
-        judge=judge, **resume,
+        model, task, heads, method=args.method, batch_size=args.batch_size,
+        progress=not args.quiet, method_options=options, judge=judge, **resume,
+        **control_options(args).kwargs(),
     )
     summary = result.summary
     print(f"{spec.name} · task {task.name} ({len(task)} prompts) · method {args.method}")
@@ -325,6 +363,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         folder = result.save(out)
         print(f"wrote {folder}/ablation.csv, ablation.html, meta.json")
     return 0
+
+
+def control_options(args: argparse.Namespace) -> ControlOptions:
+    """The random-set controls ``--n-random``, ``--random-from``, ``--n-bootstrap`` and
+    ``--seed`` ask for."""
+    return ControlOptions(n_random=args.n_random, random_from=args.random_from,
+                          n_bootstrap=args.n_bootstrap, seed=args.seed)
 
 
 def parse_ks(text: str) -> list[int]:
@@ -366,9 +411,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
     model, spec = _load_from(args, args.model)
     task = _make_task(args.task, model, args.n, args.seed)
     result = dose_response(
-        model, task, heads, ks=ks, method=args.method, n_random=args.n_random, seed=args.seed,
-        random_from=args.random_from, batch_size=args.batch_size, progress=not args.quiet,
-        n_bootstrap=args.n_bootstrap, method_options=options,
+        model, task, heads, ks=ks, method=args.method, batch_size=args.batch_size,
+        progress=not args.quiet, method_options=options, **control_options(args).kwargs(),
     )
     summary = result.summary
     print(f"{spec.name} · task {task.name} ({len(task)} prompts) · method {args.method}")
@@ -509,7 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="what can be loaded here and now").set_defaults(func=cmd_models)
-    sub.add_parser("scorers", help="registered scorers").set_defaults(func=cmd_scorers)
+    scorers = sub.add_parser("scorers", help="registered scorers; with a NAME, its parameters")
+    scorers.add_argument("name", nargs="?", default=None,
+                         help="print this scorer's parameters (type, default, help) and prompts")
+    scorers.set_defaults(func=cmd_scorers)
 
     scan = sub.add_parser("scan", help="score every head with one scorer")
     scan.add_argument("scorer")

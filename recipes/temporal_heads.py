@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from headprobe.catalogue import load_model
 
     model, _ = load_model(args.model)
-    params: dict[str, Any] = {"steps": 5 if args.quick else args.steps, "method": args.method,
+    params: dict[str, Any] = {"ig_steps": 5 if args.quick else args.steps, "method": args.method,
                               "top_edges": args.top_edges,
                               "edge_threshold": args.edge_threshold}
     run(model, args.out, model_name=args.model, params=params,

@@ -7,6 +7,7 @@ as written (as the module it would be) and then checked by ``CHECKS[NAME]``.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,7 @@ def examples() -> dict[str, str]:
 def run_example(name: str) -> ModuleType:
     """Execute example ``name`` as a module and return it."""
     module = ModuleType(f"contributing_example_{name.replace('-', '_')}")
+    sys.modules[module.__name__] = module  # dataclasses read their module's globals
     exec(compile(examples()[name], f"CONTRIBUTING.md:{name}", "exec"), module.__dict__)
     return module
 

@@ -181,7 +181,7 @@ def _scorer_inputs(name: str, model: object) -> tuple[object, dict]:
     if name == "dla":
         return Task("tiny_dla", DLA_ITEMS), {}
     if name == "temporal":
-        return _temporal_tasks(), {"steps": 5}
+        return _temporal_tasks(), {"ig_steps": 5}
     if name == "conflict":
         items = [conflict_item(fact, other, framing, model=model)
                  for fact, other in zip(CONFLICT_FACTS, "KL", strict=True)

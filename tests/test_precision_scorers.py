@@ -145,7 +145,7 @@ def test_conflict_bf16(kind):
 @pytest.mark.parametrize("kind", ["llama-gqa", "gemma3"])
 def test_temporal_bf16(kind):
     """The same circuits (memberships equal); EAP-IG and exact patching within tolerance."""
-    tables = _tables("temporal", _pair(kind), _tasks(), steps=5, edge_threshold=0.5)
+    tables = _tables("temporal", _pair(kind), _tasks(), ig_steps=5, edge_threshold=0.5)
     for column in ("score", "invariant_fraction", "is_temporal"):
         a, b = _grids(tables, column)
         assert np.array_equal(a, b), column

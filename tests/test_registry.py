@@ -16,6 +16,7 @@ from headprobe.errors import UnknownScorerError
 from headprobe.fastscan import scan_heads
 from headprobe.registry import get_scorer, list_scorers, scan, scorer_modules
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult, ScorerNeedsError, unmet_needs
+from headprobe.scorers.params import describe
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.types import Need
 
@@ -39,8 +40,9 @@ def test_every_registered_scorer_imports_with_its_name(name):
     scorer = module.SCORER
     assert isinstance(scorer, Scorer) and scorer.name == name
     assert get_scorer(name) is scorer
-    assert set(scorer.param_help) == set(scorer.defaults)
-    assert all(help_text.strip() for help_text in scorer.param_help.values())
+    assert all(info.help.strip() for info in describe(scorer.params))
+    assert [info.name for info in describe(scorer.params)] == list(scorer.defaults)
+    assert scorer.prompts.strip()  # what its prompts may be
     assert scorer.needs <= set(get_args(Need))
     assert scorer.description and scorer.reference
 
@@ -121,6 +123,6 @@ def test_needs_are_checked(tiny_llama):
         _fake_scorer(frozenset({"images"}))(model, progress=False)
     # gpu is a budget hint: a direct call still runs on the CPU
     assert len(_fake_scorer(frozenset({"gpu"}))(model, progress=False)) == spec.n_total_heads
-    with pytest.raises(TypeError, match="param_help"):
+    with pytest.raises(TypeError, match="params must be a Params dataclass"):
         Scorer("bad", "", "", _fake_scorer(frozenset()).prepare,
-               _fake_scorer(frozenset()).compute, defaults={"x": 1})
+               _fake_scorer(frozenset()).compute, params=dict)

@@ -43,8 +43,8 @@ def test_greedy_set_matches_the_loop(kind, request):
 
 def test_table(tiny_llama):
     model, spec = tiny_llama
-    table = get_scorer("sahara")(model, [Text(p) for p in PROMPTS], steps=2, progress=False,
-                                 candidates=[[0, 0], [1, 1], [1, 2]])
+    table = get_scorer("sahara")(model, [Text(p) for p in PROMPTS], greedy_steps=2,
+                                 progress=False, candidates=[[0, 0], [1, 1], [1, 2]])
     meta = table.data.attrs
     assert [s["layer"] for s in meta["head_set"]] and len(meta["head_set"]) == 2
     ranks = table.pivot("set_rank").to_numpy()

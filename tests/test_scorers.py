@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from headprobe import get_scorer, list_scorers, scan
-from headprobe.errors import NonCausalModelError, UnknownScorerError
+from headprobe.errors import NonCausalModelError, ScorerParamError, UnknownScorerError
 from headprobe.heads.induction.pattern_mass import (
     allowed_keys,
     duplicate_token_targets,
@@ -28,7 +28,7 @@ def test_registry_lists_and_errors():
 
 
 def test_unknown_parameter(tiny_llama):
-    with pytest.raises(TypeError, match="unknown parameters"):
+    with pytest.raises(ScorerParamError, match="unknown parameters"):
         scan(tiny_llama[0], "induction", n=1, progress=False, seq_lenn=5)
 
 

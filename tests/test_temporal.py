@@ -107,7 +107,7 @@ def _tasks():
 
 def test_scorer_on_tiny_model(tiny_llama):
     model, _ = tiny_llama
-    table = get_scorer("temporal")(model, _tasks(), steps=5, progress=False, edge_threshold=0.5)
+    table = get_scorer("temporal")(model, _tasks(), ig_steps=5, progress=False, edge_threshold=0.5)
     data = table.data
     assert {"invariant_fraction", "is_temporal", "node_score", "exact_patching"} <= set(data)
     assert data["score"].between(0, 1).all() and set(data["score"]) <= {0.0, 0.5, 1.0}
@@ -118,11 +118,11 @@ def test_scorer_on_tiny_model(tiny_llama):
     assert [c["set"] for c in meta["circuits"]] == ["x", "y", "z"]
     assert -1.0 <= meta["agreement"]["pearson"] <= 1.0
     # a looser threshold keeps at least as many heads in every circuit
-    loose = get_scorer("temporal")(model, _tasks(), steps=5, progress=False,
+    loose = get_scorer("temporal")(model, _tasks(), ig_steps=5, progress=False,
                                    edge_threshold=0.05, compare_exact=False)
     assert (loose.data["score"].to_numpy() >= data["score"].to_numpy()).all()
     with pytest.raises(ScorerParamError):
-        get_scorer("temporal")(model, _tasks(), steps=5, progress=False,
+        get_scorer("temporal")(model, _tasks(), ig_steps=5, progress=False,
                                threshold_mode="median")
 
 
@@ -183,7 +183,7 @@ def test_recipe_on_smollm2_small(smol, tmp_path):
     """Known facts, a temporal scan on two small sets, ablations, edit (small settings)."""
     model, _ = smol
     recipe = _recipe_module()
-    params = {"steps": 5, "temporal_sets": ["ceo", "president"], "invariant_sets": ["shape"]}
+    params = {"ig_steps": 5, "temporal_sets": ["ceo", "president"], "invariant_sets": ["shape"]}
     summary = recipe.run(model, tmp_path, model_name="smollm2-135m-instruct", params=params,
                          n_random=1, n_bootstrap=20, coefficients=(2.0,), edit_random=1,
                          progress=False, echo=lambda _: None)

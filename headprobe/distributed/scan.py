@@ -9,9 +9,10 @@ finished shard's sums are checkpointed at once, and the merged sums give the sam
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from headprobe.distributed.pool import RayScanPool, collect, import_ray, pool_for
 from headprobe.distributed.shards import SHARD_BY, Shard, ShardBy, plan_shards
@@ -37,7 +38,7 @@ def ray_scan(
     heads_per_pass: int | None = None,
     eps: float | None = None,
     fused: bool = True,
-    fast: bool = True,
+    engine: Literal["fast", "loop"] = "fast",
     n: int = 8,
     seed: int = 0,
     load_options: Mapping[str, Any] | None = None,
@@ -52,7 +53,7 @@ def ray_scan(
     pool: RayScanPool | None = None,
     fault: Mapping[str, Any] | None = None,
 ) -> Any:
-    """:func:`headprobe.fastscan.scan_heads` (or, ``fast=False``, ``loop_scan``) of
+    """:func:`headprobe.fastscan.scan_heads` (or, ``engine="loop"``, ``loop_scan``) of
     ``model_name`` on ``task``, sharded over Ray workers; the same :class:`HeadTable`.
 
     Args:
@@ -64,7 +65,10 @@ def ray_scan(
         shard_by: ``prompts`` (whole batches) or ``layers`` (cost-balanced layer groups).
         shards: number of shards (:func:`plan_shards`; default one per batch for prompts).
         method, metric, direction, layers, batch_size, heads_per_pass, eps, fused: as
-            :func:`~headprobe.fastscan.scan_heads`.
+            :func:`~headprobe.fastscan.scan_heads` (``fused``: the attention kernel of layers
+            the fast scan leaves alone).
+        engine: ``fast`` (the fast scan) or ``loop`` (one pass per head), as the scorers'
+            ``engine`` parameter.
         load_options: ``load_model`` keywords (``device``, ``dtype``).
         cpus_per_worker, gpus_per_worker, max_retries: see :class:`RayScanPool`.
         checkpoint_dir: keep each finished shard's sums in ``<dir>/.checkpoints/
@@ -96,6 +100,9 @@ def ray_scan(
 
     eps = DEFAULT_EPS if eps is None else eps
     direction = _check_args(method, metric, direction, eps)
+    if engine not in ("fast", "loop"):
+        raise UsageError(f"engine must be 'fast' or 'loop', got {engine!r}")
+    fast = engine == "fast"
     if shard_by not in SHARD_BY:
         raise UsageError(f"shard_by must be 'prompts' or 'layers', got {shard_by!r}")
     if batch_size < 1:
@@ -178,7 +185,8 @@ def ray_scorer(scorer: Any, **options: Any) -> Any:
     """``scorer`` (``activation_patching`` or ``ablation_scan``) with its scan run by
     :func:`ray_scan` (``options``: its keywords, e.g. ``model_name``, ``address``,
     ``num_workers``, ``shard_by``, ``load_options``, ``checkpoint_dir``); the scorer's own
-    preparation, parameters and table, ``meta["distributed"]`` added.
+    preparation, parameters and table, ``meta["distributed"]`` added. The scan's choices come
+    from the scorer module's ``scan_options`` (the scorers themselves know no Ray).
 
     Raises:
         UsageError: another scorer.
@@ -188,10 +196,14 @@ def ray_scorer(scorer: Any, **options: Any) -> Any:
         raise UsageError(f"--ray runs the all-head scans only ({', '.join(RAY_SCORERS)}); "
                          f"scorer {scorer.name!r} cannot be sharded over Ray")
     import_ray()
-    compute = scorer.compute
+    module = importlib.import_module(scorer.compute.__module__)
+    from headprobe.scorers.activation_patching import scan_result, use_fast
 
     def sharded(model: Any, spec: Any, data: Any, params: dict[str, Any], batch_size: int,
                 progress: bool) -> Any:
-        return compute(model, spec, data, params, batch_size, progress, distributed=options)
+        scan = module.scan_options(params, batch_size, progress)
+        engine = "fast" if use_fast(spec, params["engine"]) else "loop"
+        table = ray_scan(task=data.payload, engine=engine, **scan.kwargs(), **dict(options))
+        return scan_result(table)
 
     return dataclasses.replace(scorer, compute=sharded)

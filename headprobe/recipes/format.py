@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headprobe.errors import HeadprobeError, RecipeError
+from headprobe.errors import HeadprobeError, RecipeError, ScorerParamError
 from headprobe.registry import get_scorer
 
 STEP_KINDS = ("scan", "ablate", "dose", "kv_budget")
@@ -144,11 +144,15 @@ def _parse_step(table: dict[str, Any], index: int, earlier: Sequence[Step],
             f"; got {sorted(table)}" + (f" (unknown: {unknown})" if unknown else ""))
     if kind == "scan":
         default_name = str(options["scorer"])
-        get_scorer(options["scorer"])  # unknown scorer -> UnknownScorerError now, not mid-run
+        scorer = get_scorer(options["scorer"])  # unknown scorer: UnknownScorerError now
         if "n" in options:
             _check_int(options["n"], "n", 1, label)
         if "params" in options and not isinstance(options["params"], dict):
             raise RecipeError(f"{label}: params must be a table, e.g. params = {{ seq_len = 8 }}")
+        try:  # through the scorer's typed record, as a direct call would
+            scorer.check_params(options.get("params", {}))
+        except ScorerParamError as error:
+            raise RecipeError(f"{label}: {error}") from None
         if "task" in options:  # the scan's prompts: a registered task instead of its default
             _check_task(options, label)
         elif "task_options" in options:

@@ -27,6 +27,7 @@ from headprobe.headtable import (
     to_jsonable,
     write_json,
 )
+from headprobe.options import ControlOptions
 from headprobe.recipes.format import (
     DEFAULT_N_RANDOM,
     KV_BUDGET_DEFAULTS,
@@ -252,11 +253,12 @@ def _run_causal(step: Step, model: Any, folder: Path, tables: Mapping[str, HeadT
         result = ExperimentResult(table, figure, summary,
                                   {k: v for k, v in meta.items() if k != "summary"}, name=stem)
     else:
+        controls = ControlOptions(n_random=params["n_random"],
+                                  random_from=params["random_from"],
+                                  n_bootstrap=params["n_bootstrap"], seed=seed)
         common: dict[str, Any] = {
-            "method": params["method"], "n_random": params["n_random"], "seed": seed,
-            "random_from": params["random_from"], "batch_size": batch_size,
-            "progress": progress, "n_bootstrap": params["n_bootstrap"],
-            "method_options": dict(params["method_options"]),
+            "method": params["method"], "batch_size": batch_size, "progress": progress,
+            "method_options": dict(params["method_options"]), **controls.kwargs(),
         }
         if step.kind == "ablate":
             result = ablation_experiment(model, task, heads, **common)

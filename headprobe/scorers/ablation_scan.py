@@ -6,19 +6,52 @@ set to 0 (``zero``) or to its mean over every real token of every prompt (``mean
 ``logit_diff`` the score is the mean change of ``LD = logit[answer] - logit[distractor]``
 (negative: the head supports the answer), with ``normalized_logit_diff`` ``mean LD(ablated) /
 mean LD_clean``. Runs :func:`headprobe.fastscan.scan_heads` where supported, else the loop;
-sharded over Ray workers through :func:`headprobe.distributed.ray_scorer` (``headprobe scan
-ablation_scan --ray``).
+sharded over Ray workers by :func:`headprobe.distributed.ray_scorer` (``headprobe scan
+ablation_scan --ray``) through this module's :func:`scan_options`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from headprobe.arch import ModelSpec
-from headprobe.scorers.activation_patching import run_scan
-from headprobe.scorers.base import Scorer, ScorerData, ScoreResult, ScorerParamError
-from headprobe.scorers.task_scan import TASK_HELP, prepare_task_scan
+from headprobe.fastscan.patching import Metric
+from headprobe.options import ScanOptions
+from headprobe.scorers.activation_patching import run_scan, scan_result
+from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
+from headprobe.scorers.task_scan import (
+    ENGINE_HELP,
+    TASK_HELP,
+    Engine,
+    prepare_task_scan,
+    task_prompts,
+)
+
+
+@dataclass(frozen=True)
+class AblationScanParams(Params):
+    """Parameters of :data:`SCORER` (``ablation_scan``)."""
+
+    task: str = param("ioi", TASK_HELP + "; its items need distractors")
+    method: Literal["mean", "zero"] = param("mean", "'mean' (z set to its mean over the task's "
+                                            "tokens) or 'zero'")
+    metric: Metric = param("logit_diff", "'logit_diff' (mean change) or "
+                           "'normalized_logit_diff' (LD / LD_clean)")
+    layers: tuple[int, ...] | None = param(None, "layers to scan (None: all); other layers are "
+                                           "NaN", ge=0)
+    engine: Engine = param("auto", ENGINE_HELP)
+    heads_per_pass: int | None = param(None, "heads ablated in one batched pass of the fast "
+                                       "scan (None: all)", ge=1)
+
+
+def scan_options(params: Mapping[str, Any], batch_size: int, progress: bool) -> ScanOptions:
+    """The :class:`~headprobe.options.ScanOptions` of an ``ablation_scan`` run."""
+    return ScanOptions(method=params["method"], metric=params["metric"], direction="denoising",
+                       layers=params["layers"], batch_size=batch_size,
+                       heads_per_pass=params["heads_per_pass"], progress=progress)
 
 
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
@@ -27,13 +60,10 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
 
 
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
-             batch_size: int, progress: bool, *,
-             distributed: Mapping[str, Any] | None = None) -> ScoreResult:
-    if params["method"] not in ("zero", "mean"):
-        raise ScorerParamError(f"ablation_scan method must be 'zero' or 'mean', got "
-                             f"{params['method']!r}")
-    return run_scan(model, spec, data, params, batch_size, progress, method=params["method"],
-                    direction="denoising", distributed=distributed)
+             batch_size: int, progress: bool) -> ScoreResult:
+    table = run_scan(model, data.payload, spec, scan_options(params, batch_size, progress),
+                     params["engine"])
+    return scan_result(table)
 
 
 SCORER = Scorer(
@@ -43,16 +73,8 @@ SCORER = Scorer(
               "2022, In-context Learning and Induction Heads (zero ablation)",
     prepare=_prepare,
     compute=_compute,
-    defaults={"task": "ioi", "method": "mean", "metric": "logit_diff", "layers": None,
-              "engine": "auto", "heads_per_pass": None},
-    param_help={
-        "task": TASK_HELP + "; its items need distractors",
-        "method": "'mean' (z set to its mean over the task's tokens) or 'zero'",
-        "metric": "'logit_diff' (mean change) or 'normalized_logit_diff' (LD / LD_clean)",
-        "layers": "layers to scan (None: all); other layers are NaN",
-        "engine": "'auto' (fast scan where supported), 'fast' or 'loop' (one pass per head)",
-        "heads_per_pass": "heads ablated in one batched pass of the fast scan (None: all)",
-    },
+    prompts=task_prompts(need_corrupt=False),
+    params=AblationScanParams,
     default_n=8,
     cheap=False,
 )

@@ -7,50 +7,74 @@ prompt; ``noising`` the other way round. With ``normalized_logit_diff`` the scor
 ``(mean LD(patched) - mean LD_corrupt) / (mean LD_clean - mean LD_corrupt)`` (1 = clean
 behaviour); with ``logit_diff`` the mean change of ``LD = logit[answer] - logit[distractor]``.
 Runs :func:`headprobe.fastscan.scan_heads` (prefix reuse) where the layer runner supports the
-architecture, else the reference loop (``engine="auto"``). Sharded over Ray workers through
-:func:`headprobe.distributed.ray_scorer` (``headprobe scan activation_patching --ray``).
+architecture, else the reference loop (``engine="auto"``). Sharded over Ray workers by
+:func:`headprobe.distributed.ray_scorer` (``headprobe scan activation_patching --ray``), which
+runs this module's :func:`scan_options` through ``ray_scan``; the scorer itself knows no Ray.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from headprobe.arch import ModelSpec
 from headprobe.fastscan import loop_scan, scan_heads
+from headprobe.fastscan.patching import Metric
 from headprobe.headtable import HeadTable
-from headprobe.scorers.base import Scorer, ScorerData, ScoreResult, ScorerParamError
-from headprobe.scorers.task_scan import TASK_HELP, prepare_task_scan, scan_meta
-from headprobe.types import normalize_direction
+from headprobe.options import ScanOptions
+from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
+from headprobe.scorers.task_scan import (
+    ENGINE_HELP,
+    TASK_HELP,
+    Engine,
+    prepare_task_scan,
+    scan_meta,
+    task_prompts,
+)
+from headprobe.types import Direction
 
 
-def run_scan(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
-             batch_size: int, progress: bool, *, method: str, direction: str,
-             distributed: Mapping[str, Any] | None = None) -> ScoreResult:
-    """Run the fast scan (or the loop) on the task in ``data`` and wrap its table.
+@dataclass(frozen=True)
+class ActivationPatchingParams(Params):
+    """Parameters of :data:`SCORER` (``activation_patching``)."""
 
-    ``distributed``: keywords of :func:`headprobe.distributed.ray_scan` (``model_name``,
-    ``address``, ``num_workers``, ...): the same scan sharded over Ray workers, its
-    ``meta["distributed"]`` kept.
-    """
-    engine = params["engine"]
-    if engine not in ("auto", "fast", "loop"):
-        raise ScorerParamError(f"engine must be 'auto', 'fast' or 'loop', got {engine!r}")
-    fast = engine == "fast" or (engine == "auto" and spec.facts.layer_runner)
-    kwargs: dict[str, Any] = {"method": method, "metric": params["metric"],
-                              "direction": direction, "layers": params["layers"],
-                              "batch_size": batch_size, "progress": progress}
-    table: HeadTable
-    if distributed is not None:
-        from headprobe.distributed import ray_scan
+    task: str = param("ioi", TASK_HELP + "; its items need corrupt prompts and distractors")
+    metric: Metric = param("normalized_logit_diff", "'normalized_logit_diff' (1 = clean "
+                           "behaviour) or 'logit_diff' (mean change)")
+    direction: Direction = param("denoising", "'denoising' (clean z into the corrupt run) or "
+                                 "'noising' (the reverse)")
+    layers: tuple[int, ...] | None = param(None, "layers to scan (None: all); other layers are "
+                                           "NaN", ge=0)
+    engine: Engine = param("auto", ENGINE_HELP)
+    heads_per_pass: int | None = param(None, "heads patched in one batched pass of the fast "
+                                       "scan (None: all)", ge=1)
 
-        table = ray_scan(task=data.payload, heads_per_pass=params["heads_per_pass"],
-                         fast=bool(fast), **kwargs, **dict(distributed))
-    elif fast:
-        table = scan_heads(model, data.payload, heads_per_pass=params["heads_per_pass"],
-                           **kwargs)
-    else:
-        table = loop_scan(model, data.payload, **kwargs)
+
+def scan_options(params: Mapping[str, Any], batch_size: int, progress: bool) -> ScanOptions:
+    """The :class:`~headprobe.options.ScanOptions` of an ``activation_patching`` run."""
+    return ScanOptions(method="patch", metric=params["metric"], direction=params["direction"],
+                       layers=params["layers"], batch_size=batch_size,
+                       heads_per_pass=params["heads_per_pass"], progress=progress)
+
+
+def use_fast(spec: ModelSpec, engine: str) -> bool:
+    """Whether ``engine`` (``auto`` / ``fast`` / ``loop``) runs the fast scan on ``spec``."""
+    return engine == "fast" or (engine == "auto" and bool(spec.facts.layer_runner))
+
+
+def run_scan(model: Any, task: Any, spec: ModelSpec, options: ScanOptions,
+             engine: str) -> HeadTable:
+    """The fast scan (or the loop, by ``engine``) of ``task`` with ``options``."""
+    if use_fast(spec, engine):
+        return scan_heads(model, task, **options.kwargs())
+    return loop_scan(model, task, **options.loop_kwargs())
+
+
+def scan_result(table: HeadTable) -> ScoreResult:
+    """A scan's table as a scorer result (score, ``std``, ``mean_ld``; its metadata kept,
+    ``distributed`` included)."""
     meta = scan_meta(table.meta)
     if "distributed" in table.meta:
         meta["distributed"] = table.meta["distributed"]
@@ -66,14 +90,10 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
 
 
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
-             batch_size: int, progress: bool, *,
-             distributed: Mapping[str, Any] | None = None) -> ScoreResult:
-    try:
-        direction = normalize_direction(params["direction"])
-    except ValueError as error:
-        raise ScorerParamError(str(error)) from error
-    return run_scan(model, spec, data, params, batch_size, progress, method="patch",
-                    direction=direction, distributed=distributed)
+             batch_size: int, progress: bool) -> ScoreResult:
+    table = run_scan(model, data.payload, spec, scan_options(params, batch_size, progress),
+                     params["engine"])
+    return scan_result(table)
 
 
 SCORER = Scorer(
@@ -83,16 +103,8 @@ SCORER = Scorer(
               "How to use and interpret activation patching",
     prepare=_prepare,
     compute=_compute,
-    defaults={"task": "ioi", "metric": "normalized_logit_diff", "direction": "denoising",
-              "layers": None, "engine": "auto", "heads_per_pass": None},
-    param_help={
-        "task": TASK_HELP + "; its items need corrupt prompts and distractors",
-        "metric": "'normalized_logit_diff' (1 = clean behaviour) or 'logit_diff' (mean change)",
-        "direction": "'denoising' (clean z into the corrupt run) or 'noising' (the reverse)",
-        "layers": "layers to scan (None: all); other layers are NaN",
-        "engine": "'auto' (fast scan where supported), 'fast' or 'loop' (one pass per head)",
-        "heads_per_pass": "heads patched in one batched pass of the fast scan (None: all)",
-    },
+    prompts=task_prompts(need_corrupt=True),
+    params=ActivationPatchingParams,
     default_n=8,
     cheap=False,
     needs=frozenset({"pairs"}),

@@ -8,7 +8,7 @@ Belinkov 2024, "Have Faith in Faithfulness"): the first-order estimate of noisin
     score_h = sum_positions (z_corrupt - z_clean) . mean_k dLD/dz |_(e_k),
     e_k = e_corrupt + (k/m) (e_clean - e_corrupt),
 
-averaged over prompts, in logit-difference units (``m = steps`` for ``eap-ig``, one gradient at
+averaged over prompts, in logit-difference units (``m = ig_steps`` for ``eap-ig``, one gradient at
 the clean run for ``eap``). ``eap-ig-act`` integrates over the head's own layer instead of the
 input embeddings (Hanna et al.'s EAP-IG-activations, one layer at a time)::
 
@@ -23,12 +23,32 @@ same for each head's query input. See :func:`headprobe.attribution.attribution_p
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from headprobe.arch import ModelSpec
 from headprobe.attribution import attribution_patching
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
-from headprobe.scorers.task_scan import TASK_HELP, prepare_task_scan, scan_meta
+from headprobe.scorers.params import Params, param
+from headprobe.scorers.task_scan import TASK_HELP, prepare_task_scan, scan_meta, task_prompts
+
+AttributionMethod = Literal["eap", "eap-ig", "eap-ig-act", "eap-ig-act-head"]
+
+
+@dataclass(frozen=True)
+class AttributionPatchingParams(Params):
+    """Parameters of :data:`SCORER` (``attribution_patching``)."""
+
+    renamed: ClassVar[Mapping[str, str]] = {"steps": "ig_steps"}
+
+    task: str = param("ioi", TASK_HELP + "; its items need corrupt prompts and distractors")
+    method: AttributionMethod = param(
+        "eap-ig", "'eap' (gradient at the clean run), 'eap-ig' (integrated gradients over the "
+        "input embeddings), 'eap-ig-act' (over each layer's activations, 2L+1 passes per "
+        "batch) or 'eap-ig-act-head' (over each head's own z; tends to exact noising patching)")
+    ig_steps: int = param(5, "integrated-gradient steps: 5..100 for eap-ig, 1..100 for "
+                          "eap-ig-act(-head)", ge=1, le=100)
 
 
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
@@ -39,7 +59,7 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
              batch_size: int, progress: bool) -> ScoreResult:
     result = attribution_patching(model, data.payload, method=params["method"],
-                                  steps=params["steps"], edges=False, batch_size=batch_size,
+                                  steps=params["ig_steps"], edges=False, batch_size=batch_size,
                                   progress=progress)
     return ScoreResult(score=result.nodes["z"].pivot().to_numpy(),
                        columns={"q": result.nodes["q"].pivot().to_numpy()},
@@ -54,15 +74,8 @@ SCORER = Scorer(
               "Faith in Faithfulness (EAP-IG)",
     prepare=_prepare,
     compute=_compute,
-    defaults={"task": "ioi", "method": "eap-ig", "steps": 5},
-    param_help={
-        "task": TASK_HELP + "; its items need corrupt prompts and distractors",
-        "method": "'eap' (gradient at the clean run), 'eap-ig' (integrated gradients over the "
-                  "input embeddings), 'eap-ig-act' (over each layer's activations, 2L+1 passes "
-                  "per batch) or 'eap-ig-act-head' (over each head's own z; tends to exact "
-                  "noising patching)",
-        "steps": "integrated-gradient steps: 5..100 for eap-ig, 1..100 for eap-ig-act(-head)",
-    },
+    prompts=task_prompts(need_corrupt=True),
+    params=AttributionPatchingParams,
     default_n=8,
     cheap=False,
     needs=frozenset({"pairs"}),

@@ -4,7 +4,10 @@ A scorer is a :class:`Scorer` record in its own module. Calling it::
 
     table = scorer(model, prompts=None, n=None, seed=0, batch_size=8, progress=True, **params)
 
-checks the model, its needs and the parameters, builds the scorer's default data when no
+checks the model, its needs and the parameters (the scorer's typed record,
+:attr:`Scorer.params`: a frozen dataclass of :mod:`headprobe.scorers.params`, validated there
+once; run options such as ``n`` or ``seed`` are never scorer parameters,
+:data:`headprobe.options.RUN_OPTIONS`), builds the scorer's default data when no
 prompts are given, times the run and wraps the result in a
 :class:`~headprobe.headtable.HeadTable` whose metadata (:func:`headprobe.provenance.result_meta`)
 records the model, the parameters, a fingerprint of the data, the seed and the headprobe
@@ -25,6 +28,7 @@ whether it is cheap enough for a CPU; the atlas and the CLI read these flags
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,8 +43,10 @@ from headprobe.errors import NonCausalModelError, ScorerNeedsError
 from headprobe.errors import ScorerParamError as ScorerParamError  # re-exported for scorers
 from headprobe.headtable import HeadTable
 from headprobe.models import describe_model
+from headprobe.options import RUN_OPTIONS
 from headprobe.provenance import Timer, result_meta
 from headprobe.runtime.hooks import model_device
+from headprobe.scorers.params import Params, as_dict, build
 from headprobe.types import Need
 
 # Needs that make a scorer impossible to run (``gpu`` is a budget hint: the atlas skips such a
@@ -113,9 +119,13 @@ class Scorer:
         description: one line for ``headprobe`` listings and reports.
         reference: the paper or source that defines the score.
         prepare: builds the default data (or tokenizes the given prompts).
-        compute: runs the model and returns a :class:`ScoreResult`.
-        defaults: default values of the scorer's own parameters.
-        param_help: one line per parameter in ``defaults`` saying what it means.
+        compute: runs the model and returns a :class:`ScoreResult`; ``prepare`` and
+            ``compute`` receive the validated parameters as a plain ``{name: value}`` dict.
+        prompts: what the scorer's ``prompts`` argument may be (None: its default data);
+            every registered scorer says it (``headprobe scorers NAME`` prints it).
+        params: the scorer's parameter record, a frozen :class:`~headprobe.scorers.params.Params`
+            dataclass (types, defaults, help, bounds); no field may be named like a run
+            option (:data:`headprobe.options.RUN_OPTIONS`).
         default_n: default number of prompts.
         requires_causal: refuse encoder (non-causal) models.
         cheap: cheap enough on a CPU to run in ``headprobe atlas`` by default.
@@ -129,19 +139,39 @@ class Scorer:
     reference: str
     prepare: Prepare
     compute: Compute
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    param_help: Mapping[str, str] = field(default_factory=dict)
+    prompts: str = ""
+    params: type[Params] = Params
     default_n: int = 32
     requires_causal: bool = True
     cheap: bool = True
     needs: frozenset[Need] = frozenset()
 
     def __post_init__(self) -> None:
-        undocumented = sorted(set(self.defaults) - set(self.param_help))
-        stray = sorted(set(self.param_help) - set(self.defaults))
-        if undocumented or stray:
-            raise TypeError(f"scorer {self.name!r}: param_help must document exactly the "
-                            f"defaults (undocumented {undocumented}, unknown {stray})")
+        if not (isinstance(self.params, type) and issubclass(self.params, Params)
+                and dataclasses.is_dataclass(self.params)):
+            raise TypeError(f"scorer {self.name!r}: params must be a Params dataclass, got "
+                            f"{self.params!r}")
+        fields = dataclasses.fields(self.params)
+        clash = sorted({item.name for item in fields} & RUN_OPTIONS)
+        if clash:
+            raise TypeError(f"scorer {self.name!r}: parameters {clash} are named like run "
+                            f"options ({', '.join(sorted(RUN_OPTIONS))}); rename them")
+        undocumented = sorted(item.name for item in fields if not item.metadata.get("help"))
+        if undocumented:
+            raise TypeError(f"scorer {self.name!r}: parameters {undocumented} have no help "
+                            "(make them with headprobe.scorers.params.param)")
+        self.params()  # the defaults themselves must validate
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """``{name: default}`` of the scorer's parameters (read-only: from :attr:`params`)."""
+        return as_dict(self.params())
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` validated through :attr:`params` with the defaults merged in, as a plain
+        dict; :class:`~headprobe.errors.ScorerParamError` (one line) for an unknown or renamed
+        name or a value that does not fit."""
+        return as_dict(build(self.params, params, owner=f"scorer {self.name!r}"))
 
     def unmet(self, model: Any, spec: ModelSpec | None = None) -> dict[str, str]:
         """``{need: reason}`` for the needs ``model`` cannot meet (causality included)."""
@@ -179,16 +209,11 @@ class Scorer:
         hard = {need: reason for need, reason in unmet.items() if need in HARD_NEEDS}
         if hard:
             raise ScorerNeedsError(f"scorer {self.name!r} " + "; ".join(hard.values()))
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise TypeError(
-                f"scorer {self.name!r} got unknown parameters {unknown}; known: {known}")
+        merged = self.check_params(params)
         if n is not None and n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        merged = {**self.defaults, **params}
         timer = Timer()
         data = self.prepare(model, spec, prompts, n or self.default_n, seed, merged)
         timer.lap("prepare")

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,7 @@ from headprobe.models import describe_model
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, model_device
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.tasks.pairs import item_answer_ids, task_items
 from headprobe.weights import head_output_weights, hf_module, read_weight
@@ -422,6 +423,15 @@ def _grab_last(store: dict[str, torch.Tensor], key: str, batch: Batch,
 # The scorer
 
 
+@dataclass(frozen=True)
+class DLAParams(Params):
+    """Parameters of :data:`SCORER` (``dla``)."""
+
+    relation: str = param("capital", "relation of the default facts task (e.g. 'capital')")
+    padding_side: Literal["right", "left"] = param("right", "'right' or 'left' padding of "
+                                                   "batched prompts")
+
+
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
              params: dict[str, Any]) -> ScorerData:
     if prompts is None:
@@ -468,11 +478,9 @@ SCORER = Scorer(
     reference=REFERENCE,
     prepare=_prepare,
     compute=_compute,
-    defaults={"relation": "capital", "padding_side": "right"},
-    param_help={
-        "relation": "relation of the default facts task (e.g. 'capital')",
-        "padding_side": "'right' or 'left' padding of batched prompts",
-    },
+    prompts="None (the facts task of the relation parameter), a Task, or a list of TaskItem "
+            "(prompt, single-token answer and distractor); prompts of any kind",
+    params=DLAParams,
     default_n=64,
     cheap=True,
 )

@@ -7,7 +7,7 @@ Not a scorer itself; the scorers are :mod:`headprobe.scorers.activation_patching
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import TaskError
@@ -18,6 +18,16 @@ from headprobe.tasks.build import build_task as build_registered_task
 from headprobe.tasks.pairs import prepare_scan_data, task_items
 
 TASK_HELP = "registered task of the default data (headprobe.tasks), built with n and seed"
+PROMPTS = ("None (the registered task named by the task parameter), a task name, a Task, or a "
+           "list of TaskItem (prompt, single-token answer and distractor{corrupt})")
+Engine = Literal["auto", "fast", "loop"]
+ENGINE_HELP = "'auto' (fast scan where supported), 'fast' or 'loop' (one pass per head)"
+
+
+def task_prompts(*, need_corrupt: bool) -> str:
+    """What a task scan's ``prompts`` may be (for :attr:`Scorer.prompts`)."""
+    return PROMPTS.format(corrupt=", and a corrupt prompt of equal token length"
+                          if need_corrupt else "")
 
 
 def build_task(model: Any, name: str, n: int, seed: int) -> Task:

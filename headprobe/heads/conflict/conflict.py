@@ -39,7 +39,8 @@ Cost: one forward for DLA and, for ``path``, one forward per head per batch (L x
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ from headprobe.patching.engine import PatchingEngine
 from headprobe.patching.path import path_patch_senders
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult, ScorerParamError
 from headprobe.scorers.dla import as_task, attribute_tokens
+from headprobe.scorers.params import Params, param
 from headprobe.tasks.base import Task
 
 REFERENCE = ("Jin et al. 2024, Cutting Off the Head Ends the Conflict: A Mechanism for "
@@ -86,12 +88,29 @@ def conflict_answer_ids(model: Any, task: Task) -> tuple[torch.Tensor, torch.Ten
     return torch.tensor(memory, dtype=torch.long), torch.tensor(context, dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class ConflictParams(Params):
+    """Parameters of :data:`SCORER` (``conflict``)."""
+
+    score_by: Literal["path", "dla"] = param("path", "'path' (default, PH3) or 'dla': which "
+                                             "column is the score")
+    path: bool = param(True, "run path patching (one forward per head per batch); False: DLA "
+                       "only")
+    freeze_mlps: bool = param(False, "path patching: freeze MLPs to the conflict run (direct "
+                              "paths only)")
+    split: Literal["all", "a", "b"] = param("all", "default task: 'all' facts, or the fixed half "
+                                            "'a' or 'b' (find heads on one half, test them on "
+                                            "the other)")
+    relations: str | tuple[str, ...] = param("all", "default task: relation name(s) or 'all'")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.score_by == "path" and not self.path:
+            raise ScorerParamError("score_by='path' needs path=True (or use score_by='dla')")
+
+
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
              params: dict[str, Any]) -> ScorerData:
-    if params["score_by"] not in ("path", "dla"):
-        raise ScorerParamError(f"score_by must be 'path' or 'dla', got {params['score_by']!r}")
-    if params["score_by"] == "path" and not params["path"]:
-        raise ScorerParamError("score_by='path' needs path=True (or use score_by='dla')")
     if prompts is None:
         from headprobe.heads.conflict.knowledge_conflict import make_task
 
@@ -187,16 +206,10 @@ SCORER = Scorer(
     reference=REFERENCE,
     prepare=_prepare,
     compute=_compute,
-    defaults={"score_by": "path", "path": True, "freeze_mlps": False, "split": "all",
-              "relations": "all"},
-    param_help={
-        "score_by": "'path' (default, PH3) or 'dla': which column is the score",
-        "path": "run path patching (one forward per head per batch); False: DLA only",
-        "freeze_mlps": "path patching: freeze MLPs to the conflict run (direct paths only)",
-        "split": "default task: 'all' facts, or the fixed half 'a' or 'b' (find heads on one "
-                 "half, test them on the other)",
-        "relations": "default task: relation name(s) or 'all'",
-    },
+    prompts="None (the knowledge_conflict task, context target, of the split and relations "
+            "parameters), a Task, or a list of TaskItem with corrupt (no-conflict) prompts and "
+            "meta memory_answer / context_answer",
+    params=ConflictParams,
     default_n=48,
     cheap=False,
     needs=frozenset({"pairs"}),

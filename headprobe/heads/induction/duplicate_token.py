@@ -7,8 +7,8 @@ excluded by default). Default data: repeated random-token sequences.
 """
 
 from headprobe.heads.induction.pattern_mass import (
-    PATTERN_DEFAULTS,
-    PATTERN_HELP,
+    PATTERN_PROMPTS,
+    PatternParams,
     duplicate_token_targets,
     pattern_compute,
     prepare_pattern_data,
@@ -22,7 +22,7 @@ SCORER = Scorer(
     "head_detector",
     prepare=prepare_pattern_data,
     compute=pattern_compute(duplicate_token_targets, "duplicate_token"),
-    defaults=dict(PATTERN_DEFAULTS),
-    param_help=PATTERN_HELP,
+    prompts=PATTERN_PROMPTS,
+    params=PatternParams,
     default_n=32,
 )

@@ -8,8 +8,8 @@ queries and prompts. On SmolLM2-135M-Instruct, layer 18 head 6 scores about 0.9.
 """
 
 from headprobe.heads.induction.pattern_mass import (
-    PATTERN_DEFAULTS,
-    PATTERN_HELP,
+    PATTERN_PROMPTS,
+    PatternParams,
     induction_targets,
     pattern_compute,
     prepare_pattern_data,
@@ -22,7 +22,7 @@ SCORER = Scorer(
     reference="Olsson et al. 2022, In-context Learning and Induction Heads",
     prepare=prepare_pattern_data,
     compute=pattern_compute(induction_targets, "induction"),
-    defaults=dict(PATTERN_DEFAULTS),
-    param_help=PATTERN_HELP,
+    prompts=PATTERN_PROMPTS,
+    params=PatternParams,
     default_n=32,
 )

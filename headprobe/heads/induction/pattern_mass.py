@@ -15,7 +15,8 @@ attention mask (so padding never enters a score), and never edits a cache in pla
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
@@ -25,24 +26,37 @@ from headprobe.inputs import Batch, Encoded, encode_prompts, fingerprint
 from headprobe.prompts import repeated_random_tokens
 from headprobe.runtime.stream import ReduceContext, stream_reduce
 from headprobe.scorers.base import ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
 
 # target_fn(batch) -> [B, T_q, T_k] bool: keys that the pattern says the query should attend to
 TargetFn = Callable[[Batch], torch.Tensor]
 
-PATTERN_DEFAULTS = {
-    "seq_len": 50,
-    "repeats": 2,
-    "exclude_bos": True,
-    "exclude_current": True,
-    "padding_side": "right",
-}
-PATTERN_HELP = {
-    "seq_len": "random tokens per copy in the default prompts (BOS + seq_len x repeats)",
-    "repeats": "copies of the random sequence in each default prompt (>= 2)",
-    "exclude_bos": "leave the first (BOS / sink) key out of each row's denominator",
-    "exclude_current": "leave the query's own key out of each row's denominator",
-    "padding_side": "'right' or 'left' padding of batched prompts (scores do not depend on it)",
-}
+PATTERN_PROMPTS = ("None (BOS + seq_len random tokens x repeats, n prompts), or a list of "
+                   "prompts of any kind (text, chat, image prompts, token ids)")
+
+
+@dataclass(frozen=True)
+class PatternParams(Params):
+    """Parameters of the attention-pattern scorers (``induction``, ``duplicate_token``)."""
+
+    seq_len: int = param(50, "random tokens per copy in the default prompts (BOS + seq_len x "
+                         "repeats)", ge=1)
+    repeats: int = param(2, "copies of the random sequence in each default prompt (>= 2)",
+                         ge=2)
+    exclude_bos: bool = param(True, "leave the first (BOS / sink) key out of each row's "
+                              "denominator")
+    exclude_current: bool = param(True, "leave the query's own key out of each row's "
+                                  "denominator")
+    padding_side: Literal["right", "left"] = param(
+        "right", "'right' or 'left' padding of batched prompts (scores do not depend on it)")
+
+
+@dataclass(frozen=True)
+class PreviousTokenParams(PatternParams):
+    """Parameters of ``previous_token``: the pattern scorers', the current key kept."""
+
+    exclude_current: bool = param(False, "leave the query's own key out of each row's "
+                                  "denominator")
 
 
 def previous_token_targets(batch: Batch) -> torch.Tensor:

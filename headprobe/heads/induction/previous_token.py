@@ -7,8 +7,8 @@ repeated random-token sequences, as for induction.
 """
 
 from headprobe.heads.induction.pattern_mass import (
-    PATTERN_DEFAULTS,
-    PATTERN_HELP,
+    PATTERN_PROMPTS,
+    PreviousTokenParams,
     pattern_compute,
     prepare_pattern_data,
     previous_token_targets,
@@ -22,7 +22,7 @@ SCORER = Scorer(
     "head_detector",
     prepare=prepare_pattern_data,
     compute=pattern_compute(previous_token_targets, "previous_token"),
-    defaults={**PATTERN_DEFAULTS, "exclude_current": False},
-    param_help=PATTERN_HELP,
+    prompts=PATTERN_PROMPTS,
+    params=PreviousTokenParams,
     default_n=32,
 )

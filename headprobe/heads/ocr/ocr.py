@@ -46,32 +46,31 @@ import numpy as np
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.errors import OCRDataError, ScorerParamError, TaskError
+from headprobe.errors import OCRDataError, TaskError
 from headprobe.image_patches import EVIDENCE_THRESHOLD, evidence_patches, image_hw, patch_boxes
 from headprobe.inputs import Encoded, ImagePrompt, encode_prompts, fingerprint
 from headprobe.runtime.decode import generate
 from headprobe.runtime.observer import AttentionObserver, AttentionRows, argmax_positions
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
 from headprobe.tasks.base import Task
 from headprobe.tasks.pairs import task_items
 
 REFERENCE = ('Baek et al. 2025, "How Do Large Vision-Language Models See Text in Image? '
              'Unveiling the Distinctive Role of OCR Heads"')
 
-DEFAULTS: dict[str, Any] = {
-    "max_new_tokens": 8,
-    "evidence_threshold": EVIDENCE_THRESHOLD,
-    "difficulty": "train",
-    "threshold": 0.1,
-}
-PARAM_HELP = {
-    "max_new_tokens": "greedy tokens generated per sample (stops at EOS)",
-    "evidence_threshold": "a patch is evidence when its overlap with the text box, divided "
-                          "by the box's area, is above this (the paper: 0.1)",
-    "difficulty": "difficulty of the default ocr_read images (train, small, noisy)",
-    "threshold": "heads with a score above this are counted as OCR heads in the metadata",
-}
+@dataclass(frozen=True)
+class OCRParams(Params):
+    """Parameters of :data:`SCORER` (``ocr``)."""
 
+    max_new_tokens: int = param(8, "greedy tokens generated per sample (stops at EOS)", ge=1)
+    evidence_threshold: float = param(EVIDENCE_THRESHOLD, "a patch is evidence when its overlap "
+                                      "with the text box, divided by the box's area, is above "
+                                      "this (the paper: 0.1)", ge=0, lt=1)
+    difficulty: str = param("train", "difficulty of the default ocr_read images (train, small, "
+                            "noisy)")
+    threshold: float = param(0.1, "heads with a score above this are counted as OCR heads in "
+                             "the metadata")
 
 @dataclass
 class OCRSample:
@@ -124,7 +123,6 @@ def prepare_samples(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int
         OCRDataError: an item with no evidence box (missing, empty, or covering no patch),
             character boxes that do not match the answer, or not exactly one image.
     """
-    _check_params(params)
     if prompts is None:
         from headprobe.heads.ocr.ocr_read import make_task
 
@@ -365,7 +363,6 @@ def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any
             batch_size: int, progress: bool) -> ScoreResult:
     """Decode every sample (:func:`record_argmax`), credit (:func:`credit_samples`) and
     average (:func:`summarize`)."""
-    _check_params(params)
     samples: list[OCRSample] = data.payload
     positions, tokens, lengths = record_argmax(
         model, spec, samples, max_new_tokens=int(params["max_new_tokens"]),
@@ -374,22 +371,16 @@ def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any
     return summarize(credit, samples, float(params["threshold"]))
 
 
-def _check_params(params: dict[str, Any]) -> None:
-    if int(params["max_new_tokens"]) < 1:
-        raise ScorerParamError(f"max_new_tokens must be >= 1, got {params['max_new_tokens']}")
-    if not 0.0 <= float(params["evidence_threshold"]) < 1.0:
-        raise ScorerParamError("evidence_threshold must lie in [0, 1), got "
-                               f"{params['evidence_threshold']}")
-
-
 SCORER = Scorer(
     name="ocr",
     description="OCR heads: attention argmax on the text's image patches while reading it",
     reference=REFERENCE,
     prepare=prepare_samples,
     compute=compute,
-    defaults=DEFAULTS,
-    param_help=PARAM_HELP,
+    prompts="None (the ocr_read task, n images of the difficulty parameter), a Task, or a "
+            "list of TaskItem with one-image prompts and meta['box'] (meta['char_boxes'] "
+            "optional) in the image's pixel coordinates",
+    params=OCRParams,
     default_n=32,
     cheap=False,
     needs=frozenset({"generation", "images"}),

@@ -46,38 +46,41 @@ import torch
 
 from headprobe.arch import ModelSpec
 from headprobe.checkpoint import Checkpoint
-from headprobe.errors import NoRetrievalError, ScorerParamError, TaskError
+from headprobe.errors import NoRetrievalError, TaskError
 from headprobe.heads.retrieval.niah import rouge1_recall
 from headprobe.inputs import Encoded, encode_prompts, fingerprint
 from headprobe.runtime.decode import generate
 from headprobe.runtime.observer import AttentionObserver, AttentionRows, argmax_positions
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, as_dict, param
 from headprobe.tasks.base import Task, TaskItem
 
 REFERENCE = ('Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context '
              'Factuality"')
 TEXT_LIMIT = 200  # characters of each trial's output kept in the table's metadata
 
-DEFAULTS: dict[str, Any] = {
-    "context_lengths": (256, 512),
-    "depths": (0.0, 0.25, 0.5, 0.75, 1.0),
-    "max_new_tokens": 24,
-    "stop_at_newline": True,
-    "prefill_chunk": 256,
-    "gate": 0.5,
-    "threshold": 0.1,
-}
-PARAM_HELP = {
-    "context_lengths": "prompt lengths in tokens of the default NIAH trials",
-    "depths": "needle depths (0 start .. 1 end) of the default NIAH trials",
-    "max_new_tokens": "greedy tokens generated per trial (the reference: 50)",
-    "stop_at_newline": "stop a trial after its first generated newline (as the reference)",
-    "prefill_chunk": "prompt columns per prefill forward (bounds the eager attention "
-                     "scores to chunk x T per layer; 0: the whole prompt at once)",
-    "gate": "a trial counts when ROUGE-1 recall of the answer in the output is above this",
-    "threshold": "heads with a score above this are retrieval heads (the paper: 0.1)",
-}
+@dataclass(frozen=True)
+class RetrievalParams(Params):
+    """Parameters of :data:`SCORER` (``retrieval``)."""
 
+    context_lengths: tuple[int, ...] = param((256, 512), "prompt lengths in tokens of the "
+                                             "default NIAH trials", ge=1)
+    depths: tuple[float, ...] = param((0.0, 0.25, 0.5, 0.75, 1.0), "needle depths (0 start .. "
+                                      "1 end) of the default NIAH trials", ge=0, le=1)
+    max_new_tokens: int = param(24, "greedy tokens generated per trial (the reference: 50)",
+                                ge=1)
+    stop_at_newline: bool = param(True, "stop a trial after its first generated newline (as "
+                                  "the reference)")
+    prefill_chunk: int = param(256, "prompt columns per prefill forward (bounds the eager "
+                               "attention scores to chunk x T per layer; 0: the whole prompt "
+                               "at once)", ge=0)
+    gate: float = param(0.5, "a trial counts when ROUGE-1 recall of the answer in the output "
+                        "is above this", ge=0, lt=1)
+    threshold: float = param(0.1, "heads with a score above this are retrieval heads (the "
+                             "paper: 0.1)")
+
+
+DEFAULTS: dict[str, Any] = as_dict(RetrievalParams())
 
 @dataclass
 class Trial:
@@ -220,7 +223,6 @@ def prepare_trials(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
     Raises:
         TaskError: an item without a ``needle`` span, an empty needle, or a bad NIAH setting.
     """
-    _check_params(params)
     if prompts is None:
         from headprobe.heads.retrieval.niah import make_task
 
@@ -423,7 +425,6 @@ def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any
             batch_size: int, progress: bool,
             checkpoint: Checkpoint | None = None) -> ScoreResult:
     """Score the prepared trials (:func:`score_trials`) and gate them (:func:`summarize`)."""
-    _check_params(params)
     trials: list[Trial] = data.payload
     scores = score_trials(model, spec, trials, max_new_tokens=int(params["max_new_tokens"]),
                           stop_at_newline=bool(params["stop_at_newline"]),
@@ -431,17 +432,6 @@ def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any
                           batch_size=batch_size, progress=progress, checkpoint=checkpoint)
     return summarize(scores, trials, gate=float(params["gate"]),
                      threshold=float(params["threshold"]))
-
-
-def _check_params(params: dict[str, Any]) -> None:
-    if int(params["max_new_tokens"]) < 1:
-        raise ScorerParamError(f"max_new_tokens must be >= 1, got {params['max_new_tokens']}")
-    if int(params.get("prefill_chunk", 0)) < 0:
-        raise ScorerParamError(f"prefill_chunk must be >= 0 (0: no chunking), got "
-                               f"{params['prefill_chunk']}")
-    if not 0.0 <= float(params["gate"]) < 1.0:
-        raise ScorerParamError(f"gate must be in [0, 1) (a recall above it counts), got "
-                               f"{params['gate']}")
 
 
 def _short(text: str, limit: int) -> str:
@@ -454,8 +444,9 @@ SCORER = Scorer(
     reference=REFERENCE,
     prepare=prepare_trials,
     compute=compute,
-    defaults=DEFAULTS,
-    param_help=PARAM_HELP,
+    prompts="None (the NIAH task, n items over context_lengths x depths), a Task, or a list "
+            "of TaskItem whose prompts carry a needle span (their answer gates the trial)",
+    params=RetrievalParams,
     default_n=10,
     cheap=False,
     needs=frozenset({"generation"}),

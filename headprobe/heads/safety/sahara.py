@@ -29,8 +29,9 @@ joined it). ``attrs["head_set"]``: the ordered set with the angle after each ste
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -39,38 +40,39 @@ from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import ScorerParamError
-from headprobe.fastscan.copies import SCALING_METHODS, copies_hook, scaling_hooks
+from headprobe.fastscan.copies import copies_hook, scaling_hooks
 from headprobe.fastscan.effects import prompt_batches
+from headprobe.heads.safety.request_sets import Split
+from headprobe.heads.safety.ships import PROMPTS, ShipsMethod, prepare_queries
 from headprobe.heads.safety.ships import REFERENCE as SHIPS_REFERENCE
-from headprobe.heads.safety.ships import prepare_queries
 from headprobe.inputs import Batch
 from headprobe.models import describe_model
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, capture, check_fired
 from headprobe.runtime.layers import build_layer_inputs, check_supported, run_from_layer
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
 from headprobe.types import Head
 
 REFERENCE = SHIPS_REFERENCE.replace("(Ships)", "(Sahara)")
 
-DEFAULTS: dict[str, Any] = {
-    "ablation": "uniform_attention",
-    "eps": 1e-4,
-    "steps": 3,
-    "rank": 1,
-    "template": "chat",
-    "split": "train",
-    "candidates": None,
-}
-PARAM_HELP = {
-    "ablation": "uniform_attention (query * eps after any q norm) or scale_output",
-    "eps": "the ablation's scale, > 0",
-    "steps": "greedy steps: heads in the returned set",
-    "rank": "top singular vectors spanning each subspace (1: the dominant direction)",
-    "template": "how the default harmful requests are rendered: chat, sahara or plain",
-    "split": "split of the shipped harmful requests: train, heldout or all",
-    "candidates": "heads the search may add ([[layer, head], ...]; None: every head)",
-}
+@dataclass(frozen=True)
+class SaharaParams(Params):
+    """Parameters of :data:`SCORER` (``sahara``)."""
+
+    renamed: ClassVar[Mapping[str, str]] = {"ablation": "method", "steps": "greedy_steps"}
+
+    method: ShipsMethod = param("uniform_attention", "uniform_attention (query * eps after any "
+                                "q norm) or scale_output")
+    eps: float = param(1e-4, "the ablation's scale, > 0", gt=0)
+    greedy_steps: int = param(3, "greedy steps: heads in the returned set", ge=1)
+    rank: int = param(1, "top singular vectors spanning each subspace (1: the dominant "
+                      "direction)", ge=1)
+    template: Literal["chat", "sahara", "plain"] = param(
+        "chat", "how the default harmful requests are rendered: chat, sahara or plain")
+    split: Split = param("train", "split of the shipped harmful requests: train, heldout or all")
+    candidates: tuple[tuple[int, int], ...] | None = param(
+        None, "heads the search may add ([[layer, head], ...]; None: every head)", ge=0)
 
 
 def subspace_angle(base: torch.Tensor, other: torch.Tensor, rank: int) -> float:
@@ -192,21 +194,10 @@ def loop_sahara_angles(model: Any, prompts: Sequence[torch.Tensor], chosen: Sequ
                 for c in candidates}
 
 
-def _check(params: dict[str, Any]) -> None:
-    if params["ablation"] not in SCALING_METHODS:
-        raise ScorerParamError(f"ablation must be one of {', '.join(SCALING_METHODS)}, got "
-                               f"{params['ablation']!r}")
-    if not float(params["eps"]) > 0:
-        raise ScorerParamError(f"eps must be > 0, got {params['eps']}")
-    if int(params["steps"]) < 1 or int(params["rank"]) < 1:
-        raise ScorerParamError("steps and rank must be >= 1")
-
-
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
              params: dict[str, Any]) -> ScorerData:
-    _check(params)
     data = prepare_queries(model, spec, prompts, n, seed,
-                           {**params, "ablations": (params["ablation"],), "engine": "auto",
+                           {**params, "method": (params["method"],), "engine": "auto",
                             "heads_per_pass": None})
     if int(params["rank"]) > data.n_prompts:
         raise ScorerParamError(f"rank {params['rank']} exceeds the {data.n_prompts} queries")
@@ -215,11 +206,10 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
 
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
              batch_size: int, progress: bool) -> ScoreResult:
-    _check(params)
     chosen, first = greedy_head_set(
-        model, data.payload, ablation=params["ablation"], eps=float(params["eps"]),
-        steps=int(params["steps"]), rank=int(params["rank"]), candidates=params["candidates"],
-        batch_size=batch_size, progress=progress)
+        model, data.payload, ablation=params["method"], eps=float(params["eps"]),
+        steps=int(params["greedy_steps"]), rank=int(params["rank"]),
+        candidates=params["candidates"], batch_size=batch_size, progress=progress)
     nan = float("nan")
     score = torch.full((spec.n_layers, spec.n_heads), nan)
     for (layer, head), angle in first.items():
@@ -230,7 +220,7 @@ def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, An
         rank[layer, head] = len(chosen) - index
         after[layer, head] = angle
     meta = {"head_set": [{"layer": h[0], "head": h[1], "angle_after": a} for h, a in chosen],
-            "ablation": params["ablation"], "eps": float(params["eps"]),
+            "method": params["method"], "eps": float(params["eps"]),
             "rank": int(params["rank"])}
     return ScoreResult(score=score, columns={"set_rank": rank, "angle_after": after}, meta=meta)
 
@@ -242,8 +232,8 @@ SCORER = Scorer(
     reference=REFERENCE,
     prepare=_prepare,
     compute=_compute,
-    defaults=DEFAULTS,
-    param_help=PARAM_HELP,
+    prompts=PROMPTS,
+    params=SaharaParams,
     default_n=32,
     cheap=False,
 )

@@ -26,7 +26,9 @@ forward per layer with its heads stacked, from the cached residual), or with
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -34,10 +36,12 @@ from headprobe.arch import ModelSpec
 from headprobe.checkpoint import Checkpoint
 from headprobe.errors import ScorerParamError, TaskError
 from headprobe.fastscan.effects import head_effects, loop_head_effects
-from headprobe.heads.safety.request_sets import TEMPLATES, load_requests, request_prompt
+from headprobe.heads.safety.request_sets import Split, load_requests, request_prompt
 from headprobe.inputs import encode_prompts, fingerprint
 from headprobe.runtime.layers import check_supported
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
+from headprobe.scorers.task_scan import ENGINE_HELP, Engine
 from headprobe.tasks.base import Task, TaskItem
 
 REFERENCE = ('Zhou et al. 2025, "On the Role of Attention Heads in Large Language Model '
@@ -45,51 +49,47 @@ REFERENCE = ('Zhou et al. 2025, "On the Role of Attention Heads in Large Languag
 SHORT = {"uniform_attention": "uniform", "scale_output": "scaled"}
 TOP = 10
 
-DEFAULTS: dict[str, Any] = {
-    "ablations": ("uniform_attention", "scale_output"),
-    "eps": 1e-4,
-    "template": "chat",
-    "split": "train",
-    "engine": "auto",
-    "heads_per_pass": None,
-}
-PARAM_HELP = {
-    "ablations": "ablations to score, the first gives `score`: uniform_attention (query * "
-                 "eps after any q norm) and/or scale_output (head output * eps)",
-    "eps": "the ablation's scale, > 0 (the paper: 1e-4 .. 1e-5)",
-    "template": "how the default harmful requests are rendered: chat (the model's chat "
-                "template), sahara ('## Query:{q}\\n## Answer:') or plain",
-    "split": "split of the shipped harmful requests: train, heldout or all",
-    "engine": "'auto' (fast scan where supported), 'fast' or 'loop' (one pass per head)",
-    "heads_per_pass": "heads ablated in one stacked pass of the fast scan (None: all)",
-}
+ShipsMethod = Literal["uniform_attention", "scale_output"]
+PROMPTS = ("None (the first n shipped harmful requests of the split, rendered with the "
+           "template), a Task, or a non-empty list of prompts (strings, prompt items or task "
+           "items)")
 
 
-def _check_params(params: dict[str, Any]) -> list[str]:
-    ablations = params["ablations"]
-    ablations = [ablations] if isinstance(ablations, str) else list(ablations)
-    if not ablations or any(a not in SHORT for a in ablations):
-        raise ScorerParamError(f"ablations must name one or both of {', '.join(SHORT)}, got "
-                               f"{params['ablations']!r}")
-    try:
-        eps = float(params["eps"])
-    except (TypeError, ValueError) as error:
-        raise ScorerParamError(f"eps must be a number > 0, got {params['eps']!r}") from error
-    if not eps > 0:
-        raise ScorerParamError(f"eps must be > 0 (the paper: 1e-4 .. 1e-5), got {eps}")
-    if params["template"] not in TEMPLATES:
-        raise ScorerParamError(f"template must be one of {', '.join(TEMPLATES)}, got "
-                               f"{params['template']!r}")
-    if params["engine"] not in ("auto", "fast", "loop"):
-        raise ScorerParamError(f"engine must be auto, fast or loop, got {params['engine']!r}")
-    return ablations
+@dataclass(frozen=True)
+class ShipsParams(Params):
+    """Parameters of :data:`SCORER` (``ships``)."""
+
+    renamed: ClassVar[Mapping[str, str]] = {"ablations": "method"}
+
+    method: ShipsMethod | tuple[ShipsMethod, ...] = param(
+        ("uniform_attention", "scale_output"), "ablation(s) to score, the first gives `score`: "
+        "uniform_attention (query * eps after any q norm) and/or scale_output (head output * "
+        "eps)")
+    eps: float = param(1e-4, "the ablation's scale, > 0 (the paper: 1e-4 .. 1e-5)", gt=0)
+    template: Literal["chat", "sahara", "plain"] = param(
+        "chat", "how the default harmful requests are rendered: chat (the model's chat "
+        "template), sahara ('## Query:{q}\\n## Answer:') or plain")
+    split: Split = param("train", "split of the shipped harmful requests: train, heldout or all")
+    engine: Engine = param("auto", ENGINE_HELP)
+    heads_per_pass: int | None = param(None, "heads ablated in one stacked pass of the fast "
+                                       "scan (None: all)", ge=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not ablation_list(self.method):
+            raise ScorerParamError("parameter method=() is not allowed; name one or both of "
+                                   f"{', '.join(SHORT)}")
+
+
+def ablation_list(method: str | Sequence[str]) -> list[str]:
+    """The ablations a ``method`` value names (one name or several), in order."""
+    return [method] if isinstance(method, str) else list(method)
 
 
 def prepare_queries(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
                     params: dict[str, Any]) -> ScorerData:
     """Token ids of the harmful queries (the first ``n`` shipped requests of ``split``, or
     the prompts / task items given)."""
-    _check_params(params)
     if prompts is None:
         requests = load_requests("harmful", params["split"])[:n]
         items = [request_prompt(r.prompt, params["template"]) for r in requests]
@@ -136,7 +136,7 @@ def compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any
             batch_size: int, progress: bool,
             checkpoint: Checkpoint | None = None) -> ScoreResult:
     """Ships of every head for each ablation (fast scan, or the loop with ``engine``)."""
-    ablations = _check_params(params)
+    ablations = ablation_list(params["method"])
     eps = float(params["eps"])
     engine = params["engine"]
     if engine == "auto":
@@ -168,8 +168,8 @@ SCORER = Scorer(
     reference=REFERENCE,
     prepare=prepare_queries,
     compute=compute,
-    defaults=DEFAULTS,
-    param_help=PARAM_HELP,
+    prompts=PROMPTS,
+    params=ShipsParams,
     default_n=32,
     cheap=False,
 )

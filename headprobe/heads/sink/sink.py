@@ -18,7 +18,8 @@ times the median over all heads on that domain); otherwise it is *active*. A hea
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
@@ -29,7 +30,20 @@ from headprobe.inputs import Batch, encode_prompts, fingerprint
 from headprobe.prompts import load_resource, repeated_random_tokens
 from headprobe.runtime.stream import ReduceContext, stream_reduce
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
 from headprobe.weights import head_output_weights
+
+
+@dataclass(frozen=True)
+class SinkParams(Params):
+    """Parameters of :data:`SCORER` (``sink``)."""
+
+    dormant_sink: float = param(0.9, "sink share at or above which a head can be dormant on a "
+                                "domain", ge=0, le=1)
+    dormant_norm_ratio: float = param(0.5, "a dormant head's mean output norm is below this "
+                                      "times the median head's", ge=0)
+    padding_side: Literal["right", "left"] = param("right", "'right' or 'left' padding of "
+                                                   "batched prompts")
 
 
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
@@ -142,12 +156,8 @@ SCORER = Scorer(
     reference="Xiao et al. 2023 (attention sinks); Guo et al. 2024, Active-Dormant Attention Heads",
     prepare=_prepare,
     compute=_compute,
-    defaults={"dormant_sink": 0.9, "dormant_norm_ratio": 0.5, "padding_side": "right"},
-    param_help={
-        "dormant_sink": "sink share at or above which a head can be dormant on a domain",
-        "dormant_norm_ratio": "a dormant head's mean output norm is below this times the "
-                              "median head's",
-        "padding_side": "'right' or 'left' padding of batched prompts",
-    },
+    prompts="None (project-written prose/code/math/dialogue prompts + repeated random "
+            "tokens, n per domain), a list of prompts of any kind, or {domain: list of prompts}",
+    params=SinkParams,
     default_n=8,
 )

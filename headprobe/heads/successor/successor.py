@@ -54,7 +54,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ from headprobe.errors import ScorerNeedsError, ScorerParamError, TaskError, Toke
 from headprobe.heads.successor.ordinal_sets import (
     ORDINAL_SETS,
     TokenizedSet,
+    WithSpace,
     split_variant,
     tokenize_set,
     tokenize_sets,
@@ -71,11 +72,13 @@ from headprobe.heads.successor.ordinal_sets import (
 )
 from headprobe.runtime.hooks import model_device, onloaded
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
+from headprobe.scorers.params import Params, param
 from headprobe.weights import head_output_weights, hf_module, read_weight
 
 REFERENCE = ('Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention Heads '
              'In The Wild"')
-EMBEDDINGS = ("mlp0", "mlp0_out", "raw")
+Embedding = Literal["mlp0", "mlp0_out", "raw"]
+EMBEDDINGS: tuple[Embedding, ...] = ("mlp0", "mlp0_out", "raw")
 VOCAB_CHUNK = 32768
 
 
@@ -101,22 +104,22 @@ BLOCKS: dict[str, BlockNames] = {
                          "post_feedforward_layernorm"),
 }
 
-DEFAULTS: dict[str, Any] = {
-    "sets": None,
-    "with_space": "both",
-    "embedding": "mlp0",
-    "threshold": 0.4,
-    "strict": True,
-}
-PARAM_HELP = {
-    "sets": "ordinal sets (headprobe.heads.successor.ordinal_sets): base names (variants by with_space) or "
-            "variant names like 'days_space'; None: all, unusable variants skipped",
-    "with_space": "'both', 'with' or 'without' the leading-space variants of base names",
-    "embedding": "effective embedding: 'mlp0' (e + MLP0 block on e, attention 0 left out), "
-                 "'mlp0_out' (the MLP0 block's output alone) or 'raw' (W_E)",
-    "threshold": "successor-head threshold on score, reported in meta (the paper: ~0.4)",
-    "strict": "also score 'strict': the successor is the argmax over the whole vocabulary",
-}
+@dataclass(frozen=True)
+class SuccessorParams(Params):
+    """Parameters of :data:`SCORER` (``successor``)."""
+
+    sets: str | tuple[str, ...] | None = param(
+        None, "ordinal sets (headprobe.heads.successor.ordinal_sets): base names (variants by "
+        "with_space) or variant names like 'days_space'; None: all, unusable variants skipped")
+    with_space: WithSpace = param("both", "'both', 'with' or 'without' the leading-space "
+                                  "variants of base names")
+    embedding: Embedding = param("mlp0", "effective embedding: 'mlp0' (e + MLP0 block on e, "
+                                 "attention 0 left out), 'mlp0_out' (the MLP0 block's output "
+                                 "alone) or 'raw' (W_E)")
+    threshold: float = param(0.4, "successor-head threshold on score, reported in meta (the "
+                             "paper: ~0.4)")
+    strict: bool = param(True, "also score 'strict': the successor is the argmax over the "
+                         "whole vocabulary")
 
 
 def block_names(spec: ModelSpec) -> BlockNames:
@@ -218,12 +221,6 @@ def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
         raise TaskError("successor is a weights-only scorer: it takes no prompts (choose "
                         "ordinal sets with sets=[...])")
     block_names(spec)
-    if params["embedding"] not in EMBEDDINGS:
-        raise ScorerParamError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got "
-                               f"{params['embedding']!r}")
-    threshold = params["threshold"]
-    if not isinstance(threshold, int | float) or isinstance(threshold, bool):
-        raise ScorerParamError(f"threshold must be a number, got {threshold!r}")
     sets_param = params["sets"]
     if isinstance(sets_param, str):
         sets_param = [sets_param]
@@ -324,8 +321,8 @@ SCORER = Scorer(
     reference=REFERENCE,
     prepare=_prepare,
     compute=_compute,
-    defaults=DEFAULTS,
-    param_help=PARAM_HELP,
+    prompts="none: a weights-only scorer (choose ordinal sets with the sets parameter)",
+    params=SuccessorParams,
     default_n=1,
     cheap=True,
 )

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,9 @@ from headprobe.attribution import agreement, attribution_patching
 from headprobe.errors import TaskError
 from headprobe.heads.temporal.temporal_facts import REFERENCE, known_facts, make_task
 from headprobe.inputs import fingerprint
+from headprobe.scorers.attribution_patching import AttributionMethod
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult, ScorerParamError
+from headprobe.scorers.params import Params, param
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.tasks.pairs import prepare_scan_data
 from headprobe.types import Head
@@ -140,6 +143,43 @@ def _sets(task: Task) -> dict[str, list[TaskItem]]:
     return dict(sorted(out.items()))
 
 
+@dataclass(frozen=True)
+class TemporalParams(Params):
+    """Parameters of :data:`SCORER` (``temporal``)."""
+
+    renamed: ClassVar[Mapping[str, str]] = {"steps": "ig_steps"}
+
+    method: AttributionMethod = param(
+        "eap-ig-act", "attribution method of headprobe.attribution.attribution_patching "
+        "('eap-ig', 'eap', or a variant such as 'eap-ig-act')")
+    ig_steps: int = param(5, "integrated-gradient steps (paper: 100, over the input "
+                          "embeddings; eap-ig-act agrees with exact patching from 2-5 steps)",
+                          ge=1, le=100)
+    edge_threshold: float = param(0.1, "edge kept when |score| >= this x the set's largest "
+                                  "|score| (relative) or >= this (absolute)", ge=0)
+    threshold_mode: Literal["relative", "absolute"] = param("relative", "'relative' or "
+                                                            "'absolute'")
+    top_edges: int | None = param(None, "keep at most this many edges per circuit (None: no "
+                                  "cap)", ge=1)
+    kv_edges: bool = param(False, "also count key/value-input edges for every query head of "
+                           "the kv group")
+    temporal_share: float = param(0.9, "is_temporal needs membership in >= this share of "
+                                  "temporal circuits", ge=0, le=1)
+    max_invariant_share: float = param(0.25, "... and in <= this share of invariant circuits",
+                                       ge=0, le=1)
+    min_set_size: int = param(1, "sets with fewer pairs get no circuit", ge=0)
+    known_only: bool = param(True, "keep only the facts the model gets right unablated")
+    alias: bool = param(False, "use the alias templates ('In the year {year}, ...')")
+    compare_exact: bool = param(True, "also run exact noising patching on the temporal pairs "
+                                "and compare")
+    top_k: int = param(20, "heads compared in the top-k overlap", ge=1)
+    temporal_sets: tuple[str, ...] | None = param(
+        None, "temporal sets to use (None: all: president, head_of_government, ceo, "
+        "sports_team)")
+    invariant_sets: tuple[str, ...] | None = param(
+        None, "invariant sets to use (None: all: capital, superclass, colour, opposite, shape)")
+
+
 def _prepare(model: Any, spec: ModelSpec, prompts: Any, n: int, seed: int,
              params: dict[str, Any]) -> ScorerData:
     """Payload ``{"temporal": Task, "invariant": Task, "known": {...}}``.
@@ -182,7 +222,7 @@ def _attribute(model: Any, items: Sequence[TaskItem], params: Mapping[str, Any],
                batch_size: int, progress: bool) -> Any:
     try:
         return attribution_patching(model, list(items), method=params["method"],
-                                    steps=int(params["steps"]), edges=True,
+                                    steps=int(params["ig_steps"]), edges=True,
                                     batch_size=batch_size, progress=progress)
     except ValueError as error:
         if isinstance(error, TaskError):
@@ -192,9 +232,6 @@ def _attribute(model: Any, items: Sequence[TaskItem], params: Mapping[str, Any],
 
 def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, Any],
              batch_size: int, progress: bool) -> ScoreResult:
-    if not 0.0 <= float(params["temporal_share"]) <= 1.0:
-        raise ScorerParamError(f"temporal_share must lie in [0, 1], got "
-                               f"{params['temporal_share']}")
     circuits: dict[str, list[set[Head]]] = {"temporal": [], "invariant": []}
     records: list[dict[str, Any]] = []
     node_sum = np.zeros((spec.n_layers, spec.n_heads))
@@ -244,7 +281,7 @@ def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, An
         grid = exact.pivot().to_numpy()
         columns["exact_patching"] = grid
         meta["agreement"] = {**agreement(node, grid, top_k=int(params["top_k"])),
-                             "method": params["method"], "steps": int(params["steps"]),
+                             "method": params["method"], "ig_steps": int(params["ig_steps"]),
                              "on": f"{n_temporal} temporal pairs"}
     return ScoreResult(score=torch.as_tensor(score), columns=columns, meta=meta)
 
@@ -268,33 +305,10 @@ SCORER = Scorer(
     reference=REFERENCE + "; EAP-IG: Hanna et al. 2024, Have Faith in Faithfulness",
     prepare=_prepare,
     compute=_compute,
-    defaults={"method": "eap-ig-act", "steps": 5, "edge_threshold": 0.1,
-              "threshold_mode": "relative", "top_edges": None, "kv_edges": False,
-              "temporal_share": 0.9, "max_invariant_share": 0.25, "min_set_size": 1,
-              "known_only": True, "alias": False, "compare_exact": True, "top_k": 20,
-              "temporal_sets": None, "invariant_sets": None},
-    param_help={
-        "method": "attribution method of headprobe.attribution.attribution_patching "
-                  "('eap-ig', 'eap', or a variant such as 'eap-ig-act')",
-        "steps": "integrated-gradient steps (paper: 100, over the input embeddings; "
-                 "eap-ig-act agrees with exact patching from 2-5 steps)",
-        "edge_threshold": "edge kept when |score| >= this x the set's largest |score| "
-                          "(relative) or >= this (absolute)",
-        "threshold_mode": "'relative' or 'absolute'",
-        "top_edges": "keep at most this many edges per circuit (None: no cap)",
-        "kv_edges": "also count key/value-input edges for every query head of the kv group",
-        "temporal_share": "is_temporal needs membership in >= this share of temporal circuits",
-        "max_invariant_share": "... and in <= this share of invariant circuits",
-        "min_set_size": "sets with fewer pairs get no circuit",
-        "known_only": "keep only the facts the model gets right unablated",
-        "alias": "use the alias templates ('In the year {year}, ...')",
-        "compare_exact": "also run exact noising patching on the temporal pairs and compare",
-        "top_k": "heads compared in the top-k overlap",
-        "temporal_sets": "temporal sets to use (None: all: president, head_of_government, ceo, "
-                         "sports_team)",
-        "invariant_sets": "invariant sets to use (None: all: capital, superclass, colour, "
-                          "opposite, shape)",
-    },
+    prompts="None (the shipped temporal and invariant facts, filtered to known facts with "
+            "known_only) or {'temporal': Task, 'invariant': Task} of ready tasks with corrupt "
+            "prompts",
+    params=TemporalParams,
     default_n=64,
     cheap=False,
     needs=frozenset({"pairs"}),
