@@ -24,8 +24,7 @@ from headprobe.headtable import HeadTable
 from headprobe.inputs import Batch, Chat, ImagePrompt, Text, encode_prompts
 from headprobe.models import available_models, describe_model, load_model
 from headprobe.registry import get_scorer, list_scorers, scan
-
-__version__ = "0.1.0"
+from headprobe.version import __version__
 
 __all__ = [
     "Batch",

@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from headprobe.arch import ModelSpec
+from headprobe.version import __version__
 
 
 def headprobe_version() -> str:
-    """The installed headprobe version."""
-    from headprobe import __version__
-
+    """The installed headprobe version (package metadata, :mod:`headprobe.version`)."""
     return __version__
 
 
