@@ -9,7 +9,8 @@ import torch
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import InterventionError
-from headprobe.interventions.heads import DEFAULT_EPS, HookList, finite, prepare
+from headprobe.interventions.heads import HookList, finite, prepare
+from headprobe.types import DEFAULT_EPS
 
 
 def query_hook_point(model: Any, spec: ModelSpec, layer: int) -> tuple[str, int]:
