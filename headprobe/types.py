@@ -84,7 +84,7 @@ Which = Literal["clean", "corrupt"]
 # Ablation and steering methods of headprobe.interventions (its METHODS table has one entry
 # for each, checked by a test).
 Method = Literal["zero", "mean", "resample", "uniform_attention", "scale_output", "scale_value",
-                 "add_to_output", "set_pattern", "redistribute_sink"]
+                 "add_to_output", "set_pattern", "redistribute_sink", "streaming_attention"]
 
 # What a fast all-head scan (headprobe.fastscan) does to each head: "patch" (z from the other
 # run of the pair) or one of the interventions' ablations, run as stacked copies. The two
