@@ -45,10 +45,12 @@ def main() -> None:
                     "layers": args.layers or "all"}
     for method in args.methods:
         started = time.perf_counter()
-        fast = head_effects(model, ids, method=method, layers=args.layers, progress=False)
+        fast = head_effects(model, ids, method=method, eps=1e-4, layers=args.layers,
+                            progress=False)
         fast_s = time.perf_counter() - started
         started = time.perf_counter()
-        loop = loop_head_effects(model, ids, method=method, layers=args.layers, progress=False)
+        loop = loop_head_effects(model, ids, method=method, eps=1e-4, layers=args.layers,
+                                 progress=False)
         loop_s = time.perf_counter() - started
         record[method] = {"fast_s": round(fast_s, 2), "loop_s": round(loop_s, 2),
                           "speedup": round(loop_s / fast_s, 2),

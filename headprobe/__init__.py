@@ -57,7 +57,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from headprobe.version import __version__
 
 # Every public name and where it lives, grouped as in the docstring. Moving a name is one
 # edit here.

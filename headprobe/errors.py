@@ -13,8 +13,18 @@ class HeadprobeError(Exception):
     """Base class of every error caused by input that headprobe cannot use."""
 
 
-class UnknownModelError(HeadprobeError, ValueError):
-    """The model spec names no packaged model, local file, local directory or hub model."""
+class UnknownNameError(HeadprobeError, KeyError):
+    """A name (scorer, task, method, metric, step kind, head type, ...) that nothing is
+    registered under; the message lists the registered names
+    (:func:`headprobe.registry.unknown_name_message`)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownModelError(UnknownNameError, ValueError):
+    """The model spec names no packaged model, local file, local directory or hub model (or
+    a device / device map that cannot be used)."""
 
 
 class ModelLoadError(HeadprobeError, RuntimeError):
@@ -24,14 +34,6 @@ class ModelLoadError(HeadprobeError, RuntimeError):
 
 class ModelUnavailableError(HeadprobeError, RuntimeError):
     """The model spec is known but cannot be loaded here (package missing, offline hub)."""
-
-
-class UnknownNameError(HeadprobeError, KeyError):
-    """A name (scorer, task, method, metric, step kind, head type, ...) that nothing is
-    registered under; the message lists the registered names."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
-        return str(self.args[0]) if self.args else ""
 
 
 class UnknownScorerError(UnknownNameError):
@@ -62,6 +64,10 @@ class RecipeError(HeadprobeError, ValueError):
     """A recipe file is malformed."""
 
 
+class RecipeNameError(UnknownNameError, RecipeError):
+    """A recipe step names a step kind or method that nothing is registered under."""
+
+
 class UnknownTaskError(UnknownNameError):
     """No task is registered under the given name."""
 
@@ -84,6 +90,14 @@ class MetricError(HeadprobeError, ValueError):
 
 class InterventionError(HeadprobeError, ValueError):
     """An intervention cannot be applied as asked (no heads, bad pattern, unknown method...)."""
+
+
+class UnknownMethodError(UnknownNameError, InterventionError):
+    """No intervention or fast-scan method is registered under the given name."""
+
+
+class UnknownMetricError(UnknownNameError, ValueError):
+    """No metric is registered under the given name."""
 
 
 class ReducerError(HeadprobeError, RuntimeError):

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
-from headprobe.errors import MetricError, TaskError
-
-MetricName = Literal["logit_diff", "normalized_logit_diff", "kl", "probability"]
-METRICS: tuple[str, ...] = get_args(MetricName)
+from headprobe.errors import MetricError, TaskError, UnknownMetricError
+from headprobe.registry import unknown_name_message
+from headprobe.types import METRICS, MetricName
 
 # metric(logits [B, V] at the final position, answer [B], distractor [B] | None,
 #        clean_logits [B, V] of the unpatched clean run) -> [B] values, one per prompt.
@@ -105,8 +103,9 @@ def _named(metric: str) -> ResolvedMetric:
                  clean: torch.Tensor | None) -> torch.Tensor:
             return probability(logits, answer)
         return ResolvedMetric("probability", prob)
-    raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS} or pass a function "
-                     "(logits, answer, distractor, clean_logits) -> [B] values")
+    raise UnknownMetricError(
+        unknown_name_message("metric", metric, list(METRICS)) + ", or pass a function "
+        "(logits, answer, distractor, clean_logits) -> [B] values")
 
 
 def resolve_metric(metric: Metric | ResolvedMetric) -> ResolvedMetric:
@@ -128,7 +127,8 @@ def resolve_metric(metric: Metric | ResolvedMetric) -> ResolvedMetric:
             a function's values are aggregated as their mean.
 
     Raises:
-        ValueError: an unknown name (or something that is neither a name nor callable).
+        UnknownMetricError: an unknown name (or something that is neither a name nor
+            callable); a ``ValueError`` too.
     """
     if isinstance(metric, ResolvedMetric):
         return metric
@@ -150,7 +150,8 @@ def resolve_metric(metric: Metric | ResolvedMetric) -> ResolvedMetric:
             return values.float()
 
         return ResolvedMetric(str(getattr(fn, "__name__", "custom")), custom, needs_clean=True)
-    raise ValueError(f"metric must be one of {METRICS} or a function, got {metric!r}")
+    raise UnknownMetricError(f"a metric is a name ({', '.join(METRICS)}) or a function, got "
+                             f"{type(metric).__name__} {metric!r}")
 
 
 def metric_label(metric: Metric | ResolvedMetric) -> str:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from headprobe.arch import ModelSpec
+from headprobe.errors import UnknownModelError
+from headprobe.registry import unknown_name_message
 
 TINY_KINDS = ("llama-gqa", "gpt2", "gemma3", "bert", "llava", "qwen2.5-vl")
 
@@ -237,7 +239,7 @@ def _config(kind: str, vocab_size: int, tokenizer: Any = None) -> Any:
             vision_start_token_id=ids["<|vision_start|>"],
             vision_end_token_id=ids["<|vision_end|>"],
             architectures=["Qwen2_5_VLForConditionalGeneration"])
-    raise ValueError(f"unknown tiny model kind {kind!r}; choose one of {TINY_KINDS}")
+    raise UnknownModelError(unknown_name_message("tiny model kind", kind, list(TINY_KINDS)))
 
 
 def _model_class(kind: str) -> Any:
@@ -258,6 +260,8 @@ def tiny_hf_model(kind: str = "llama-gqa", seed: int = 0) -> tuple[Any, Any, Any
     use it as an independent reference: it never passes through the bridge."""
     import transformers as tf
 
+    if kind not in TINY_KINDS:
+        raise UnknownModelError(unknown_name_message("tiny model kind", kind, list(TINY_KINDS)))
     tokenizer = char_tokenizer(image_token=kind == "llava",
                                extra_specials=QWEN_SPECIALS if kind == "qwen2.5-vl" else ())
     config = _config(kind, vocab_size=len(tokenizer), tokenizer=tokenizer)

@@ -1,4 +1,5 @@
-"""The vocabulary every module shares: heads, kv heads, edges, spans, directions, methods.
+"""The vocabulary every module shares: heads, kv heads, edges, spans, directions, methods,
+metric names and the ablation scale ``DEFAULT_EPS``.
 
 Small frozen records and literal types only; no torch, no model. A ``Head`` is a plain
 ``(layer, head)`` tuple (a query head), so lists of heads stay easy to write by hand.
@@ -7,7 +8,7 @@ Small frozen records and literal types only; no torch, no model. A ``Head`` is a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 # (layer, query head). GQA: query head h reads kv head h // (H // H_kv).
 Head = tuple[int, int]
@@ -80,9 +81,34 @@ DIRECTIONS: tuple[Direction, ...] = ("denoising", "noising")
 # Which run of a clean/corrupt pair.
 Which = Literal["clean", "corrupt"]
 
-# Ablation and steering methods of headprobe.interventions.
+# Ablation and steering methods of headprobe.interventions (its METHODS table has one entry
+# for each, checked by a test).
 Method = Literal["zero", "mean", "resample", "uniform_attention", "scale_output", "scale_value",
-                 "add_to_output", "set_pattern", "redistribute_sink"]
+                 "add_to_output", "set_pattern", "redistribute_sink", "streaming_attention"]
+
+# What a fast all-head scan (headprobe.fastscan) does to each head: "patch" (z from the other
+# run of the pair) or one of the interventions' ablations, run as stacked copies. The two
+# scaling ablations multiply by ``eps``.
+ScanMethod = Literal["patch", "zero", "mean", "scale_output", "uniform_attention"]
+SCAN_METHODS: tuple[ScanMethod, ...] = get_args(ScanMethod)
+SCALING_METHODS: tuple[ScanMethod, ...] = ("scale_output", "uniform_attention")
+
+# Metric names of the patching engines, scans and experiments (headprobe.metrics; a metric
+# may also be a function, see headprobe.metrics.Metric). The fast scans compute logit
+# differences only.
+MetricName = Literal["logit_diff", "normalized_logit_diff", "kl", "probability"]
+METRICS: tuple[MetricName, ...] = get_args(MetricName)
+ScanMetric = Literal["logit_diff", "normalized_logit_diff"]
+SCAN_METRICS: tuple[ScanMetric, ...] = get_args(ScanMetric)
+
+# The default scale of the Ships ablations (Zhou et al. 2025, "On the Role of Attention Heads
+# in Large Language Model Safety": eps 1e-4 .. 1e-5): undifferentiated attention
+# (``uniform_attention``) multiplies a head's query by it, scaling contribution
+# (``scale_output``) its output z; every intervention and fast scan defaults to it. At 1e-5
+# the pattern is uniform to 1e-5 on the tiny test models, which the tests check. The ``ships``
+# and ``sahara`` scorers pass eps = 1e-4 (their parameter default: the reference code's
+# ``scale_factor``), with which the Ships numbers in README and bench/RESULTS.md were measured.
+DEFAULT_EPS = 1e-5
 
 # A token position: an absolute index within each prompt (BOS = 0), "last" (each prompt's
 # last real token) or None (every position).

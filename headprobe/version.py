@@ -18,3 +18,6 @@ def headprobe_version() -> str:
         return importlib.metadata.version("headprobe")
     except importlib.metadata.PackageNotFoundError:
         return UNKNOWN_VERSION
+
+
+__version__: str = headprobe_version()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headprobe.attribution import _attribute, agreement, attribution_patching, compare_to_exact
+from headprobe.attribution import agreement, attribution_patching, compare_to_exact
+from headprobe.attribution.engine import attribute_with_alphas
 from headprobe.errors import UsageError
 from headprobe.fastscan import scan_heads
 from headprobe.tasks.base import TaskItem
@@ -29,8 +30,8 @@ def test_eap_ig_converges_to_exact_input_patch_better_than_eap(fixture, request)
     LD_corrupt - LD_clean (completeness), which one-step EAP misses on a nonlinear model."""
     model, _ = request.getfixturevalue(fixture)
     eap = attribution_patching(model, ITEMS, method="eap", progress=False)
-    ig = _attribute(model, ITEMS, alphas=[k / 60 for k in range(1, 61)], edges=True,
-                    batch_size=8, progress=False, method="eap-ig")
+    ig = attribute_with_alphas(model, ITEMS, alphas=[k / 60 for k in range(1, 61)], edges=True,
+                               batch_size=8, progress=False, method="eap-ig")
     exact = ig.meta["mean_ld_corrupt"] - ig.meta["mean_ld_clean"]
     error_ig = abs(_embed_total(ig) - exact)
     error_eap = abs(_embed_total(eap) - exact)
@@ -42,7 +43,7 @@ def test_attribution_matches_exact_patching_when_nearly_linear(tiny_llama):
     """A corrupt input a tiny step from the clean one: first order is accurate, so EAP's z
     node scores equal exact (noising) activation patching of each head up to O(step^2)."""
     model, spec = tiny_llama
-    from headprobe import attribution as attr
+    from headprobe.attribution import common, inputs_ig
 
     eps = 1e-3
     items = ITEMS[:1]
@@ -87,9 +88,9 @@ def test_attribution_matches_exact_patching_when_nearly_linear(tiny_llama):
             value, _ = run((layer, head, corrupt_z[layer]))
             exact[layer, head] = value - base
     # first-order estimate from the attribution engine's gradients at the clean run
-    with attr._gradient_mode(model):
-        up = attr._collect_upstream(model, spec, batch, a[None], d[None])
-        grads = attr._integrated_grads(model, spec, batch, up.resid_pre[0], up.resid_pre[0],
+    with common.gradient_mode(model):
+        up = common.collect_upstream(model, spec, batch, a[None], d[None])
+        grads = inputs_ig.integrated_grads(model, spec, batch, up.resid_pre[0], up.resid_pre[0],
                                        a[None], d[None], [1.0])
     estimate = torch.stack([((corrupt_z[layer] - clean_z[layer]) * grads.z[layer]).sum((0, 1, 3))
                             for layer in range(spec.n_layers)])

@@ -61,7 +61,7 @@ SCAN = '[[step]]\nkind = "scan"\nscorer = "induction"\nn = 2\nparams = { seq_len
 @pytest.mark.parametrize(
     "text,message",
     [
-        ('[[step]]\nkind = "probe"\nscorer = "induction"\n', "kind must be one of"),
+        ('[[step]]\nkind = "probe"\nscorer = "induction"\n', "unknown step kind 'probe'"),
         (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
          'colour = 1\n', "unknown: \\['colour'\\]"),
         ('[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n' + SCAN,

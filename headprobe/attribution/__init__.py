@@ -29,14 +29,7 @@ and downstream inputs, gradient mode, names, :class:`AttributionResult`),
 :func:`headprobe.fastscan.scan_heads`).
 """
 
-# Private helpers are re-exported (``_x as _x``) so that they stay importable from here as
-# before the split (the tests use some of them).
 from headprobe.attribution.activation_ig import ACT_ROWS_PER_PASS
-from headprobe.attribution.activation_ig import _activation_ig_batch as _activation_ig_batch
-from headprobe.attribution.activation_ig import _down_slices as _down_slices
-from headprobe.attribution.activation_ig import _shared_prefix as _shared_prefix
-from headprobe.attribution.activation_ig import _site_pass as _site_pass
-from headprobe.attribution.activation_ig import _sites as _sites
 from headprobe.attribution.common import (
     MAX_IG_STEPS,
     METHODS,
@@ -44,23 +37,8 @@ from headprobe.attribution.common import (
     REFERENCE,
     AttributionResult,
 )
-from headprobe.attribution.common import _check_method as _check_method
-from headprobe.attribution.common import _collect_upstream as _collect_upstream
-from headprobe.attribution.common import _downstream_grads as _downstream_grads
-from headprobe.attribution.common import _edge_frame as _edge_frame
-from headprobe.attribution.common import _gradient_mode as _gradient_mode
-from headprobe.attribution.common import _Grads as _Grads
-from headprobe.attribution.common import _head_writes as _head_writes
-from headprobe.attribution.common import _names as _names
-from headprobe.attribution.common import _post_norm as _post_norm
-from headprobe.attribution.common import _Scores as _Scores
-from headprobe.attribution.common import _Upstream as _Upstream
 from headprobe.attribution.comparison import Agreement, agreement, compare_to_exact
-from headprobe.attribution.engine import _attribute as _attribute
 from headprobe.attribution.engine import attribution_patching
-from headprobe.attribution.inputs_ig import _GRAD_HOOKS as _GRAD_HOOKS
-from headprobe.attribution.inputs_ig import _input_ig_batch as _input_ig_batch
-from headprobe.attribution.inputs_ig import _integrated_grads as _integrated_grads
 
 __all__ = [
     "ACT_ROWS_PER_PASS",

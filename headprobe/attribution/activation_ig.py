@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.attribution.common import _gradient_mode, _Scores, _Upstream
+from headprobe.attribution.common import Scores, Upstream, gradient_mode
 from headprobe.fastscan.patching import shared_prefix_length
 from headprobe.inputs import Batch
 from headprobe.metrics import logit_difference
@@ -55,7 +55,7 @@ ACT_ROWS_PER_PASS = 64  # eap-ig-act: interpolation steps stacked up to this man
 
 
 def _shared_prefix(model: Any, clean: Batch, corrupt: Batch,
-                   up_clean: _Upstream) -> PrefixKV | None:
+                   up_clean: Upstream) -> PrefixKV | None:
     """Keys / values of the positions every pair of the batch shares (fastscan's prefix
     reuse: :func:`headprobe.fastscan.shared_prefix_length`), or None."""
     length = shared_prefix_length(clean, corrupt)
@@ -70,7 +70,7 @@ def _shared_prefix(model: Any, clean: Batch, corrupt: Batch,
 
 
 def _down_slices(spec: ModelSpec) -> dict[tuple[str, int], slice]:
-    """Columns of the downstream axis of :func:`_names` per (kind, layer): ``q`` / ``k`` /
+    """Columns of the downstream axis of :func:`node_names` per (kind, layer): ``q`` / ``k`` /
     ``v`` of each layer, ``mlp`` of each layer, ``logits`` (layer -1)."""
     per_layer = spec.n_heads + 2 * spec.n_kv_heads
     out: dict[tuple[str, int], slice] = {}
@@ -99,10 +99,10 @@ def _sites(spec: ModelSpec) -> list[tuple[str, int, int, slice]]:
     return out
 
 
-def _activation_ig_batch(model: Any, spec: ModelSpec, clean: Batch, corrupt: Batch,
-                         up_clean: _Upstream, up_corrupt: _Upstream, answers: torch.Tensor,
-                         distractors: torch.Tensor, alphas: Sequence[float], scores: _Scores,
-                         bar: Any, per_head: bool) -> int:
+def activation_ig_batch(model: Any, spec: ModelSpec, clean: Batch, corrupt: Batch,
+                        up_clean: Upstream, up_corrupt: Upstream, answers: torch.Tensor,
+                        distractors: torch.Tensor, alphas: Sequence[float], scores: Scores,
+                        bar: Any, per_head: bool) -> int:
     """EAP-IG over activations (module docstring) for one batch, added to ``scores``; returns
     the number of forward + backward passes.
 
@@ -160,10 +160,10 @@ def _activation_ig_batch(model: Any, spec: ModelSpec, clean: Batch, corrupt: Bat
 
 
 def _site_pass(model: Any, spec: ModelSpec, site: tuple[str, int, int, slice], groups: int,
-               chunk: Sequence[float], weight: float, up_clean: _Upstream,
-               up_corrupt: _Upstream, start: int, delta: torch.Tensor, clean: Batch,
+               chunk: Sequence[float], weight: float, up_clean: Upstream,
+               up_corrupt: Upstream, start: int, delta: torch.Tensor, clean: Batch,
                answers: torch.Tensor, distractors: torch.Tensor, prefix: PrefixKV | None,
-               layer_inputs: LayerInputs, scores: _Scores, edges: torch.Tensor) -> None:
+               layer_inputs: LayerInputs, scores: Scores, edges: torch.Tensor) -> None:
     """One forward + backward pass with ``site`` interpolated at the points ``chunk``; adds
     ``weight x`` its z-node scores to ``scores.z`` and its edge scores to ``edges``.
 
@@ -253,7 +253,7 @@ def _site_pass(model: Any, spec: ModelSpec, site: tuple[str, int, int, slice], g
             hooks += [(spec.hooks.at("resid_mid", later), watch(("mlp", later), 1.0)),
                       (spec.hooks.at("resid_post", later), watch(("mlp", later), -1.0))]
     hooks.append((spec.hooks.final_norm_in, watch(("logits", -1), 1.0)))
-    with _gradient_mode(model):
+    with gradient_mode(model):
         logits = run_from_layer(model, resid, first, clean.attention_mask.repeat(copies, 1),
                                 clean.position_ids.repeat(copies, 1), hooks,
                                 positions=clean.last.repeat(copies),

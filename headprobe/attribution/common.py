@@ -90,7 +90,7 @@ class AttributionResult:
 
 
 @contextmanager
-def _gradient_mode(model: Any) -> Iterator[None]:
+def gradient_mode(model: Any) -> Iterator[None]:
     """Parameters frozen and split q/k/v inputs on, all restored on exit."""
     params = [p for p in model.parameters() if p.requires_grad]
     split = bool(getattr(model.cfg, "use_split_qkv_input", False))
@@ -111,7 +111,7 @@ def _gradient_mode(model: Any) -> Iterator[None]:
 
 
 @dataclass
-class _Upstream:
+class Upstream:
     """One run's upstream writes and node activations (all detached).
 
     ``writes``: [n_up, B, T, d_model] (embed, heads layer-major, MLPs); ``z`` {l: [B,T,H,dh]};
@@ -156,8 +156,8 @@ def _head_writes(model: Any, spec: ModelSpec, layer: int, z: torch.Tensor,
     return per_head * w * scale
 
 
-def _collect_upstream(model: Any, spec: ModelSpec, batch: Batch, answers: torch.Tensor,
-                      distractors: torch.Tensor) -> _Upstream:
+def collect_upstream(model: Any, spec: ModelSpec, batch: Batch, answers: torch.Tensor,
+                     distractors: torch.Tensor) -> Upstream:
     """One run's activations through :func:`headprobe.runtime.hooks.capture` (nothing edited)."""
     kinds = ("z", "resid_pre", "resid_mid", "resid_post")
     names = {(kind, layer): spec.hooks.at(kind, layer) for kind in kinds
@@ -177,7 +177,7 @@ def _collect_upstream(model: Any, spec: ModelSpec, batch: Batch, answers: torch.
         writes.append((store["resid_post"][layer].float()
                        - store["resid_mid"][layer].float())[None])
     writes[0] = writes[0].float()
-    return _Upstream(torch.cat(writes), store["z"], store["resid_pre"], store["resid_mid"], ld)
+    return Upstream(torch.cat(writes), store["z"], store["resid_pre"], store["resid_mid"], ld)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def _collect_upstream(model: Any, spec: ModelSpec, batch: Batch, answers: torch.
 
 
 @dataclass
-class _Grads:
+class Grads:
     """Gradients of sum-over-prompts M, averaged over IG steps (accumulated in float32).
 
     ``q`` {l: [B,T,H,d]}, ``k``/``v`` {l: [B,T,H_kv,d]}, ``mid`` / ``post`` {l: [B,T,d]} (total
@@ -216,7 +216,7 @@ class _Grads:
 # Names, interpolation points and score sums
 
 
-def _names(spec: ModelSpec) -> tuple[list[str], list[str], list[int], list[int]]:
+def node_names(spec: ModelSpec) -> tuple[list[str], list[str], list[int], list[int]]:
     """Upstream / downstream names and the layer at which each is written / read.
 
     Upstream layer: -1 for embed, l for heads and MLP l. Downstream read layer: l for the
@@ -246,8 +246,8 @@ def _names(spec: ModelSpec) -> tuple[list[str], list[str], list[int], list[int]]
     return up, down, up_pos, down_pos
 
 
-def _downstream_grads(grads: _Grads, spec: ModelSpec) -> torch.Tensor:
-    """[n_down, B, T, d_model] in the order of :func:`_names`."""
+def downstream_grads(grads: Grads, spec: ModelSpec) -> torch.Tensor:
+    """[n_down, B, T, d_model] in the order of :func:`node_names`."""
     parts = []
     for layer in range(spec.n_layers):
         parts += [grads.q[layer].permute(2, 0, 1, 3), grads.k[layer].permute(2, 0, 1, 3),
@@ -258,7 +258,7 @@ def _downstream_grads(grads: _Grads, spec: ModelSpec) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _check_method(method: str, steps: int) -> list[float]:
+def check_method(method: str, steps: int) -> list[float]:
     """The interpolation points ``alphas`` of ``method`` with ``steps`` (see
     :mod:`headprobe.attribution.inputs_ig` and :mod:`headprobe.attribution.activation_ig`)."""
     if method not in METHODS:
@@ -276,7 +276,7 @@ def _check_method(method: str, steps: int) -> list[float]:
 
 
 @dataclass
-class _Scores:
+class Scores:
     """Score sums over prompts (float64, on the CPU): ``z`` / ``q`` [L, H], ``k`` / ``v``
     [L, H_kv], ``mlp`` [L], ``edges`` [n_up, n_down]."""
 
@@ -288,7 +288,7 @@ class _Scores:
     edges: torch.Tensor
 
     @classmethod
-    def zeros(cls, spec: ModelSpec, n_up: int, n_down: int) -> _Scores:
+    def zeros(cls, spec: ModelSpec, n_up: int, n_down: int) -> Scores:
         heads = torch.zeros(spec.n_layers, spec.n_heads, dtype=torch.float64)
         kv = torch.zeros(spec.n_layers, spec.n_kv_heads, dtype=torch.float64)
         return cls(heads, heads.clone(), kv, kv.clone(),
@@ -296,8 +296,8 @@ class _Scores:
                    torch.zeros(n_up, n_down, dtype=torch.float64))
 
 
-def _edge_frame(scores: torch.Tensor, up: list[str], down: list[str], up_pos: list[int],
-                down_pos: list[int]) -> pd.DataFrame:
+def edge_table(scores: torch.Tensor, up: list[str], down: list[str], up_pos: list[int],
+               down_pos: list[int]) -> pd.DataFrame:
     valid = torch.tensor(up_pos)[:, None] < torch.tensor(down_pos)[None, :]
     u_index, v_index = torch.nonzero(valid, as_tuple=True)
     values = scores[u_index, v_index].float().numpy()

@@ -15,17 +15,17 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from headprobe.attribution.activation_ig import _activation_ig_batch
+from headprobe.attribution.activation_ig import activation_ig_batch
 from headprobe.attribution.common import (
     REFERENCE,
     AttributionResult,
-    _check_method,
-    _collect_upstream,
-    _edge_frame,
-    _names,
-    _Scores,
+    Scores,
+    check_method,
+    collect_upstream,
+    edge_table,
+    node_names,
 )
-from headprobe.attribution.inputs_ig import _input_ig_batch
+from headprobe.attribution.inputs_ig import input_ig_batch
 from headprobe.errors import TaskError
 from headprobe.headtable import HeadTable
 from headprobe.inputs import fingerprint, iter_batches
@@ -83,13 +83,14 @@ def attribution_patching(
         NotImplementedError: ``eap-ig-act`` on an architecture
             :func:`headprobe.runtime.layers.run_from_layer` does not support.
     """
-    alphas = _check_method(method, steps)
-    return _attribute(model, task, alphas=alphas, edges=edges, batch_size=batch_size,
-                      progress=progress, method=method)
+    alphas = check_method(method, steps)
+    return attribute_with_alphas(model, task, alphas=alphas, edges=edges, batch_size=batch_size,
+                                 progress=progress, method=method)
 
 
-def _attribute(model: Any, task: Task | Sequence[TaskItem], *, alphas: Sequence[float],
-               edges: bool, batch_size: int, progress: bool, method: str) -> AttributionResult:
+def attribute_with_alphas(model: Any, task: Task | Sequence[TaskItem], *,
+                          alphas: Sequence[float], edges: bool, batch_size: int, progress: bool,
+                          method: str) -> AttributionResult:
     """The engine behind :func:`attribution_patching` (any list of IG points ``alphas``)."""
     spec = describe_model(model)
     activations = method in ("eap-ig-act", "eap-ig-act-head")
@@ -104,8 +105,8 @@ def _attribute(model: Any, task: Task | Sequence[TaskItem], *, alphas: Sequence[
     clean_batches = list(iter_batches(data.clean, batch_size, pad_token_id=pad, device=device))
     corrupt_batches = list(iter_batches(data.corrupt, batch_size, pad_token_id=pad,
                                         device=device))
-    up, down, up_pos, down_pos = _names(spec)
-    scores = _Scores.zeros(spec, len(up), len(down))
+    up, down, up_pos, down_pos = node_names(spec)
+    scores = Scores.zeros(spec, len(up), len(down))
     ld_clean = ld_corrupt = 0.0
     passes = 0
     if activations:
@@ -117,17 +118,17 @@ def _attribute(model: Any, task: Task | Sequence[TaskItem], *, alphas: Sequence[
         for clean, corrupt in zip(clean_batches, corrupt_batches, strict=True):
             rows = clean.indices.cpu()
             answers, distractors = data.answers[rows], data.distractors[rows]
-            up_clean = _collect_upstream(model, spec, clean, answers, distractors)
-            up_corrupt = _collect_upstream(model, spec, corrupt, answers, distractors)
+            up_clean = collect_upstream(model, spec, clean, answers, distractors)
+            up_corrupt = collect_upstream(model, spec, corrupt, answers, distractors)
             ld_clean += float(up_clean.ld.sum())
             ld_corrupt += float(up_corrupt.ld.sum())
             if activations:
-                passes += _activation_ig_batch(model, spec, clean, corrupt, up_clean,
-                                               up_corrupt, answers, distractors, alphas,
-                                               scores, bar, method == "eap-ig-act-head")
+                passes += activation_ig_batch(model, spec, clean, corrupt, up_clean,
+                                              up_corrupt, answers, distractors, alphas,
+                                              scores, bar, method == "eap-ig-act-head")
             else:
-                _input_ig_batch(model, spec, clean, up_clean, up_corrupt, answers,
-                                distractors, alphas, edges, scores, bar)
+                input_ig_batch(model, spec, clean, up_clean, up_corrupt, answers,
+                               distractors, alphas, edges, scores, bar)
                 passes += len(alphas)
     finally:
         bar.close()
@@ -153,7 +154,7 @@ def _attribute(model: Any, task: Task | Sequence[TaskItem], *, alphas: Sequence[
                                     meta={**meta, "scorer": f"{method}_v"}),
     }
     mlp = pd.DataFrame({"layer": range(spec.n_layers), "score": (scores.mlp / n).numpy()})
-    edge_frame = _edge_frame(scores.edges / n, up, down, up_pos, down_pos) if edges else \
+    edge_frame = edge_table(scores.edges / n, up, down, up_pos, down_pos) if edges else \
         pd.DataFrame(columns=["upstream", "downstream", "score", "abs_score"])
     edge_frame.attrs = dict(meta)
     return AttributionResult(nodes, mlp, edge_frame, meta)

@@ -36,11 +36,11 @@ import torch
 
 from headprobe.arch import ModelSpec
 from headprobe.attribution.common import (
-    _downstream_grads,
-    _gradient_mode,
-    _Grads,
-    _Scores,
-    _Upstream,
+    Grads,
+    Scores,
+    Upstream,
+    downstream_grads,
+    gradient_mode,
 )
 from headprobe.inputs import Batch
 from headprobe.metrics import final_logits, logit_difference
@@ -55,12 +55,12 @@ _GRAD_HOOKS = {"q": "q_input", "k": "k_input", "v": "v_input", "mid": "resid_mid
                "post": "resid_post", "z": "z"}
 
 
-def _integrated_grads(model: Any, spec: ModelSpec, batch: Batch, clean_embed: torch.Tensor,
-                      corrupt_embed: torch.Tensor, answers: torch.Tensor,
-                      distractors: torch.Tensor, alphas: Sequence[float]) -> _Grads:
+def integrated_grads(model: Any, spec: ModelSpec, batch: Batch, clean_embed: torch.Tensor,
+                     corrupt_embed: torch.Tensor, answers: torch.Tensor,
+                     distractors: torch.Tensor, alphas: Sequence[float]) -> Grads:
     """Average gradients of sum_b LD_b over the inputs ``e_corrupt + alpha (e_clean - e_corrupt)``.
     """
-    grads = _Grads()
+    grads = Grads()
     weight = 1.0 / len(alphas)
 
     def grab(kind: str, layer: int) -> Callable[..., torch.Tensor]:
@@ -93,15 +93,15 @@ def _integrated_grads(model: Any, spec: ModelSpec, batch: Batch, clean_embed: to
     return grads
 
 
-def _input_ig_batch(model: Any, spec: ModelSpec, clean: Batch, up_clean: _Upstream,
-                    up_corrupt: _Upstream, answers: torch.Tensor, distractors: torch.Tensor,
-                    alphas: Sequence[float], edges: bool, scores: _Scores, bar: Any) -> None:
+def input_ig_batch(model: Any, spec: ModelSpec, clean: Batch, up_clean: Upstream,
+                   up_corrupt: Upstream, answers: torch.Tensor, distractors: torch.Tensor,
+                   alphas: Sequence[float], edges: bool, scores: Scores, bar: Any) -> None:
     """EAP / EAP-IG (input interpolation) scores of one batch, added to ``scores``."""
-    with _gradient_mode(model):
-        grads = _Grads()
+    with gradient_mode(model):
+        grads = Grads()
         for alpha in alphas:  # one point at a time keeps the bar honest
-            step = _integrated_grads(model, spec, clean, up_clean.resid_pre[0],
-                                     up_corrupt.resid_pre[0], answers, distractors, [alpha])
+            step = integrated_grads(model, spec, clean, up_clean.resid_pre[0],
+                                    up_corrupt.resid_pre[0], answers, distractors, [alpha])
             for kind in ("q", "k", "v", "mid", "post", "z"):
                 for layer, grad in getattr(step, kind).items():
                     grads.add(kind, layer, grad, 1.0 / len(alphas))
@@ -123,6 +123,6 @@ def _input_ig_batch(model: Any, spec: ModelSpec, clean: Batch, up_clean: _Upstre
             scores.mlp[layer] += (dm * grads.mlp(layer).double()).sum().cpu()
         if edges:
             delta = (up_corrupt.writes - up_clean.writes) * real.float()[None]
-            down_grads = _downstream_grads(grads, spec).float()
+            down_grads = downstream_grads(grads, spec).float()
             scores.edges += torch.einsum("und,vnd->uv", delta.flatten(1, 2),
                                          down_grads.flatten(1, 2)).double().cpu()

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from headprobe.distributed.pool import RayScanPool, collect, import_ray, pool_for
 from headprobe.distributed.shards import SHARD_BY, Shard, ShardBy, plan_shards
 from headprobe.errors import UsageError
+from headprobe.types import DEFAULT_EPS
 
 # the registered scorers whose compute is an all-head fast scan (ray_scorer / --ray)
 RAY_SCORERS = ("activation_patching", "ablation_scan")
@@ -93,13 +94,13 @@ def ray_scan(
     from tqdm.auto import tqdm
 
     from headprobe.checkpoint import Checkpoint, run_key_fields
-    from headprobe.fastscan.patching import DEFAULT_EPS, _check_args, scan_params
+    from headprobe.fastscan.patching import check_scan_args, scan_params
     from headprobe.fastscan.sums import ScanSums, merge_sums, scan_table
     from headprobe.inputs import fingerprint
     from headprobe.provenance import Timer
 
     eps = DEFAULT_EPS if eps is None else eps
-    direction = _check_args(method, metric, direction, eps)
+    direction = check_scan_args(method, metric, direction, eps)
     if engine not in ("fast", "loop"):
         raise UsageError(f"engine must be 'fast' or 'loop', got {engine!r}")
     fast = engine == "fast"

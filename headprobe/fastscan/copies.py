@@ -24,13 +24,14 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
+from headprobe.errors import InterventionError, UnknownMethodError
 from headprobe.interventions import build_hooks
 from headprobe.interventions.heads import HookFn, HookList, copies_z_hook
 from headprobe.interventions.query import query_hook_point
+from headprobe.registry import unknown_name_message
+from headprobe.types import DEFAULT_EPS, SCALING_METHODS, SCAN_METHODS
 
 __all__ = ["SCALING_METHODS", "copies_hook", "scale_copies", "scaling_hooks"]
-
-SCALING_METHODS = ("scale_output", "uniform_attention")
 
 
 def scale_copies(tensor: torch.Tensor, heads: Sequence[int], factor: float, copies: int,
@@ -52,7 +53,7 @@ def scale_copies(tensor: torch.Tensor, heads: Sequence[int], factor: float, copi
 
 
 def copies_hook(model: Any, spec: ModelSpec, method: str, layer: int, heads: Sequence[int],
-                copies: int, *, eps: float = 1e-4,
+                copies: int, *, eps: float = DEFAULT_EPS,
                 replacement: torch.Tensor | None = None) -> tuple[str, HookFn]:
     """``(hook name, hook)`` giving copy ``i`` the intervention ``method`` on ``heads[i]``.
 
@@ -63,15 +64,14 @@ def copies_hook(model: Any, spec: ModelSpec, method: str, layer: int, heads: Seq
     """
     if method in ("patch", "zero", "mean"):
         if replacement is None:
-            raise ValueError(f"method {method!r} needs replacement z values")
+            raise InterventionError(f"method {method!r} needs replacement z values")
         return spec.hooks.at("z", layer), copies_z_hook(heads, replacement, copies)
     if method == "scale_output":
         name, axis = spec.hooks.at("z", layer), 2  # [B, T, H, d_head]
     elif method == "uniform_attention":
         name, axis = query_hook_point(model, spec, layer)
     else:
-        raise ValueError(f"unknown fast-scan method {method!r}; one of patch, zero, mean, "
-                         f"{', '.join(SCALING_METHODS)}")
+        raise UnknownMethodError(unknown_name_message("fast-scan method", method, SCAN_METHODS))
 
     def hook(tensor: torch.Tensor, hook: Any = None) -> torch.Tensor:
         return scale_copies(tensor, heads, eps, copies, axis)

@@ -29,15 +29,17 @@ from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
 from headprobe.checkpoint import Checkpoint
-from headprobe.errors import InterventionError
-from headprobe.fastscan.copies import SCALING_METHODS, copies_hook, scaling_hooks
+from headprobe.errors import InterventionError, UnknownMethodError
+from headprobe.fastscan.copies import copies_hook, scaling_hooks
 from headprobe.inputs import Batch, iter_batches
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
+from headprobe.registry import unknown_name_message
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, capture, check_fired, model_device
 from headprobe.runtime.layers import build_layer_inputs, check_supported, run_from_layer
 from headprobe.runtime.sdpa import fused_attention
+from headprobe.types import DEFAULT_EPS, SCALING_METHODS
 
 __all__ = ["head_effects", "kl_divergence", "loop_head_effects"]
 
@@ -53,8 +55,8 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 def _check(method: str, eps: float) -> None:
     if method not in SCALING_METHODS:
-        raise InterventionError(f"head_effects takes method {' or '.join(SCALING_METHODS)}, "
-                                f"got {method!r}")
+        raise UnknownMethodError(unknown_name_message("head_effects method", method,
+                                                      SCALING_METHODS))
     if not eps > 0:
         raise InterventionError(f"eps must be > 0 (the paper: 1e-4 .. 1e-5), got {eps}")
 
@@ -72,7 +74,7 @@ def head_effects(
     prompts: Sequence[torch.Tensor],
     *,
     method: str = "uniform_attention",
-    eps: float = 1e-4,
+    eps: float = DEFAULT_EPS,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     heads_per_pass: int | None = None,
@@ -164,7 +166,7 @@ def loop_head_effects(
     prompts: Sequence[torch.Tensor],
     *,
     method: str = "uniform_attention",
-    eps: float = 1e-4,
+    eps: float = DEFAULT_EPS,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     progress: bool = True,

@@ -69,13 +69,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from headprobe.arch import ModelSpec
-from headprobe.fastscan.copies import SCALING_METHODS, copies_hook, scaling_hooks
+from headprobe.errors import InterventionError, UnknownMethodError, UnknownMetricError
+from headprobe.fastscan.copies import copies_hook, scaling_hooks
 from headprobe.fastscan.effects import prompt_batches
 from headprobe.fastscan.sums import REFERENCE, ScanSums, scan_table
 from headprobe.headtable import HeadTable
@@ -84,6 +85,7 @@ from headprobe.interventions.means import pooled_head_means
 from headprobe.metrics import check_finite, final_logits, logit_difference
 from headprobe.models import describe_model
 from headprobe.provenance import Timer
+from headprobe.registry import unknown_name_message
 from headprobe.runtime.forward import forward_batch
 from headprobe.runtime.hooks import attached, capture, check_fired, model_device
 from headprobe.runtime.layers import (
@@ -98,17 +100,21 @@ from headprobe.runtime.layers import (
 from headprobe.runtime.sdpa import fused_attention
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.tasks.pairs import ScanData, prepare_scan_data
-from headprobe.types import Direction, normalize_direction
-
-Method = Literal["patch", "zero", "mean", "scale_output", "uniform_attention"]
-Metric = Literal["logit_diff", "normalized_logit_diff"]
+from headprobe.types import (
+    DEFAULT_EPS,
+    SCALING_METHODS,
+    SCAN_METHODS,
+    SCAN_METRICS,
+    Direction,
+    ScanMethod,
+    ScanMetric,
+    normalize_direction,
+)
 
 # ScanData and prepare_scan_data live in headprobe.tasks.pairs (shared with attribution and
 # the patching engine); re-exported here for existing imports.
 __all__ = ["REFERENCE", "ScanData", "loop_scan", "prepare_scan_data", "scan_heads",
            "scan_params", "scan_sums", "shared_prefix_length"]
-
-DEFAULT_EPS = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +167,7 @@ def _run_capture(model: Any, batch: Batch, spec: ModelSpec, kinds: Sequence[str]
     return logits, store
 
 
-def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: Method,
+def _prepare_runs(model: Any, spec: ModelSpec, data: ScanData, method: ScanMethod,
                   direction: Direction, batch_size: int, layers: Sequence[int],
                   need_resid: bool, mean_z: dict[int, torch.Tensor] | None,
                   eps: float = DEFAULT_EPS, fused: bool = False) -> list[_BatchRuns]:
@@ -252,22 +258,21 @@ def _replacement(run: _BatchRuns, layer: int, heads: Sequence[int],
     return source[:, start:, list(heads)].permute(2, 0, 1, 3)
 
 
-def _score(values: torch.Tensor, run: _BatchRuns, metric: Metric) -> torch.Tensor:
+def _score(values: torch.Tensor, run: _BatchRuns, metric: ScanMetric) -> torch.Tensor:
     """[..., B] intervened LDs -> [..., B] per-prompt effects."""
     if metric == "logit_diff":
         return values - run.ld_base
     return (values - run.ld_corrupt) / (run.ld_clean - run.ld_corrupt)
 
 
-def _check_args(method: str, metric: str, direction: str, eps: float) -> Direction:
-    if method not in ("patch", "zero", "mean", *SCALING_METHODS):
-        raise ValueError(f"method must be 'patch', 'zero', 'mean', 'scale_output' or "
-                         f"'uniform_attention', got {method!r}")
+def check_scan_args(method: str, metric: str, direction: str, eps: float) -> Direction:
+    """Validate a fast scan's method, metric, direction and eps; the normalised direction."""
+    if method not in SCAN_METHODS:
+        raise UnknownMethodError(unknown_name_message("fast-scan method", method, SCAN_METHODS))
     if method in SCALING_METHODS and not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if metric not in ("logit_diff", "normalized_logit_diff"):
-        raise ValueError(
-            f"metric must be 'logit_diff' or 'normalized_logit_diff', got {metric!r}")
+        raise InterventionError(f"eps must be > 0, got {eps}")
+    if metric not in SCAN_METRICS:
+        raise UnknownMetricError(unknown_name_message("fast-scan metric", metric, SCAN_METRICS))
     return normalize_direction(direction)
 
 
@@ -275,8 +280,8 @@ def scan_sums(
     model: Any,
     data: ScanData,
     *,
-    method: Method = "patch",
-    metric: Metric = "normalized_logit_diff",
+    method: ScanMethod = "patch",
+    metric: ScanMetric = "normalized_logit_diff",
     direction: Direction = "denoising",
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -305,7 +310,7 @@ def scan_sums(
             that layer eager); ``False``: eager attention everywhere.
         Other arguments: as :func:`scan_heads` (``fast=False``: one forward per head).
     """
-    direction = _check_args(method, metric, direction, eps)
+    direction = check_scan_args(method, metric, direction, eps)
     spec = check_supported(model) if fast else describe_model(model)
     layer_list = sorted(set(spec.check_layers(layers)))
     chunk = spec.n_heads if heads_per_pass is None else max(1, min(heads_per_pass, spec.n_heads))
@@ -361,8 +366,8 @@ def _scan(
     model: Any,
     task: Task | Sequence[TaskItem],
     *,
-    method: Method,
-    metric: Metric,
+    method: ScanMethod,
+    metric: ScanMetric,
     direction: Direction,
     layers: Sequence[int] | None,
     batch_size: int,
@@ -372,7 +377,7 @@ def _scan(
     eps: float = DEFAULT_EPS,
     fused: bool = True,
 ) -> HeadTable:
-    _check_args(method, metric, direction, eps)
+    check_scan_args(method, metric, direction, eps)
     spec = check_supported(model) if fast else describe_model(model)
     layer_list = sorted(set(spec.check_layers(layers)))
     timer = Timer()
@@ -437,8 +442,8 @@ def scan_heads(
     model: Any,
     task: Task | Sequence[TaskItem],
     *,
-    method: Method = "patch",
-    metric: Metric = "normalized_logit_diff",
+    method: ScanMethod = "patch",
+    metric: ScanMetric = "normalized_logit_diff",
     direction: Direction = "denoising",
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -490,8 +495,8 @@ def loop_scan(
     model: Any,
     task: Task | Sequence[TaskItem],
     *,
-    method: Method = "patch",
-    metric: Metric = "normalized_logit_diff",
+    method: ScanMethod = "patch",
+    metric: ScanMetric = "normalized_logit_diff",
     direction: Direction = "denoising",
     layers: Sequence[int] | None = None,
     batch_size: int = 8,

@@ -65,7 +65,6 @@ References:
 """
 
 from headprobe.interventions.heads import (
-    DEFAULT_EPS,
     Factory,
     HookFn,
     HookList,
@@ -100,7 +99,7 @@ from headprobe.interventions.registry import (
     intervene_many,
 )
 from headprobe.interventions.window import streaming_attention
-from headprobe.types import Head
+from headprobe.types import DEFAULT_EPS, Head
 
 __all__ = [
     "ABLATION_METHODS",

@@ -21,8 +21,6 @@ HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 HookList = list[tuple[str, HookFn]]
 Factory = Callable[..., HookList]
 
-DEFAULT_EPS = 1e-5
-
 
 def normalize_heads(spec: ModelSpec, heads: Iterable[Sequence[int]]) -> list[Head]:
     """Validate ``(layer, head)`` pairs; returns them sorted without duplicates.

@@ -9,10 +9,10 @@ from typing import Any, Literal
 import torch
 
 from headprobe.errors import InterventionError
-from headprobe.interventions.heads import DEFAULT_EPS, HookList, finite, prepare, z_hooks
+from headprobe.interventions.heads import HookList, finite, prepare, z_hooks
 from headprobe.models import describe_model
 from headprobe.runtime.hooks import model_device, onloaded
-from headprobe.types import Head
+from headprobe.types import DEFAULT_EPS, Head
 from headprobe.weights import head_output_weights
 
 
@@ -31,8 +31,9 @@ def scale_output(
 ) -> HookList:
     """Scale each targeted head's output: ``z_h <- factor * z_h``.
 
-    With a small ``factor`` (1e-4 .. 1e-5) this is the "scaling contribution" ablation of
-    Zhou et al. 2025, "On the Role of Attention Heads in Large Language Model Safety".
+    With a small ``factor`` (default :data:`~headprobe.types.DEFAULT_EPS`, 1e-5) this is the
+    "scaling contribution" ablation of Zhou et al. 2025, "On the Role of Attention Heads in
+    Large Language Model Safety".
     """
     spec, grouped = prepare(model, heads)
     factor = finite(factor, "factor")

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from headprobe.errors import InterventionError
-from headprobe.interventions.heads import DEFAULT_EPS, HookList, finite, prepare
+from headprobe.interventions.heads import HookList, finite, prepare
 from headprobe.runtime.hooks import query_hook_point as query_hook_point  # re-exported
+from headprobe.types import DEFAULT_EPS
 
 
 def uniform_attention(

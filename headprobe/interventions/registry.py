@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from headprobe.errors import InterventionError
+from headprobe.errors import InterventionError, UnknownMethodError
 from headprobe.interventions.heads import Factory, HookList
 from headprobe.interventions.means import mean_ablation, resample_ablation
 from headprobe.interventions.output import (
@@ -19,6 +19,7 @@ from headprobe.interventions.output import (
 from headprobe.interventions.pattern import redistribute_sink, set_pattern
 from headprobe.interventions.query import uniform_attention
 from headprobe.interventions.window import streaming_attention
+from headprobe.registry import unknown_name_message
 from headprobe.runtime.hooks import attached
 
 
@@ -93,10 +94,9 @@ def experiment_methods() -> list[str]:
 
 
 def get_method(name: str) -> InterventionMethod:
-    """The method registered as ``name``; :class:`InterventionError` listing the known ones."""
+    """The method registered as ``name``; :class:`UnknownMethodError` listing the known ones."""
     if name not in METHODS:
-        raise InterventionError(
-            f"unknown intervention method {name!r}; choose one of {', '.join(METHODS)}")
+        raise UnknownMethodError(unknown_name_message("intervention method", name, METHODS))
     return METHODS[name]
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headprobe.errors import HeadprobeError, RecipeError, ScorerParamError
-from headprobe.registry import get_scorer
+from headprobe.errors import HeadprobeError, RecipeError, RecipeNameError, ScorerParamError
+from headprobe.registry import get_scorer, unknown_name_message
 
 STEP_KINDS = ("scan", "ablate", "dose", "kv_budget")
 _TOP_KEYS = {"name", "description", "model", "step", "scan", "report"}
@@ -131,8 +131,8 @@ def _parse_step(table: dict[str, Any], index: int, earlier: Sequence[Step],
     """Validate step ``index`` given the steps before it; the :class:`Step`."""
     kind = table.get("kind")
     if kind not in STEP_KINDS:
-        raise RecipeError(f"{where}: step {index} has kind {kind!r}; kind must be one of "
-                          f"{list(STEP_KINDS)}")
+        raise RecipeNameError(f"{where}: step {index}: "
+                              + unknown_name_message("step kind", str(kind), list(STEP_KINDS)))
     options = {k: v for k, v in table.items() if k not in ("kind", "name")}
     allowed = _STEP_KEYS[kind]
     label = f"{where}: {kind} step {index}"
@@ -253,7 +253,7 @@ def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
     methods = experiment_methods()
     method = options.get("method", "zero")
     if method not in methods:
-        raise RecipeError(f"{label}: unknown method {method!r}; methods: {', '.join(methods)}")
+        raise RecipeNameError(f"{label}: " + unknown_name_message("method", method, methods))
     method_options = options.get("method_options", {})
     if not isinstance(method_options, dict):
         raise RecipeError(f"{label}: method_options must be a table, e.g. method_options = "

@@ -1,7 +1,7 @@
 """Direct logit attribution (DLA) of every component to a logit difference.
 
 Method (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits"; the logit
-lens of nostalgebraist 2020, "interpreting GPT: the logit lens"; METHODS.md section 7): the
+lens of nostalgebraist 2020, "interpreting GPT: the logit lens"): the
 residual stream at the final position is a sum of component outputs,
 
     x = embed (+ pos_embed) + sum_L [ sum_h z_h W_O^h + b_O^L ] + sum_L mlp_L,
@@ -56,7 +56,7 @@ from headprobe.tasks.pairs import item_answer_ids, task_items
 from headprobe.weights import head_output_weights, hf_module, read_weight
 
 REFERENCE = ("Elhage et al. 2021, A Mathematical Framework for Transformer Circuits; "
-             "nostalgebraist 2020, the logit lens; METHODS.md section 7")
+             "nostalgebraist 2020, the logit lens")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Method (Jin et al. 2024, "Cutting Off the Head Ends the Conflict: A Mechanism for Interpreting
 and Mitigating Knowledge Conflicts in Language Models" (PH3); Yu, Merullo & Pavlick 2023,
-"Characterizing Mechanisms for Factual Recall in Language Models"; METHODS.md sections 6, 7).
+"Characterizing Mechanisms for Factual Recall in Language Models"; direct logit attribution
+as in Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits").
 On the conflict prompts of the ``knowledge_conflict`` task ("... the capital of France is
 London. ... the capital of France is") every head gets two numbers, both signed so that
 

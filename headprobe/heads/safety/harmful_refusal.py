@@ -3,8 +3,8 @@ still answer harmless ones?
 
 Zhou et al. 2025 ("On the Role of Attention Heads in Large Language Model Safety") measure the
 attack success rate (ASR): the share of harmful requests that are *not* refused, with greedy
-decoding of 32-64 tokens, a refusal-phrase list and very short outputs counted as refusals
-(``../shared/METHODS.md`` section 2). Here:
+decoding of 32-64 tokens, a refusal-phrase list and very short outputs counted as refusals.
+Here:
 
 - :func:`is_refusal` is that judge, one replaceable function: the output (stripped, case
   folded, curly quotes made straight) contains a phrase of :data:`REFUSAL_PHRASES` within

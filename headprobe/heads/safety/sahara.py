@@ -1,7 +1,8 @@
 """``sahara``: a dataset-level safety head set, found greedily (Sahara; Zhou et al. 2025, "On
 the Role of Attention Heads in Large Language Model Safety").
 
-Method, as the reference computes it (``../shared/METHODS.md`` section 2):
+Method, as the paper's reference code computes it (github.com/ydyjya/SafetyHeadAttribution,
+``lib/Sahara/``):
 
 - For N harmful queries, stack the last-layer hidden state (after the final norm, the input of
   the unembedding) at each query's last token: ``X`` [N, d_model].

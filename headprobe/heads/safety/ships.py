@@ -1,9 +1,10 @@
 """``ships``: safety-head importance per head (Ships; Zhou et al. 2025, "On the Role of
 Attention Heads in Large Language Model Safety").
 
-Method, as the reference computes it (``../shared/METHODS.md`` section 2): for each harmful
-query ``q`` and head ``h``, ``Ships(q, h) = KL(p_base || p_ablated)`` of the next-token
-distribution at the last prompt position, where the ablated model has head ``h``
+Method, as the paper's reference code computes it (github.com/ydyjya/SafetyHeadAttribution,
+``lib/SHIPS/get_ships.py``): for each harmful query ``q`` and head ``h``,
+``Ships(q, h) = KL(p_base || p_ablated)`` of the next-token distribution at the last prompt
+position, where the ablated model has head ``h``
 
 - ``uniform_attention`` ("undifferentiated attention"): its query multiplied by ``eps``
   after any query norm, so its attention is ~uniform over the visible keys;

@@ -1,5 +1,5 @@
 """``successor``: successor heads from the weights alone (Gould et al. 2023, "Successor Heads:
-Recurring, Interpretable Attention Heads In The Wild"; ``../shared/METHODS.md`` section 3).
+Recurring, Interpretable Attention Heads In The Wild", section 3).
 
 Method. For an ordinal token set ``T`` (:mod:`headprobe.heads.successor.ordinal_sets`: digits, numbers,
 number words, ordinals, days, months, letters, Roman numerals, each bare and with a leading

@@ -1,6 +1,6 @@
 """KV-cache head budgets: which kv heads keep a full cache and which only sink + recent window.
 
-Methods (``../shared/METHODS.md`` section 9):
+Methods (the papers below):
 
 - DuoAttention (Xiao et al. 2024, "DuoAttention: Efficient Long-Context LLM Inference with
   Retrieval and Streaming Heads"): a gate ``alpha`` in [0, 1] per (layer, kv head); heads with
