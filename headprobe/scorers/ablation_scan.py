@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from headprobe.arch import ModelSpec
-from headprobe.fastscan.patching import Metric
 from headprobe.options import ScanOptions
 from headprobe.scorers.activation_patching import run_scan, scan_result
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
@@ -29,6 +28,7 @@ from headprobe.scorers.task_scan import (
     prepare_task_scan,
     task_prompts,
 )
+from headprobe.types import ScanMetric
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class AblationScanParams(Params):
     task: str = param("ioi", TASK_HELP + "; its items need distractors")
     method: Literal["mean", "zero"] = param("mean", "'mean' (z set to its mean over the task's "
                                             "tokens) or 'zero'")
-    metric: Metric = param("logit_diff", "'logit_diff' (mean change) or "
+    metric: ScanMetric = param("logit_diff", "'logit_diff' (mean change) or "
                            "'normalized_logit_diff' (LD / LD_clean)")
     layers: tuple[int, ...] | None = param(None, "layers to scan (None: all); other layers are "
                                            "NaN", ge=0)

@@ -20,7 +20,6 @@ from typing import Any
 
 from headprobe.arch import ModelSpec
 from headprobe.fastscan import loop_scan, scan_heads
-from headprobe.fastscan.patching import Metric
 from headprobe.headtable import HeadTable
 from headprobe.options import ScanOptions
 from headprobe.scorers.base import Scorer, ScorerData, ScoreResult
@@ -33,7 +32,7 @@ from headprobe.scorers.task_scan import (
     scan_meta,
     task_prompts,
 )
-from headprobe.types import Direction
+from headprobe.types import Direction, ScanMetric
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class ActivationPatchingParams(Params):
     """Parameters of :data:`SCORER` (``activation_patching``)."""
 
     task: str = param("ioi", TASK_HELP + "; its items need corrupt prompts and distractors")
-    metric: Metric = param("normalized_logit_diff", "'normalized_logit_diff' (1 = clean "
+    metric: ScanMetric = param("normalized_logit_diff", "'normalized_logit_diff' (1 = clean "
                            "behaviour) or 'logit_diff' (mean change)")
     direction: Direction = param("denoising", "'denoising' (clean z into the corrupt run) or "
                                  "'noising' (the reverse)")
