@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from headprobe.errors import HeadIndexError
+from headprobe.types import Head
 
 NormKind = Literal["rmsnorm", "layernorm"]
 
@@ -284,7 +285,7 @@ class ModelSpec:
             )
         return layer
 
-    def check_head(self, layer: int, head: int) -> tuple[int, int]:
+    def check_head(self, layer: int, head: int) -> Head:
         """Validate a (layer, head) pair and return it; raises :class:`HeadIndexError`."""
         self.check_layer(layer)
         if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < self.n_heads:
@@ -292,7 +293,7 @@ class ModelSpec:
                 f"head {head!r} is out of range: {self.name} has heads 0..{self.n_heads - 1} "
                 f"in each layer (asked for layer {layer} head {head})"
             )
-        return layer, head
+        return Head(layer, head)
 
     def check_layers(self, layers: Sequence[int] | None) -> list[int]:
         """``layers`` validated (all layers when None), in the given order."""
@@ -301,8 +302,10 @@ class ModelSpec:
             self.check_layer(layer)
         return chosen
 
-    def all_heads(self) -> list[tuple[int, int]]:
-        return [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
+    def all_heads(self) -> list[Head]:
+        """Every query head, layer by layer."""
+        return [Head(layer, head) for layer in range(self.n_layers)
+                for head in range(self.n_heads)]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

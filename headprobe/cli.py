@@ -27,6 +27,7 @@ from typing import Any
 from headprobe.errors import HeadprobeError, InterventionError, UsageError
 from headprobe.options import ControlOptions
 from headprobe.registry import task_maker
+from headprobe.types import Head
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Interventions that need a tensor option cannot be run from the command line.
@@ -280,7 +281,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 # ablate
 
 
-def resolve_heads(text: str, top: int | None) -> tuple[list[tuple[int, int]], str]:
+def resolve_heads(text: str, top: int | None) -> tuple[list[Head], str]:
     """Heads from ``--heads``/``--top``, and a one-line description of where they came from.
 
     ``text`` is a ``LAYER.HEAD,...`` list or a folder / file written by ``HeadTable.save``

@@ -31,6 +31,7 @@ import pandas as pd
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import HeadprobeError, OutputPathError
+from headprobe.types import Head, KVHead
 
 REQUIRED_COLUMNS = ("layer", "head", "kv_head", "score")
 HEAD_UNIT = "head"
@@ -151,11 +152,11 @@ class HeadTable:
         )
 
     def heads(self, k: int | None = None, threshold: float | None = None,
-              column: str = "score") -> list[tuple[int, int]]:
+              column: str = "score") -> list[Head] | list[KVHead]:
         """Top heads as ``(layer, head)`` pairs: the ``k`` best and/or those above threshold,
         ranked by ``column`` (default ``score``; e.g. Sahara's ``set_rank``).
 
-        In a kv-head table the pairs are ``(layer, kv head)``."""
+        In a kv-head table the pairs are :class:`~headprobe.types.KVHead` ``(layer, kv_head)``."""
         if column not in self.data.columns:
             raise KeyError(f"no column {column!r} in this table; columns: "
                            f"{', '.join(map(str, self.data.columns))}")
@@ -165,7 +166,8 @@ class HeadTable:
             frame = frame[frame[column] > threshold]
         if k is not None:
             frame = frame.head(k)
-        return [(int(r.layer), int(r.head)) for r in frame.itertuples()]
+        kind = KVHead if self.is_kv else Head
+        return [kind(int(r.layer), int(r.head)) for r in frame.itertuples()]
 
     def pivot(self, value: str = "score") -> pd.DataFrame:
         """An L x H grid of ``value`` (index ``layer``, columns ``head``); L x H_kv (columns

@@ -1,8 +1,9 @@
 """The vocabulary every module shares: heads, kv heads, edges, spans, directions, methods,
 metric names and the ablation scale ``DEFAULT_EPS``.
 
-Small frozen records and literal types only; no torch, no model. A ``Head`` is a plain
-``(layer, head)`` tuple (a query head), so lists of heads stay easy to write by hand.
+Small frozen records and literal types only; no torch, no model. A ``Head`` is a named
+``(layer, head)`` tuple (a query head): it equals the plain tuple, so lists of heads stay easy
+to write by hand, and every public function that returns heads returns ``Head`` s.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, get_args
 
-# (layer, query head). GQA: query head h reads kv head h // (H // H_kv).
-Head = tuple[int, int]
+
+class Head(NamedTuple):
+    """A query head: ``(layer, head)``. Under GQA query head h reads kv head h // (H // H_kv)."""
+
+    layer: int
+    head: int
+
+
 HeadList = list[Head]
 
 # A pixel box (x0, y0, x1, y1) of an image, exclusive ends: columns x0..x1-1, rows y0..y1-1.

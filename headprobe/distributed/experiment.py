@@ -17,16 +17,17 @@ import torch
 
 from headprobe.checkpoint import Checkpoint
 from headprobe.distributed.pool import RayScanPool, collect, import_ray, pool_for
+from headprobe.types import Head
 
 
 def ray_judge(
     model_name: str,
     task: Any,
-    conditions: Sequence[tuple[str, Sequence[tuple[int, int]] | None]],
+    conditions: Sequence[tuple[str, Sequence[Head] | None]],
     *,
     method: str,
     options: Mapping[str, Any],
-    all_heads: Sequence[tuple[int, int]],
+    all_heads: Sequence[Head],
     batch_size: int = 8,
     pool: RayScanPool | None = None,
     address: str | None = None,

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from headprobe.distributed.shards import Shard
+from headprobe.types import Head
 
 
 class ScanWorker:
@@ -88,7 +89,7 @@ class ScanWorker:
         return {"index": shard.index, "state": sums.state(), "pid": os.getpid(),
                 "seconds": round(time.perf_counter() - started, 3)}
 
-    def judge(self, task: Any, name: str, heads: Sequence[tuple[int, int]] | None,
+    def judge(self, task: Any, name: str, heads: Sequence[Head] | None,
               setup: Mapping[str, Any]) -> dict[str, Any]:
         """One condition of an ablation experiment: ``task`` judged with ``heads`` ablated
         (``None``: the clean model) by a

@@ -35,7 +35,7 @@ def parse_heads(text: str) -> list[Head]:
         if len(pieces) != 2 or not all(p.lstrip("-").isdigit() for p in pieces):
             raise InterventionError(
                 f"cannot read head {part!r}: write heads as LAYER.HEAD, e.g. 18.6,17.3")
-        heads.append((int(pieces[0]), int(pieces[1])))
+        heads.append(Head(int(pieces[0]), int(pieces[1])))
     if not heads:
         raise InterventionError("no heads given: write heads as LAYER.HEAD, e.g. 18.6,17.3")
     return heads

@@ -38,12 +38,13 @@ from headprobe.errors import HeadIndexError, InterventionError
 from headprobe.interventions.heads import HookList
 from headprobe.models import describe_model
 from headprobe.runtime.positions import key_positions, query_positions
+from headprobe.types import KVHead
 
 DEFAULT_SINK = 4
 DEFAULT_WINDOW = 32
 
 
-def normalize_kv_heads(spec: ModelSpec, heads: Iterable[Sequence[int]]) -> list[tuple[int, int]]:
+def normalize_kv_heads(spec: ModelSpec, heads: Iterable[Sequence[int]]) -> list[KVHead]:
     """Validate ``(layer, kv head)`` pairs; returns them sorted without duplicates.
 
     Raises:
@@ -54,7 +55,7 @@ def normalize_kv_heads(spec: ModelSpec, heads: Iterable[Sequence[int]]) -> list[
         raise InterventionError(
             f"heads must be a list of (layer, kv head) pairs; got one pair {heads!r}: wrap it "
             f"as [{heads!r}]")
-    out: set[tuple[int, int]] = set()
+    out: set[KVHead] = set()
     for entry in heads:
         try:
             layer, kv = (operator.index(x) for x in entry)
@@ -70,7 +71,7 @@ def normalize_kv_heads(spec: ModelSpec, heads: Iterable[Sequence[int]]) -> list[
                 f"kv head {kv} is out of range: {spec.name} has kv heads "
                 f"0..{spec.n_kv_heads - 1} per layer (streaming_attention takes kv heads, not "
                 "query heads)")
-        out.add((layer, kv))
+        out.add(KVHead(layer, kv))
     if not out:
         raise InterventionError(
             "the kv head list is empty: give at least one (layer, kv head) pair, e.g. [(3, 1)]")

@@ -36,7 +36,7 @@ from headprobe.metrics import Metric, final_logits, resolve_metric
 from headprobe.patching.engine import PatchingEngine, patch_meta
 from headprobe.patching.setters import Setter, head_k, head_q, head_v, run_with_setters
 from headprobe.provenance import Timer
-from headprobe.types import Direction, Position, direction_runs
+from headprobe.types import Direction, Head, Position, direction_runs
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class PathPatchResult:
 
 def path_patch_values(
     engine: PatchingEngine,
-    senders: Sequence[tuple[int, int]],
+    senders: Sequence[Head],
     receivers: Receivers = "end",
     *,
     metric: Metric = "normalized_logit_diff",
@@ -143,7 +143,7 @@ def path_patch_values(
 
 def path_patch(
     engine: PatchingEngine,
-    senders: Sequence[tuple[int, int]],
+    senders: Sequence[Head],
     receivers: Receivers = "end",
     *,
     metric: Metric = "normalized_logit_diff",

@@ -12,6 +12,7 @@ from typing import Any
 
 from headprobe.errors import HeadprobeError, RecipeError, RecipeNameError, ScorerParamError
 from headprobe.registry import get_scorer, unknown_name_message
+from headprobe.types import Head
 
 STEP_KINDS = ("scan", "ablate", "dose", "kv_budget")
 _TOP_KEYS = {"name", "description", "model", "step", "scan", "report"}
@@ -318,7 +319,7 @@ def _check_number(value: Any, key: str, label: str) -> None:
         raise RecipeError(f"{label}: {key} must be a number, got {value!r}")
 
 
-def explicit_heads(value: Any, label: str = "heads") -> list[tuple[int, int]]:
+def explicit_heads(value: Any, label: str = "heads") -> list[Head]:
     """A step's ``heads``: ``"18.6,17.3"`` or ``[[18, 6], [17, 3]]`` -> ``[(18, 6), (17, 3)]``.
 
     :class:`RecipeError` (prefixed with ``label``) for any other form.
@@ -334,6 +335,6 @@ def explicit_heads(value: Any, label: str = "heads") -> list[tuple[int, int]]:
             and all(isinstance(p, list) and len(p) == 2
                     and all(isinstance(x, int) and not isinstance(x, bool) for x in p)
                     for p in value)):
-        return [(int(p[0]), int(p[1])) for p in value]
+        return [Head(int(p[0]), int(p[1])) for p in value]
     raise RecipeError(f"{label}: heads must be \"LAYER.HEAD,...\" (e.g. \"18.6,17.3\") or "
                       f"[[LAYER, HEAD], ...], got {value!r}")

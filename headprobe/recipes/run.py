@@ -37,6 +37,7 @@ from headprobe.recipes.format import (
     explicit_heads,
 )
 from headprobe.registry import get_scorer
+from headprobe.types import Head
 
 # ---------------------------------------------------------------------------------------------
 # Running
@@ -120,7 +121,7 @@ def _run_scan(step: Step, model: Any, folder: Path, *, progress: bool, echo: Ech
     return table
 
 
-def select_heads(step: Step, tables: Mapping[str, HeadTable]) -> tuple[list[tuple[int, int]],
+def select_heads(step: Step, tables: Mapping[str, HeadTable]) -> tuple[list[Head],
                                                                         str]:
     """The heads an ``ablate`` / ``dose`` step uses, best first, and where they came from.
 
@@ -179,7 +180,7 @@ def task_fingerprint(model: Any, task: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _causal_params(step: Step, heads: Sequence[tuple[int, int]]) -> dict[str, Any]:
+def _causal_params(step: Step, heads: Sequence[Head]) -> dict[str, Any]:
     """Every parameter of a causal step with its default filled in, and the heads in order."""
     options = step.options
     params: dict[str, Any] = {

@@ -29,6 +29,7 @@ from headprobe.models import describe_model
 from headprobe.runtime.decode import generate
 from headprobe.runtime.observer import AttentionObserver, AttentionRows
 from headprobe.tasks.base import TaskItem
+from headprobe.types import Head
 
 
 @dataclass
@@ -49,7 +50,7 @@ class PatchAttention:
     sink: np.ndarray
 
 
-def patch_attention(model: Any, item: TaskItem | ImagePrompt, head: tuple[int, int], *,
+def patch_attention(model: Any, item: TaskItem | ImagePrompt, head: Head, *,
                     max_new_tokens: int = 8, hooks: Any = ()) -> PatchAttention:
     """Greedy reading of one image prompt with ``head``'s attention over its patches recorded
     at every step (step 0: the last prompt token's query, which emits the first token).

@@ -30,6 +30,7 @@ from headprobe.headtable import (
     to_jsonable,
     write_json,
 )
+from headprobe.types import KVHead
 
 Aggregate = Literal["max", "mean"]
 # DuoAttention's attention-pattern folder: its gate file and its config
@@ -125,15 +126,15 @@ class KVBudgetPlan:
         """[L, H_kv] float array: 1.0 where the kv head keeps full attention, else 0.0."""
         return self.table.pivot("full").to_numpy(dtype=float)
 
-    def full_heads(self) -> list[tuple[int, int]]:
+    def full_heads(self) -> list[KVHead]:
         """``(layer, kv head)`` pairs that keep a full cache."""
         rows = self.table.data[self.table.data["full"] == 1]
-        return [(int(r.layer), int(r.kv_head)) for r in rows.itertuples()]
+        return [KVHead(int(r.layer), int(r.kv_head)) for r in rows.itertuples()]
 
-    def streaming_heads(self) -> list[tuple[int, int]]:
+    def streaming_heads(self) -> list[KVHead]:
         """``(layer, kv head)`` pairs restricted to sink + window."""
         rows = self.table.data[self.table.data["full"] == 0]
-        return [(int(r.layer), int(r.kv_head)) for r in rows.itertuples()]
+        return [KVHead(int(r.layer), int(r.kv_head)) for r in rows.itertuples()]
 
     @property
     def n_total(self) -> int:
