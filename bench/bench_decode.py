@@ -26,6 +26,7 @@ def main() -> None:
     from headprobe.catalogue import load_model
     from headprobe.prompts import repeated_random_tokens
     from headprobe.runtime.decode import generate
+    from headprobe.runtime.hf_compat import bridge_attention_cache
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=8)
@@ -45,7 +46,7 @@ def main() -> None:
         tokens[name] = out.tokens
     ids = torch.stack(prompts)  # equal lengths: no padding needed
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), bridge_attention_cache(model):  # transformers >= 5.24
         hf = model.original_model.generate(ids, attention_mask=torch.ones_like(ids),
                                            max_new_tokens=args.new, min_new_tokens=args.new,
                                            do_sample=False)

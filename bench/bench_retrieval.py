@@ -133,17 +133,19 @@ def _reference(hf, ids, new: int, trial):
     returns the generated ids."""
     import torch
 
+    from headprobe.runtime.hf_compat import cache_kwarg, output_cache
+
     needle = trial.encoded.spans["needle"]
     layers, heads = hf.config.num_hidden_layers, hf.config.num_attention_heads
     sums = torch.zeros(layers, heads, dtype=torch.float64)
     prompt = ids[0].tolist()
     with torch.inference_mode():
         out = hf(ids[:, :-1], use_cache=True)
-        cache, token = out.past_key_values, ids[:, -1:]
+        cache, token = output_cache(out), ids[:, -1:]
         generated = []
         for _ in range(new):
-            out = hf(token, past_key_values=cache, use_cache=True, output_attentions=True)
-            cache = out.past_key_values
+            out = hf(token, use_cache=True, output_attentions=True, **{cache_kwarg(): cache})
+            cache = output_cache(out)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             chosen = int(token)
             for layer, pattern in enumerate(out.attentions):  # [1, H, 1, T_k]

@@ -8,6 +8,7 @@ import torch
 from headprobe.inputs import iter_batches, tokenize_prompts
 from headprobe.interventions import intervene, zero_ablation
 from headprobe.runtime.decode import generate, position_masks
+from headprobe.runtime.hf_compat import bridge_attention_cache
 from headprobe.runtime.positions import (
     current_positions,
     forward_positions,
@@ -241,7 +242,9 @@ def test_smollm2_generation_matches_hf_generate(smol):
     lists = tokenize_prompts(model, prompts, spec)
     batch = next(iter_batches(lists, 2, pad_token_id=spec.pad_token_id or 0,
                               padding_side="left"))
-    with torch.no_grad():
+    # HF's own generate loop on the bridged model; from transformers 5.24 its decoder layers
+    # pass the cache as ``cache``, which the bridge attention reads only through the adapter
+    with torch.no_grad(), bridge_attention_cache(model):
         out = model.original_model.generate(
             input_ids=batch.tokens, attention_mask=batch.attention_mask.long(),
             max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,

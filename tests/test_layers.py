@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from headprobe.inputs import iter_batches, tokenize_prompts
+from headprobe.runtime.hf_compat import cache_kwarg
 from headprobe.runtime.layers import (
     build_layer_inputs,
     embed,
@@ -260,7 +261,7 @@ def test_position_masks_equal_hf_masks_on_real_rows(tiny_sliding_gemma, side):
     resid = torch.zeros(batch.size, batch.seq_len, spec.d_model)
     inputs = build_layer_inputs(model, resid, batch.attention_mask, batch.position_ids)
     kwargs = {"config": model.original_model.model.config, "inputs_embeds": resid,
-              "attention_mask": batch.attention_mask.long(), "past_key_values": None,
+              "attention_mask": batch.attention_mask.long(), cache_kwarg(): None,
               "position_ids": batch.position_ids}
     hf = {"full_attention": create_causal_mask(**kwargs),
           "sliding_attention": create_sliding_window_causal_mask(**kwargs)}

@@ -55,6 +55,7 @@ from headprobe.errors import ImageGenerationError
 from headprobe.images import image_token_id
 from headprobe.inputs import Batch, Encoded, PaddingSide, Prompts, encode_prompts, iter_batches
 from headprobe.models import describe_model
+from headprobe.runtime.hf_compat import bridge_attention_cache, cache_kwarg, output_cache
 from headprobe.runtime.hooks import Hook, attached, model_device, model_dtype
 from headprobe.runtime.image_features import BatchImageFeatures
 from headprobe.runtime.layers import embed, position_masks, run_from_layer
@@ -473,11 +474,11 @@ class _BatchRun:
                                   session=self.session)
         masks = position_masks(self.spec, query, key_real[:, start:], key_positions,
                                key_real, self.dtype)
-        with forward_positions(query, **published):
+        with forward_positions(query, **published), bridge_attention_cache(self.model):
             out = self.model.original_model(input_ids=ids, attention_mask=masks,
-                                            position_ids=query, past_key_values=self.cache,
-                                            use_cache=True)
-        self.cache = out.past_key_values
+                                            position_ids=query, use_cache=True,
+                                            **{cache_kwarg(): self.cache})
+        self.cache = output_cache(out)
         return out.logits[torch.arange(batch.size), readout - start]
 
     def _recompute(self, step: int) -> torch.Tensor:

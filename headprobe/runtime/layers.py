@@ -46,6 +46,7 @@ import torch
 from headprobe.arch import ModelSpec
 from headprobe.metrics import final_logits
 from headprobe.models import describe_model
+from headprobe.runtime.hf_compat import bridge_attention_cache, cache_kwarg
 from headprobe.runtime.hooks import Hook, attached, model_device
 from headprobe.runtime.positions import forward_positions
 from headprobe.weights import hf_module
@@ -430,9 +431,20 @@ def _cached_columns(cache: Any, resid: torch.Tensor, layer: int, spec: ModelSpec
 def _run_layers(model: Any, spec: ModelSpec, hidden: torch.Tensor, layer: int,
                 layer_inputs: LayerInputs, cache: Any) -> torch.Tensor:
     """[B, S, d_model] residual entering ``layer`` -> [B, S, d_model] after the last layer;
-    ``cache`` (if not ``None``) is passed to every attention as ``past_key_values``."""
+    ``cache`` (if not ``None``) is passed to every decoder layer under the installed
+    transformers' name and reaches the bridge attention under the one it reads
+    (:mod:`headprobe.runtime.hf_compat`)."""
     decoder = _decoder(model)
-    extra = {} if cache is None else {"past_key_values": cache}
+    if cache is None:
+        return _layer_loop(decoder, spec, hidden, layer, layer_inputs, {})
+    with bridge_attention_cache(model):
+        return _layer_loop(decoder, spec, hidden, layer, layer_inputs,
+                           {cache_kwarg(): cache})
+
+
+def _layer_loop(decoder: Any, spec: ModelSpec, hidden: torch.Tensor, layer: int,
+                layer_inputs: LayerInputs, extra: dict[str, Any]) -> torch.Tensor:
+    """The decoder layers ``layer..L-1`` in turn, each called with ``extra`` keywords."""
     for index in range(layer, spec.n_layers):
         layer_type = layer_inputs.layer_types[index]
         out = decoder.layers[index](
@@ -497,6 +509,6 @@ def record_kv(
     _run_layers(model, spec, resid, 0, layer_inputs, cache)
     if len(cache.keys) != spec.n_layers:
         raise NotImplementedError(
-            f"the attention of {spec.name} does not use past_key_values (recorded "
+            f"the attention of {spec.name} does not use the KV cache (recorded "
             f"{len(cache.keys)} of {spec.n_layers} layers); {FALLBACK}")
     return PrefixKV(cache.keys, cache.values)
