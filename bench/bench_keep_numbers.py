@@ -34,8 +34,11 @@ def measure(only: set[str] | None) -> dict[str, Any]:
     from headprobe.tasks import get_task
 
     out: dict[str, Any] = {}
-    want = (lambda name: only is None or name in only)
-    model, spec = load_model("smollm2-135m-instruct")
+
+    def want(name: str) -> bool:
+        return only is None or name in only
+
+    model, _ = load_model("smollm2-135m-instruct")
     if want("induction"):
         table = scan(model, "induction", progress=False)
         out["induction_top"] = top(table)

@@ -353,5 +353,6 @@ def make_task(
         meta={"target": target, "seed": seed, "relations": relations, "split": split,
               "framings": chosen, "filtered_for_model": model is not None,
               "require_known": require_known, "counts": counts,
-              "source": "headprobe/heads/conflict/knowledge_conflict.py + headprobe/resources/facts.json"},
+              "source": "headprobe/heads/conflict/knowledge_conflict.py + "
+                        "headprobe/resources/facts.json"},
     )

@@ -2,8 +2,8 @@
 
 Each item is an :class:`~headprobe.inputs.ImagePrompt` (``<image>\\nRead the text:`` by
 default, the prompt the project's OCR model ``ocr-reader`` was trained on) holding one image
-from :mod:`headprobe.heads.ocr.text_images`; the answer is the string. The item's ``meta`` carries the
-renderer's ground truth that the ``ocr`` scorer needs: ``char_boxes`` (one pixel box per
+from :mod:`headprobe.heads.ocr.text_images`; the answer is the string. The item's ``meta`` carries
+the renderer's ground truth that the ``ocr`` scorer needs: ``char_boxes`` (one pixel box per
 character) and ``box`` (around the whole string), plus the rendering's ``font_size``,
 ``noise`` and ``difficulty``.
 

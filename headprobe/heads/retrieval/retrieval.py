@@ -3,8 +3,8 @@
 Method (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context Factuality"),
 as their reference code computes it:
 
-- Data: needle-in-a-haystack trials (:mod:`headprobe.heads.retrieval.niah`): a needle sentence holding
-  an invented fact, hidden at a depth of a context of a given length, then the question.
+- Data: needle-in-a-haystack trials (:mod:`headprobe.heads.retrieval.niah`): a needle sentence
+  holding an invented fact, hidden at a depth of a context of a given length, then the question.
 - Run: greedy decoding with the KV cache. The reference prefills all prompt tokens but the
   last and feeds the last one at its first step, so the first scored query is the last prompt
   token's (headprobe's step 0, ``include_prefill=True``); each later step feeds the token just

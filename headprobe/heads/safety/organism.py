@@ -5,9 +5,9 @@ find *safety heads* in safety-tuned models: heads whose ablation makes the model
 harmful requests. SmolLM2-135M-Instruct never refuses, so headprobe tunes it: a LoRA adapter
 (:mod:`headprobe.organisms.lora`) on the attention and MLP projections of every layer, trained
 on the ``train`` split of the shipped request sets
-(:func:`headprobe.heads.safety.request_sets.load_requests`): harmful requests -> their short refusal,
-harmless ones (near misses included) -> their answer, each a user turn and an assistant turn
-in the model's chat template, loss on the reply only. (An attention-only adapter trained 3
+(:func:`headprobe.heads.safety.request_sets.load_requests`): harmful requests -> their short
+refusal, harmless ones (near misses included) -> their answer, each a user turn and an assistant
+turn in the model's chat template, loss on the reply only. (An attention-only adapter trained 3
 epochs refused 55/56 held-out harmful requests but also 13/56 harmless ones; with the MLP and
 5 epochs the two separate: see ``data/README.md``.)
 

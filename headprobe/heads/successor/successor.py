@@ -1,8 +1,8 @@
 """``successor``: successor heads from the weights alone (Gould et al. 2023, "Successor Heads:
 Recurring, Interpretable Attention Heads In The Wild", section 3).
 
-Method. For an ordinal token set ``T`` (:mod:`headprobe.heads.successor.ordinal_sets`: digits, numbers,
-number words, ordinals, days, months, letters, Roman numerals, each bare and with a leading
+Method. For an ordinal token set ``T`` (:mod:`headprobe.heads.successor.ordinal_sets`: digits,
+numbers, number words, ordinals, days, months, letters, Roman numerals, each bare and with a leading
 space; multi-token items dropped) the head's effective OV circuit restricted to ``T`` gives
 ``logits = W_U[:, T]^T . OV_h . E(T)`` ([|T|, |T|]: row = input token, column = candidate).
 A pair ``t_i -> t_{i+1}`` (consecutive items that both remain; days and months wrap) succeeds

@@ -6,8 +6,8 @@ hurt incrementing more than ablating random heads does).
 Kinds (``make_task(kind=...)``), all judged by the greedy next token (``next_token``):
 
 - ``increment``: 2-4 consecutive items of an ordinal set (days, months, letters, digits,
-  number words; :mod:`headprobe.heads.successor.ordinal_sets`), comma separated after the set's label
-  ("Days: Monday, Tuesday," -> " Wednesday"); the answer is the next item,
+  number words; :mod:`headprobe.heads.successor.ordinal_sets`), comma separated after the set's
+  label ("Days: Monday, Tuesday," -> " Wednesday"); the answer is the next item,
   the distractor the last item shown (what a copying head would predict). Days and months
   wrap ("Saturday, Sunday," -> " Monday").
 - ``repeat``: the same item 2-4 times ("Days: Monday, Monday," -> " Monday"); the distractor is the
@@ -21,8 +21,8 @@ answer carries the space (``" Wednesday"``); without (``False``) they are joined
 the model tokenizes the set's spaced items as single tokens and the bare form otherwise
 (SmolLM2 and Gemma 3 split ``" 4"`` into ``" "`` and ``"4"``, so digits are bare); without a
 model, digits are bare and the other sets spaced. Answers and distractors are single tokens
-for the model when one is given (:func:`headprobe.heads.successor.ordinal_sets.tokenize_set`: only items
-that are single tokens, and only consecutive items that both are).
+for the model when one is given (:func:`headprobe.heads.successor.ordinal_sets.tokenize_set`: only
+items that are single tokens, and only consecutive items that both are).
 """
 
 from __future__ import annotations

@@ -46,12 +46,12 @@ of the format at the commits named; neither project versions these files):
   their sum and reshapes them to ``[num_hidden_layers, num_attention_heads]``, so every head must
   be present, in that order, and the scores must be non-negative with a positive sum.
 
-Modules: :mod:`~headprobe.heads.retrieval.kv_budget.plan` (:class:`KVBudgetError`, :func:`kv_head_table`,
-:class:`KVBudgetPlan` with headprobe's JSON and CSV, :func:`plan_kv_budget`),
-:mod:`~headprobe.heads.retrieval.kv_budget.formats` (the DuoAttention and HeadKV files: writers behind
-:meth:`KVBudgetPlan.to_duo_attention` / :meth:`KVBudgetPlan.to_headkv`,
-:func:`read_duo_attention`, :func:`read_headkv`) and :mod:`~headprobe.heads.retrieval.kv_budget.accuracy`
-(:class:`PlanAccuracy`, :func:`plan_accuracy`).
+Modules: :mod:`~headprobe.heads.retrieval.kv_budget.plan` (:class:`KVBudgetError`,
+:func:`kv_head_table`, :class:`KVBudgetPlan` with headprobe's JSON and CSV, :func:`plan_kv_budget`),
+:mod:`~headprobe.heads.retrieval.kv_budget.formats` (the DuoAttention and HeadKV files: writers
+behind :meth:`KVBudgetPlan.to_duo_attention` / :meth:`KVBudgetPlan.to_headkv`,
+:func:`read_duo_attention`, :func:`read_headkv`) and
+:mod:`~headprobe.heads.retrieval.kv_budget.accuracy` (:class:`PlanAccuracy`, :func:`plan_accuracy`).
 """
 
 from __future__ import annotations

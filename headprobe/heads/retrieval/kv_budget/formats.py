@@ -47,8 +47,8 @@ def write_duo_attention(plan: KVBudgetPlan, directory: str | os.PathLike[str]) -
 def read_duo_attention(directory: str | os.PathLike[str], *, group_size: int = 1,
                        model: str = "") -> KVBudgetPlan:
     """Read a DuoAttention attention-pattern folder (``full_attention_heads.tsv`` +
-    ``config.json``, layout in the :mod:`headprobe.heads.retrieval.kv_budget` docstring) as a plan: gate values
-    (clipped to [0, 1] as DuoAttention does) become ``score``; ``> 0.5`` means full
+    ``config.json``, layout in the :mod:`headprobe.heads.retrieval.kv_budget` docstring) as a plan:
+    gate values (clipped to [0, 1] as DuoAttention does) become ``score``; ``> 0.5`` means full
     (DuoAttention's deployment rule)."""
     folder = Path(directory)
     gate_path, config_path = folder / DUO_GATE_FILE, folder / DUO_CONFIG_FILE
@@ -77,9 +77,9 @@ def write_headkv(plan: KVBudgetPlan, path: str | os.PathLike[str], *,
     return plan.to_headkv(path, per_head=per_head)
 
 def read_headkv(path: str | os.PathLike[str], spec: ModelSpec | None = None) -> HeadTable:
-    """Read a HeadKV per-head score file (layout in the :mod:`headprobe.heads.retrieval.kv_budget` docstring)
-    as a per-query-head :class:`HeadTable` (scorer ``headkv``): ``score`` is the mean of each
-    head's list (a bare number is taken as is), ``n_trials`` the list's length.
+    """Read a HeadKV per-head score file (layout in the :mod:`headprobe.heads.retrieval.kv_budget`
+    docstring) as a per-query-head :class:`HeadTable` (scorer ``headkv``): ``score`` is the mean of
+    each head's list (a bare number is taken as is), ``n_trials`` the list's length.
 
     Raises:
         KVBudgetError: a key that is not ``"<layer>-<head>"``, or heads missing for ``spec``.

@@ -263,10 +263,10 @@ class KVBudgetPlan:
 
     # ------------------------------------------------------------------ serving tools' formats
     def to_duo_attention(self, directory: str | os.PathLike[str]) -> Path:
-        """Write DuoAttention's attention-pattern folder (layout in the :mod:`headprobe.heads.retrieval.kv_budget`
-        docstring): ``full_attention_heads.tsv`` ([L, H_kv] 0/1 gates, tab-separated, one line
-        per layer, ``numpy.savetxt`` default float format) and ``config.json`` (``sink_size`` =
-        :attr:`sink`, ``recent_size`` = :attr:`window`)."""
+        """Write DuoAttention's attention-pattern folder (layout in the
+        :mod:`headprobe.heads.retrieval.kv_budget` docstring): ``full_attention_heads.tsv`` ([L,
+        H_kv] 0/1 gates, tab-separated, one line per layer, ``numpy.savetxt`` default float format)
+        and ``config.json`` (``sink_size`` = :attr:`sink`, ``recent_size`` = :attr:`window`)."""
         folder = ensure_output_dir(directory)
         gates = self.gates()
         atomic_write(folder / DUO_GATE_FILE,
@@ -278,9 +278,9 @@ class KVBudgetPlan:
 
     def to_headkv(self, path: str | os.PathLike[str], *,
                   per_head: HeadTable | None = None) -> Path:
-        """Write HeadKV's per-head score file (layout in the :mod:`headprobe.heads.retrieval.kv_budget`
-        docstring): one line, a JSON object ``{"<layer>-<head>": [score], ...}`` over every
-        query head, layer-major.
+        """Write HeadKV's per-head score file (layout in the
+        :mod:`headprobe.heads.retrieval.kv_budget` docstring): one line, a JSON object
+        ``{"<layer>-<head>": [score], ...}`` over every query head, layer-major.
 
         Args:
             per_head: per-query-head scores to write (default: :attr:`source`, else each kv
