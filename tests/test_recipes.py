@@ -67,10 +67,10 @@ SCAN = '[[step]]\nkind = "scan"\nscorer = "induction"\nn = 2\nparams = { seq_len
         ('[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n' + SCAN,
          "heads_from = 'induction' names no earlier step"),
         (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "inductio"\ntop = 2\n',
-         "names no earlier step; earlier scan steps: \\['induction'\\]"),
+         "names no earlier step; earlier steps with a head table: \\['induction'\\]"),
         (SCAN + '[[step]]\nkind = "ablate"\nname = "a"\ntask = "ioi"\nheads_from = "induction"'
          '\ntop = 2\n[[step]]\nkind = "dose"\ntask = "ioi"\nheads_from = "a"\nks = [1]\n',
-         "'a' is a ablate step; heads come from a scan step"),
+         "'a' is a ablate step; heads come from a step with a head table"),
         (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
          'method = "zap"\n', "unknown method 'zap'"),
         (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
@@ -237,7 +237,7 @@ def test_causal_steps_in_order_with_heads_from_the_named_scan(tiny_llama, tiny_t
     # "check" names "induction", which comes later in the file: refused
     path.write_text(CAUSAL)
     with pytest.raises(RecipeError, match="step 'check': heads_from = 'induction' names no "
-                                          "earlier step; earlier scan steps: "
+                                          "earlier step; earlier steps with a head table: "
                                           "\\['previous_token'\\]"):
         load_recipe(path)
     text = CAUSAL.replace('heads_from = "induction"\ntop = 3', 'heads_from = "previous_token"'

@@ -16,4 +16,5 @@ HEAD_TYPE = HeadType(
     tasks={"niah": "headprobe.heads.retrieval.niah"},
     recipes=("recipes/retrieval_heads.toml",),
     notebook="notebooks/03_retrieval_heads.ipynb",
+    steps={"kv_budget": "headprobe.heads.retrieval.kv_budget.step:KV_BUDGET"},
 )
