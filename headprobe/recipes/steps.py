@@ -158,7 +158,8 @@ class StepKind:
 
 def step_kinds() -> dict[str, StepKind]:
     """``{kind: StepKind}``: the generic kinds, then those every head type adds."""
-    from headprobe.registry import resolve, step_kinds as head_type_steps
+    from headprobe.registry import resolve
+    from headprobe.registry import step_kinds as head_type_steps
 
     targets = dict(GENERIC_STEPS)
     for name, target in head_type_steps().items():

@@ -1,7 +1,8 @@
 """Successor heads: heads whose OV circuit maps an ordinal item to the next one.
 
 Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention Heads In The Wild".
-Holds the weights-only scorer, the ordinal token sets and the ``successor_increment`` task.
+Holds the weights-only scorer, the ordinal token sets, the ``successor_increment`` task and
+the recipe steps ``successor_behaviour`` and ``mod10_view``.
 """
 
 from headprobe.registry import HeadType
@@ -14,4 +15,6 @@ HEAD_TYPE = HeadType(
     tasks={"successor_increment": "headprobe.heads.successor.successor_increment"},
     recipes=("recipes/successor_heads.toml",),
     notebook="notebooks/05_successor_heads.ipynb",
+    steps={"successor_behaviour": "headprobe.heads.successor.steps:SUCCESSOR_BEHAVIOUR",
+           "mod10_view": "headprobe.heads.successor.steps:MOD10_VIEW"},
 )
