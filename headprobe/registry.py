@@ -64,8 +64,8 @@ class HeadType:
             :class:`headprobe.heads.base.Example`.
         models: ``{model name: "module:function"}`` of the head type's model organisms;
             the function takes ``(device, dtype)`` and returns ``(bridge, spec)``.
-        steps: ``{recipe step kind: "module:function"}`` that the head type adds to recipes
-            (see :mod:`headprobe.recipes.steps`).
+        steps: ``{recipe step kind: "module:ATTRIBUTE"}`` that the head type adds to recipes,
+            each naming a :class:`headprobe.recipes.steps.StepKind`.
     """
 
     name: str
@@ -121,7 +121,8 @@ def model_loaders() -> dict[str, str]:
 
 
 def step_kinds() -> dict[str, str]:
-    """``{recipe step kind: "module:function"}`` that head types add to recipes."""
+    """``{recipe step kind: "module:ATTRIBUTE"}`` that head types add to recipes (each a
+    :class:`headprobe.recipes.steps.StepKind`)."""
     return _joined("steps", {})
 
 
