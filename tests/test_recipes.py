@@ -640,11 +640,12 @@ def _check_successor(summary, results, out):
     heads = pd.read_csv(out / "behaviour" / "heads.csv")
     controls = heads[["drop_repeat", "drop_facts"]].max(axis=1).clip(lower=0)
     assert heads["specific"].to_numpy() == pytest.approx(
-        (heads["drop_increment"] - controls).to_numpy())
-    assert heads["drop_facts"].to_numpy() == pytest.approx(1 - heads["nld_facts"].to_numpy())
+        (heads["drop_increment"] - controls).to_numpy(), abs=1e-6)  # float32 scores
+    assert heads["drop_facts"].to_numpy() == pytest.approx(1 - heads["nld_facts"].to_numpy(),
+                                                           abs=1e-6)
     behaviour = summary["behaviour"]["behaviour"]
     assert len(behaviour["weights_only"]["top5"]) == len(behaviour["behaviour"]["top5"]) == 5
-    assert behaviour["weights_only"]["n_above_threshold"] >= 1
+    assert behaviour["weights_only"]["max_score"] > behaviour["weights_only"]["chance"]
     rho, p_value = behaviour["agreement"]["spearman_score_vs_specific"]
     assert -1 <= rho <= 1 and 0 <= p_value <= 1
     assert 0 <= behaviour["agreement"]["top5_overlap"] <= 5
