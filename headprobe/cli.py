@@ -269,7 +269,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     """Run a head-discovery recipe (TOML)."""
     from headprobe.recipes import load_recipe, run_recipe
 
-    recipe = load_recipe(args.path)
+    recipe = load_recipe(args.path, small=args.small)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     model, _ = _load_from(args, args.model or recipe.model)
     run_recipe(recipe, model, out, progress=not args.quiet, fresh=args.fresh)
@@ -590,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--out", default=None)
     _model_options(recipe, recipe=True)
     recipe.add_argument("--quiet", action="store_true", help="no progress bars")
+    recipe.add_argument("--small", action="store_true",
+                        help="run the recipe's [small] setting (test-sized; every step runs)")
     _fresh_option(recipe)
     recipe.set_defaults(func=cmd_recipe)
     return parser

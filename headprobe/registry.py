@@ -66,8 +66,8 @@ class HeadType:
         models: ``{model name: "module:attribute"}`` of the head type's models (model
             organisms, the OCR model), each a :class:`headprobe.catalogue.ModelSource`
             that :func:`headprobe.catalogue.load_model` resolves the name through.
-        steps: ``{recipe step kind: "module:function"}`` that the head type adds to recipes
-            (see :mod:`headprobe.recipes.steps`).
+        steps: ``{recipe step kind: "module:ATTRIBUTE"}`` that the head type adds to recipes,
+            each naming a :class:`headprobe.recipes.steps.StepKind`.
     """
 
     name: str
@@ -124,7 +124,8 @@ def model_loaders() -> dict[str, str]:
 
 
 def step_kinds() -> dict[str, str]:
-    """``{recipe step kind: "module:function"}`` that head types add to recipes."""
+    """``{recipe step kind: "module:ATTRIBUTE"}`` that head types add to recipes (each a
+    :class:`headprobe.recipes.steps.StepKind`)."""
     return _joined("steps", {})
 
 

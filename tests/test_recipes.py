@@ -1,4 +1,6 @@
-"""Recipes: parsing and validation, ordered scan / ablate / dose steps, summaries, resume."""
+"""Recipes: parsing and validation, the step-kind registry, ordered scan / ablate / dose steps,
+summaries, resume, [small] settings, and every shipped recipe run end to end at its [small]
+setting."""
 
 import json
 import random
@@ -11,7 +13,8 @@ import torch
 from conftest import register_task
 
 from headprobe.errors import RecipeError, UnknownScorerError
-from headprobe.recipes import load_recipe, run_recipe
+from headprobe.headtable import HeadTable
+from headprobe.recipes import load_recipe, run_recipe, step_kinds
 
 RECIPES = sorted(Path("recipes").glob("*.toml"))
 
@@ -20,6 +23,96 @@ RECIPES = sorted(Path("recipes").glob("*.toml"))
 def test_shipped_recipes_parse(path):
     recipe = load_recipe(path)
     assert recipe.scans and recipe.model
+    small = load_recipe(path, small=True)  # every shipped recipe has a valid [small] setting
+    assert small.small and [s.name for s in small.steps] == [s.name for s in recipe.steps]
+    assert [s.options for s in small.steps] != [s.options for s in recipe.steps]
+
+
+def test_every_head_type_recipe_is_toml_and_declared():
+    from headprobe.registry import head_types
+
+    declared = {path for head_type in head_types().values() for path in head_type.recipes}
+    assert declared and all(path.endswith(".toml") for path in declared)
+    assert {str(p) for p in RECIPES} == declared
+    assert not [p for p in Path("recipes").glob("*.py")
+                if p.name not in ("make_safety_model.py", "train_ocr_model.py")]
+
+
+def test_step_kinds_registry():
+    from headprobe.recipes.steps import StepKind
+
+    kinds = step_kinds()
+    assert list(kinds)[:3] == ["scan", "ablate", "dose"]
+    assert {"kv_budget", "successor_behaviour", "mod10_view", "temporal_heads",
+            "temporal_edit"} <= set(kinds)
+    assert all(isinstance(k, StepKind) and k.name == name for name, k in kinds.items())
+    assert kinds["scan"].table and not kinds["ablate"].table
+    # the generic recipe code names no head-type step and imports no head-type module
+    added = [kind for kind in kinds if kind not in ("scan", "ablate", "dose")]
+    for module in Path("headprobe/recipes").glob("*.py"):
+        text = module.read_text()
+        assert "headprobe.heads" not in text, module
+        for word in added:
+            assert word not in text, (module, word)
+
+
+def test_unknown_step_kind_lists_the_registered_kinds(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[[step]]\nkind = "probe"\n')
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    message = str(error.value)
+    assert "\n" not in message and "unknown step kind 'probe'" in message
+    assert all(name in message for name in step_kinds())
+
+
+SMALL = '''name = "s"
+[[step]]
+kind = "scan"
+scorer = "induction"
+n = 32
+params = { seq_len = 50, repeats = 2 }
+[[step]]
+kind = "ablate"
+name = "a"
+task = "induction_copy"
+task_options = { n = 48, seed = 3 }
+heads_from = "induction"
+top = 6
+n_random = 10
+[[step]]
+kind = "ablate"
+name = "b"
+task = "induction_copy"
+heads = "1.0"
+'''
+
+
+def test_small_setting_overrides_and_merges(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(SMALL + '[small]\n"*" = { n = 2, task_options = { n = 4 }, n_random = 1 }\n'
+                    'induction = { params = { seq_len = 8 } }\na = { top = 2 }\n')
+    full, small = load_recipe(path), load_recipe(path, small=True)
+    assert not full.small and small.small
+    assert full.steps[0].options["n"] == 32 and full.steps[1].options["n_random"] == 10
+    scan, a, b = (step.options for step in small.steps)
+    assert scan["n"] == 2 and scan["params"] == {"seq_len": 8, "repeats": 2}  # merged
+    assert a["task_options"] == {"n": 4, "seed": 3} and a["n_random"] == 1 and a["top"] == 2
+    assert "task_options" not in b and "n_random" not in b  # "*" sets only what a step writes
+    bad = [('[small]\nnope = { n = 2 }\n', r"\[small\] names no step \['nope'\]"),
+           ('[small]\ninduction = 3\n', "must map step names"),
+           ('[small]\na = { top = 0 }\n', "top must be an integer >= 1"),
+           ('[small]\na = { colour = 1 }\n', r"unknown: \['colour'\]")]
+    for text, message in bad:
+        path.write_text(SMALL + text)
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(path, small=True)
+    path.write_text(SMALL)
+    with pytest.raises(RecipeError, match=r"has no \[small\] table"):
+        load_recipe(path, small=True)
+    path.write_text(SMALL + '[small]\nnope = { n = 2 }\n')
+    with pytest.raises(RecipeError, match="names no step"):
+        load_recipe(path)  # a broken [small] is refused even when not used
 
 
 def test_induction_recipe_ends_with_its_ablation_check():
@@ -67,10 +160,10 @@ SCAN = '[[step]]\nkind = "scan"\nscorer = "induction"\nn = 2\nparams = { seq_len
         ('[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n' + SCAN,
          "heads_from = 'induction' names no earlier step"),
         (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "inductio"\ntop = 2\n',
-         "names no earlier step; earlier scan steps: \\['induction'\\]"),
+         "names no earlier step; earlier steps with a head table: \\['induction'\\]"),
         (SCAN + '[[step]]\nkind = "ablate"\nname = "a"\ntask = "ioi"\nheads_from = "induction"'
          '\ntop = 2\n[[step]]\nkind = "dose"\ntask = "ioi"\nheads_from = "a"\nks = [1]\n',
-         "'a' is a ablate step; heads come from a scan step"),
+         "'a' is a ablate step; heads come from a step with a head table"),
         (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
          'method = "zap"\n', "unknown method 'zap'"),
         (SCAN + '[[step]]\nkind = "ablate"\ntask = "ioi"\nheads_from = "induction"\ntop = 2\n'
@@ -237,7 +330,7 @@ def test_causal_steps_in_order_with_heads_from_the_named_scan(tiny_llama, tiny_t
     # "check" names "induction", which comes later in the file: refused
     path.write_text(CAUSAL)
     with pytest.raises(RecipeError, match="step 'check': heads_from = 'induction' names no "
-                                          "earlier step; earlier scan steps: "
+                                          "earlier step; earlier steps with a head table: "
                                           "\\['previous_token'\\]"):
         load_recipe(path)
     text = CAUSAL.replace('heads_from = "induction"\ntop = 3', 'heads_from = "previous_token"'
@@ -519,3 +612,108 @@ def test_rank_by_selects_by_another_column(tmp_path):
     path.write_text('model = "tiny:llama-gqa"\n' + text)
     with pytest.raises(RecipeError, match="rank_by must name a column"):
         load_recipe(path)
+
+
+# ------------------------------------------------------------------------- shipped recipes, small
+
+
+@pytest.fixture(scope="module")
+def recipe_models(smol):
+    """The recipes' models, loaded once: SmolLM2 (the session's) and the two organisms."""
+    from headprobe.models import load_model
+
+    loaded = {"smollm2-135m-instruct": smol}
+
+    def get(name):
+        if name not in loaded:
+            loaded[name] = load_model(name)
+        return loaded[name][0]
+
+    return get
+
+
+def _check_successor(summary, results, out):
+    """The behavioural ranking is the drop on increment not shared by the controls, compared
+    with the weights-only ranking; 12 ablations; the mod-10 view."""
+    import pandas as pd
+
+    heads = pd.read_csv(out / "behaviour" / "heads.csv")
+    controls = heads[["drop_repeat", "drop_facts"]].max(axis=1).clip(lower=0)
+    assert heads["specific"].to_numpy() == pytest.approx(
+        (heads["drop_increment"] - controls).to_numpy(), abs=1e-6)  # float32 scores
+    assert heads["drop_facts"].to_numpy() == pytest.approx(1 - heads["nld_facts"].to_numpy(),
+                                                           abs=1e-6)
+    behaviour = summary["behaviour"]["behaviour"]
+    assert len(behaviour["weights_only"]["top5"]) == len(behaviour["behaviour"]["top5"]) == 5
+    assert behaviour["weights_only"]["max_score"] > behaviour["weights_only"]["chance"]
+    rho, p_value = behaviour["agreement"]["spearman_score_vs_specific"]
+    assert -1 <= rho <= 1 and 0 <= p_value <= 1
+    assert 0 <= behaviour["agreement"]["top5_overlap"] <= 5
+    top = results["behaviour"].heads(k=3)
+    ablations = summary["experiments"]
+    assert len(ablations) == 12
+    assert ablations["ablate_behaviour_top3_repeat"]["heads"] == ",".join(
+        f"{layer}.{head}" for layer, head in top)
+    assert ablations["ablate_weights_top1_facts"]["heads"] == "{}.{}".format(
+        *results["successor"].heads(k=1)[0])
+    mod10 = summary["mod10"]["mod10"]
+    for view in ("centered", "uncentered"):
+        assert 0 <= mod10[view]["accuracy"] <= 1 and mod10[view]["n_points"] > 20
+
+
+def _check_temporal(summary, results, out):
+    """Known facts, EAP-IG agreeing with exact patching, both ablations, the edit."""
+    selected = summary["temporal_heads"]["temporal_heads"]
+    known = selected["known_facts"]
+    assert known["temporal"]["known"] >= 5  # US 1985/1995/2019, Russia, China, Apple 2004 ...
+    assert selected["agreement"]["pearson"] > 0.5  # EAP-IG vs exact
+    heads = ",".join(h[1:].replace("H", ".") for h in selected["heads"])
+    for name in ("ablate_temporal", "ablate_invariant"):
+        assert summary["experiments"][name]["heads"] == heads
+    edit = summary["temporal_edits"]["temporal_edit"]
+    assert edit["heads"] == heads and 0.0 <= edit["c=2"]["target_flip_rate"] <= 1.0
+
+
+def _check_induction(summary, results, out):
+    ablation = summary["experiments"]["induction_ablation"]
+    assert ablation["baseline_accuracy"] > 0.8 and ablation["target_delta"] < 0
+
+
+def _check_retrieval(summary, results, out):
+    budget = summary["kv_budgets"]["retrieval_kv_budget"]
+    assert budget["n_full"] >= 1 and 0 <= budget["plan_accuracy"] <= 1
+    assert (out / "retrieval_kv_budget" / "accuracy.csv").is_file()
+
+
+RECIPE_CHECKS = {"successor_heads": _check_successor, "temporal_heads": _check_temporal,
+                 "induction": _check_induction, "retrieval_heads": _check_retrieval}
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipe_runs_small(path, recipe_models, tmp_path):
+    """Every shipped recipe end to end at its [small] setting: every step runs, writes what
+    its kind saves and has its summary entry, in the file's order."""
+    recipe = load_recipe(path, small=True)
+    model = recipe_models(recipe.model)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    results = run_recipe(recipe, model, out, progress=False, echo=lines.append)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["small"] is True and summary["model"] == recipe.model
+    assert [(s["name"], s["kind"]) for s in summary["steps"]] == [
+        (s.name, s.kind) for s in recipe.steps]
+    kinds = step_kinds()
+    for step in recipe.steps:
+        kind = kinds[step.kind]
+        assert step.name in summary[kind.section], step.name
+        for file in kind.saved_files(step):
+            assert (out / step.name / file).is_file(), (step.name, file)
+        if kind.table:
+            table = results[step.name]
+            assert isinstance(table, HeadTable) and table.data["score"].notna().any()
+        assert any(line.startswith(f"{step.name}:") for line in lines), step.name
+    for name, entry in summary.get("experiments", {}).items():
+        assert 0 <= entry["baseline_accuracy"] <= 1 and entry["n_prompts"] >= 1, name
+    if path.stem in RECIPE_CHECKS:
+        RECIPE_CHECKS[path.stem](summary, results, out)

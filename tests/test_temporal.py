@@ -1,9 +1,8 @@
-"""The temporal scorer (circuit membership, is_temporal), the temporal edit, and the recipe."""
+"""The temporal scorer (circuit membership, is_temporal) and the temporal edit (the recipe runs
+in tests/test_recipes.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -167,32 +166,3 @@ def test_temporal_edit_table(tiny_llama):
     assert len(table) == 1 + 3 * 2  # baseline + (target, 2 random) x 2 coefficients
     assert table["flip_rate"].between(0, 1).all() and (table["n"] == 3).all()
     assert set(result.summary) == {"c=1", "c=3", "baseline_flip_rate"}
-
-
-def _recipe_module():
-    spec = importlib.util.spec_from_file_location("temporal_recipe",
-                                                  ROOT / "recipes" / "temporal_heads.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.real
-@pytest.mark.slow
-def test_recipe_on_smollm2_small(smol, tmp_path):
-    """Known facts, a temporal scan on two small sets, ablations, edit (small settings)."""
-    model, _ = smol
-    recipe = _recipe_module()
-    params = {"ig_steps": 5, "temporal_sets": ["ceo", "president"], "invariant_sets": ["shape"]}
-    summary = recipe.run(model, tmp_path, model_name="smollm2-135m-instruct", params=params,
-                         n_random=1, n_bootstrap=20, coefficients=(2.0,), edit_random=1,
-                         progress=False, echo=lambda _: None)
-    saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["temporal_heads"]["heads"] == summary["temporal_heads"]["heads"]
-    known = summary["temporal_heads"]["known_facts"]
-    assert known["temporal"]["known"] >= 5  # US 1985/1995/2019, Russia, China, Apple 2004 ...
-    assert summary["temporal_heads"]["agreement"]["pearson"] > 0.5  # EAP-IG vs exact
-    experiments = saved["experiments"]
-    assert {"ablate_temporal", "ablate_invariant"} <= set(experiments)
-    assert 0.0 <= summary["temporal_edit"]["c=2"]["target_flip_rate"] <= 1.0
-    assert (tmp_path / "temporal_edit" / "temporal_edit.csv").is_file()

@@ -17,4 +17,5 @@ HEAD_TYPE = HeadType(
     recipes=("recipes/retrieval_heads.toml",),
     notebook="notebooks/03_retrieval_heads.ipynb",
     example="headprobe.heads.retrieval.example:example",
+    steps={"kv_budget": "headprobe.heads.retrieval.kv_budget.step:KV_BUDGET"},
 )

@@ -1,7 +1,8 @@
 """Successor heads: heads whose OV circuit maps an ordinal item to the next one.
 
 Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention Heads In The Wild".
-Holds the weights-only scorer, the ordinal token sets and the ``successor_increment`` task.
+Holds the weights-only scorer, the ordinal token sets, the ``successor_increment`` task and
+the recipe steps ``successor_behaviour`` and ``mod10_view``.
 """
 
 from headprobe.registry import HeadType
@@ -15,4 +16,6 @@ HEAD_TYPE = HeadType(
     recipes=("recipes/successor_heads.toml",),
     notebook="notebooks/05_successor_heads.ipynb",
     example="headprobe.heads.successor.example:example",
+    steps={"successor_behaviour": "headprobe.heads.successor.steps:SUCCESSOR_BEHAVIOUR",
+           "mod10_view": "headprobe.heads.successor.steps:MOD10_VIEW"},
 )

@@ -2,7 +2,7 @@
 
 Park et al. 2025, "Does Time Have Its Place? Temporal Heads: Where Language Models Recall
 Time-specific Information". Holds the scorer (EAP-IG circuits per fact set), the
-``temporal_facts`` task and the temporal edit experiment.
+``temporal_facts`` task, the temporal edit experiment and their recipe steps.
 """
 
 from headprobe.registry import HeadType
@@ -13,7 +13,9 @@ HEAD_TYPE = HeadType(
             "time-invariant ones (Park et al. 2025)",
     scorers={"temporal": "headprobe.heads.temporal.temporal"},
     tasks={"temporal_facts": "headprobe.heads.temporal.temporal_facts"},
-    recipes=(),
+    recipes=("recipes/temporal_heads.toml",),
     notebook="notebooks/06_temporal_and_conflict_heads.ipynb",
     example="headprobe.heads.temporal.example:example",
+    steps={"temporal_heads": "headprobe.heads.temporal.steps:TEMPORAL_HEADS",
+           "temporal_edit": "headprobe.heads.temporal.steps:TEMPORAL_EDIT"},
 )

@@ -160,7 +160,7 @@ def temporal_edit(
         seed=seed, timer=timer, description=f"add c x another year's z of {format_heads(target)}"
                                             f" vs {n_random} random sets on {task.name}",
         random_sets=[format_heads(s) for _, s in sets[1:]], reference=REFERENCE)
-    return ExperimentResult(table, _figure(table, spec.name), summary, meta,
+    return ExperimentResult(table, edit_figure(table, spec.name), summary, meta,
                             {f"{n}@{c}": v for (n, c), v in flips.items()}, name="temporal_edit")
 
 
@@ -179,7 +179,7 @@ def _summary(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _figure(table: pd.DataFrame, model_name: str) -> Any:
+def edit_figure(table: pd.DataFrame, model_name: str) -> Any:
     """Flip rate vs coefficient, target against random sets (plotly, never shown)."""
     import plotly.graph_objects as go
 

@@ -1,0 +1,240 @@
+"""The successor head type's recipe steps (declared in its ``HEAD_TYPE.steps``).
+
+``successor_behaviour`` (Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention
+Heads In The Wild"; behavioural side): from three earlier ``ablation_scan`` steps (mean
+ablation, metric ``normalized_logit_diff`` = mean LD(ablated) / mean LD(clean),
+``LD = logit[answer] - logit[distractor]``) on ``successor_increment`` kinds ``increment``
+(distractor: the last item shown), ``repeat`` (distractor: the item's successor) and ``facts``,
+``drop_<kind> = 1 - nld_<kind>`` per head and the behavioural ranking
+``specific = drop_increment - max(0, drop_repeat, drop_facts)`` (the drop on increment that the
+controls do not share), compared with the weights-only ``successor`` scan: Spearman
+correlation over all heads of ``score`` with ``specific`` and with ``drop_increment``, overlap
+of the two top-``top`` sets, and the behavioural rank of each weights-only top head. Keys:
+``weights`` (the ``successor`` scan step), ``increment``, ``repeat``, ``facts`` (the three
+scans' step names; all required), ``top`` (default 5). Its result is a head table
+(``score`` = ``specific``, with the ``nld_*`` / ``drop_*`` columns and ``weights_score``),
+so later ``ablate`` steps may take ``heads_from`` it. Writes ``successor_behaviour.*``,
+``heads.csv`` (every head: the weights-only columns and the behavioural ones) and
+``meta.json``; its ``summary.json`` entry (under ``behaviour``) holds ``weights_only`` (top
+heads with per-set scores, chance, threshold, heads above it, max score, skipped sets),
+``behaviour`` (top heads by ``specific``) and ``agreement``. Computed from the scans' tables
+(no model pass), so it is recomputed on every run.
+
+``mod10_view`` (Gould et al. 2023, section 4):
+:func:`headprobe.heads.successor.successor.mod10_view`
+centred per set and uncentred. Keys: ``sets``, ``k`` (default 4), ``embedding`` (default
+``mlp0``), ``n_shuffles`` (default 200), ``seed``. Writes ``mod10.html`` (the centred view),
+``points.csv`` and ``meta.json``; its entry (under ``mod10``) holds ``centered`` and
+``uncentered`` (probe accuracy, shuffled mean, p value, k, points, explained variance).
+Skipped on a re-run with the same run key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from headprobe.errors import RecipeError
+from headprobe.headtable import HeadTable, atomic_write, ensure_output_dir, to_jsonable, write_json
+from headprobe.recipes.format import Step, check_int, check_source
+from headprobe.recipes.steps import StepContext, StepKind, StepOutput
+
+CONTROLS = ("repeat", "facts")
+BEHAVIOUR_TASKS = ("increment", *CONTROLS)
+BEHAVIOUR_METRIC = "mean ablation, normalized logit diff; drop = 1 - nld"
+
+# ---------------------------------------------------------------------------------------------
+# successor_behaviour
+
+
+def _check_behaviour(options: dict[str, Any], earlier: Sequence[Step], label: str) -> None:
+    """The four sources are earlier table steps; ``top`` an integer >= 1."""
+    for key in ("weights", *BEHAVIOUR_TASKS):
+        check_source(options[key], key, earlier, label)
+    if "top" in options:
+        check_int(options["top"], "top", 1, label)
+
+
+def behavioural_table(scans: dict[str, HeadTable]) -> pd.DataFrame:
+    """One row per head: ``nld_<kind>`` and ``drop_<kind>`` for each of
+    :data:`BEHAVIOUR_TASKS` (``scans``: their normalized-LD mean-ablation tables) and
+    ``specific = drop_increment - max(0, drop_repeat, drop_facts)``."""
+    frames = []
+    for kind in BEHAVIOUR_TASKS:
+        frame = scans[kind].data[["layer", "head", "score"]].rename(
+            columns={"score": f"nld_{kind}"})
+        frame[f"drop_{kind}"] = 1.0 - frame[f"nld_{kind}"]
+        frame.attrs = {}
+        frames.append(frame.set_index(["layer", "head"]))
+    out = pd.concat(frames, axis=1).reset_index()
+    controls = out[[f"drop_{k}" for k in CONTROLS]].max(axis=1).clip(lower=0)
+    out["specific"] = out["drop_increment"] - controls
+    return out
+
+
+def _agreement(merged: pd.DataFrame, top: int) -> tuple[dict[str, Any], pd.DataFrame,
+                                                         pd.DataFrame]:
+    """Agreement of the weights-only ``score`` with the behavioural ranking, and the top
+    ``top`` heads of each."""
+    from scipy.stats import spearmanr
+
+    rho_specific = spearmanr(merged["score"], merged["specific"])
+    rho_increment = spearmanr(merged["score"], merged["drop_increment"])
+    top_w = merged.sort_values("score", ascending=False, kind="stable").head(top)
+    top_b = merged.sort_values("specific", ascending=False, kind="stable").head(top)
+    heads_w = [(int(r.layer), int(r.head)) for r in top_w.itertuples()]
+    heads_b = [(int(r.layer), int(r.head)) for r in top_b.itertuples()]
+    specific = merged.set_index(["layer", "head"])["specific"]
+    agreement = {
+        "spearman_score_vs_specific": [float(rho_specific.statistic),
+                                       float(rho_specific.pvalue)],
+        "spearman_score_vs_drop_increment": [float(rho_increment.statistic),
+                                             float(rho_increment.pvalue)],
+        f"top{top}_overlap": len(set(heads_w) & set(heads_b)),
+        f"weights_top{top}_rank_in_behaviour": [
+            int((merged["specific"] > specific.loc[(layer, head)]).sum()) + 1
+            for layer, head in heads_w],
+    }
+    return agreement, top_w, top_b
+
+
+def _run_behaviour(step: Step, ctx: StepContext) -> StepOutput:
+    """Merge the weights-only scan with the three behavioural scans; rank, compare, save."""
+    options = step.options
+    top = int(options.get("top", 5))
+    weights = ctx.tables[options["weights"]]
+    scans = {kind: ctx.tables[options[kind]] for kind in BEHAVIOUR_TASKS}
+    for kind, table in scans.items():
+        metric = table.meta.get("params", {}).get("metric")
+        if metric not in (None, "normalized_logit_diff"):
+            raise RecipeError(f"step {step.name!r}: {kind} = {options[kind]!r} must be an "
+                              "ablation scan with metric = \"normalized_logit_diff\", got "
+                              f"{metric!r}")
+    wframe = weights.data.copy()
+    wframe.attrs = {}
+    if "strict" not in wframe.columns:
+        raise RecipeError(f"step {step.name!r}: weights = {options['weights']!r} is not a "
+                          "successor scan (no strict column)")
+    behaviour = behavioural_table(scans)
+    merged = wframe.merge(behaviour, on=["layer", "head"])
+    agreement, top_w, top_b = _agreement(merged, top)
+    saved = ensure_output_dir(ctx.folder / step.name)
+    atomic_write(saved / "heads.csv", lambda p: merged.to_csv(p, index=False))
+    frame = merged[["layer", "head", "kv_head"]].copy()
+    frame["score"] = merged["specific"]
+    for column in behaviour.columns:
+        if column not in ("layer", "head", "specific"):
+            frame[column] = merged[column]
+    frame["weights_score"] = merged["score"]
+    attrs = weights.meta
+    table = HeadTable(frame, {"scorer": "successor_behaviour", "metric": BEHAVIOUR_METRIC,
+                              "score": "specific = drop_increment - max(0, drop_repeat, "
+                                       "drop_facts)",
+                              "sources": {k: options[k] for k in ("weights", *BEHAVIOUR_TASKS)},
+                              "agreement": agreement})
+    table.save(saved)
+    cols = ["layer", "head", "score", "strict"] + [c for c in merged if c.startswith("set_")]
+    bcols = ["layer", "head", "specific", "drop_increment", "drop_repeat", "drop_facts", "score"]
+    entry = {
+        "n_items": {kind: scans[kind].meta.get("n_prompts") for kind in BEHAVIOUR_TASKS},
+        "weights_only": {
+            f"top{top}": top_w[cols].to_dict(orient="records"),
+            **{key: attrs.get(key) for key in ("chance", "threshold", "n_above_threshold",
+                                               "max_score")},
+            "skipped_sets": list(attrs.get("skipped_sets", {})),
+        },
+        "behaviour": {f"top{top}": top_b[bcols].to_dict(orient="records"),
+                      "metric": BEHAVIOUR_METRIC},
+        "agreement": agreement,
+    }
+    entry = json.loads(json.dumps(to_jsonable(entry)))
+    rho = agreement["spearman_score_vs_specific"][0]
+    best = ", ".join(f"L{r.layer}H{r.head}" for r in top_b.itertuples())
+    line = (f"{step.name}: behavioural top {top} {best} · Spearman(weights score, specific) "
+            f"{rho:+.2f} · top-{top} overlap {agreement[f'top{top}_overlap']}")
+    return StepOutput(table, entry, line)
+
+
+SUCCESSOR_BEHAVIOUR = StepKind(
+    name="successor_behaviour",
+    keys=frozenset({"weights", *BEHAVIOUR_TASKS, "top"}),
+    required=("weights", *BEHAVIOUR_TASKS),
+    check=_check_behaviour, run=_run_behaviour, section="behaviour",
+    saves=("successor_behaviour.csv", "heads.csv", "meta.json"), table=True,
+    summary="behavioural successor ranking (increment drop not shared by the repeat / facts "
+            "controls) vs the weights-only score")
+
+# ---------------------------------------------------------------------------------------------
+# mod10_view
+
+_MOD10_DEFAULTS: dict[str, Any] = {"sets": None, "k": 4, "embedding": "mlp0",
+                                   "n_shuffles": 200, "seed": 0}
+
+
+def _check_mod10(options: dict[str, Any], earlier: Sequence[Step], label: str) -> None:
+    sets = options.get("sets")
+    if sets is not None and (not isinstance(sets, list)
+                             or not all(isinstance(s, str) for s in sets)):
+        raise RecipeError(f"{label}: sets must be a list of set names, e.g. sets = "
+                          "[\"digits\", \"numbers\"]")
+    for key, minimum in (("k", 1), ("n_shuffles", 1)):
+        if key in options:
+            check_int(options[key], key, minimum, label)
+    if not isinstance(options.get("embedding", "mlp0"), str):
+        raise RecipeError(f"{label}: embedding must be a string (mlp0, mlp0_out or raw)")
+
+
+def _view_entry(view: Any) -> dict[str, Any]:
+    return {"accuracy": view.accuracy, "shuffled_mean": view.shuffled_mean,
+            "p_value": view.p_value, "k": view.k, "n_points": view.n_points,
+            "explained": view.explained}
+
+
+def _run_mod10(step: Step, ctx: StepContext) -> StepOutput:
+    """The mod-10 view, centred per set and uncentred (or the saved one)."""
+    from headprobe.errors import HeadprobeError
+    from headprobe.heads.successor.successor import mod10_view
+    from headprobe.models import describe_model
+
+    params = {key: step.options.get(key, default) for key, default in _MOD10_DEFAULTS.items()}
+    key, fields = ctx.run_key(step, {"kind": step.kind, **params})
+    saved = ctx.folder / step.name
+    meta = ctx.saved_meta(step, key, fields)
+    if meta is not None:
+        ctx.echo(f"{step.name}: step already done (same run key, view in {saved}); skipped")
+        entry = dict(meta["summary"])
+    else:
+        spec = describe_model(ctx.model)
+        sets = params.pop("sets")
+        try:
+            view = mod10_view(ctx.model, spec, sets=sets, **params)
+            raw = mod10_view(ctx.model, spec, sets=sets, center_sets=False, **params)
+        except HeadprobeError as error:
+            raise RecipeError(f"step {step.name!r}: {error}") from error
+        ensure_output_dir(saved)
+        (saved / "meta.json").unlink(missing_ok=True)
+        atomic_write(saved / "mod10.html",
+                     lambda p: view.figure.write_html(p, include_plotlyjs="cdn"))
+        points = view.points.assign(pc1_uncentered=raw.points["pc1"],
+                                    pc2_uncentered=raw.points["pc2"])
+        atomic_write(saved / "points.csv", lambda p: points.to_csv(p, index=False))
+        entry = json.loads(json.dumps(to_jsonable(
+            {"centered": _view_entry(view), "uncentered": _view_entry(raw)})))
+        write_json(saved / "meta.json", {"recipe_step": step.name, "run_key": key,
+                                         "run_key_fields": fields, "summary": entry})
+    centered, uncentered = entry["centered"], entry["uncentered"]
+    line = (f"{step.name}: value mod 10 from the top {centered['k']} PCs of "
+            f"{centered['n_points']} numeric tokens: centred {centered['accuracy']:.2f} "
+            f"(shuffled {centered['shuffled_mean']:.2f}, p {centered['p_value']:.3f}) · "
+            f"uncentred {uncentered['accuracy']:.2f}")
+    return StepOutput(entry, entry, line)
+
+
+MOD10_VIEW = StepKind(
+    name="mod10_view", keys=frozenset(_MOD10_DEFAULTS), required=(), check=_check_mod10,
+    run=_run_mod10, section="mod10", saves=("mod10.html", "points.csv", "meta.json"),
+    summary="mod-10 features: value mod 10 of numeric tokens from their top principal "
+            "directions (centred per set and not)")
