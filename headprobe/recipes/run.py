@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headprobe.headtable import HeadTable, ensure_output_dir, write_json
+from headprobe.headtable import HeadTable, ensure_output_dir, json_text
 from headprobe.recipes.format import Echo, Recipe
 from headprobe.recipes.steps import (  # re-exported: the helpers step runners share
     StepContext,
     step_kinds,
 )
+from headprobe.resultset import result_set
 
 # ---------------------------------------------------------------------------------------------
 # Running
@@ -66,5 +67,7 @@ def run_recipe(
         summary.setdefault(kind.section, {})[step.name] = output.entry
         echo(output.line)
         summary["steps"].append({"name": step.name, "kind": step.kind})
-        write_json(folder / "summary.json", summary)  # after every step: nothing lost
+        with result_set(folder, last=("summary.json",),  # after every step: nothing lost
+                        what=f"the {recipe.name} recipe summary for {folder}") as staged:
+            staged.write_text("summary.json", json_text(summary))
     return dict(ctx.results)
