@@ -18,8 +18,8 @@ import torch
 
 from headprobe.checkpoint import (
     CHECKPOINT_DIR,
-    Checkpoint,
     LOCK_FILES,
+    Checkpoint,
     describe_changes,
     run_key,
     run_key_fields,
