@@ -594,7 +594,7 @@ def test_rank_by_selects_by_another_column(tmp_path):
 
     from headprobe.headtable import HeadTable
     from headprobe.recipes.format import Step
-    from headprobe.recipes.run import select_heads
+    from headprobe.recipes.steps import select_heads
 
     frame = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "kv_head": [0, 0, 0, 0],
                           "score": [9.0, 8.0, 7.0, 6.0], "set_rank": [0.0, 1.0, 0.0, 2.0]})

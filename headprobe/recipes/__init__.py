@@ -89,8 +89,17 @@ fingerprint (tokenized prompts, answers and judge).
 """
 
 from headprobe.recipes.format import Recipe, Step, apply_small, explicit_heads, load_recipe
-from headprobe.recipes.run import build_task, run_recipe, select_heads, task_fingerprint
-from headprobe.recipes.steps import StepContext, StepKind, StepOutput, get_step_kind, step_kinds
+from headprobe.recipes.run import run_recipe
+from headprobe.recipes.steps import (
+    StepContext,
+    StepKind,
+    StepOutput,
+    build_task,
+    get_step_kind,
+    select_heads,
+    step_kinds,
+    task_fingerprint,
+)
 
 __all__ = ["Recipe", "Step", "StepContext", "StepKind", "StepOutput", "apply_small",
            "build_task", "explicit_heads", "get_step_kind", "load_recipe", "run_recipe",

@@ -11,10 +11,7 @@ from typing import Any
 
 from headprobe.headtable import HeadTable, ensure_output_dir, json_text
 from headprobe.recipes.format import Echo, Recipe
-from headprobe.recipes.steps import (  # re-exported: the helpers step runners share
-    StepContext,
-    step_kinds,
-)
+from headprobe.recipes.steps import StepContext, step_kinds
 from headprobe.resultset import result_set
 
 # ---------------------------------------------------------------------------------------------
