@@ -27,10 +27,11 @@ import pandas as pd
 
 from headprobe.checkpoint import log_echo, saved_table_matches
 from headprobe.errors import HeadprobeError
-from headprobe.headtable import HeadTable, atomic_write, ensure_output_dir, write_json
+from headprobe.headtable import HeadTable, ensure_output_dir, json_text
 from headprobe.models import describe_model
 from headprobe.provenance import Timer, result_meta
 from headprobe.registry import get_scorer, list_scorers
+from headprobe.resultset import result_set
 from headprobe.scorers.base import Scorer
 
 
@@ -107,12 +108,14 @@ def build_atlas(
     report = folder / "atlas.html"
     page = render_atlas(tables, title=f"headprobe atlas — {spec.name}", seconds=seconds,
                         model_facts=spec.to_dict(), skipped=skipped)
-    atomic_write(report, lambda p: Path(p).write_text(page, encoding="utf-8"))
-    write_json(folder / "meta.json", result_meta(
+    meta = result_meta(
         kind="atlas", name="atlas", spec=spec, params={"scorers": names, "n": n},
         seed=seed, timer=timer, description="every cheap scorer on one model",
         scorers=names, skipped=skipped, seconds=round(seconds, 2),
-        tables={t.scorer: t.meta for t in tables}))
+        tables={t.scorer: t.meta for t in tables})
+    with result_set(folder, what=f"the atlas report for {folder}") as staged:
+        staged.write_text(report.name, page)
+        staged.write_text("meta.json", json_text(meta))
     return AtlasResult(tables=tables, report=report, seconds=seconds, skipped=skipped)
 
 

@@ -45,10 +45,13 @@ from typing import Any
 import torch
 
 from headprobe.arch import ModelSpec
-from headprobe.headtable import atomic_write, to_jsonable
+from headprobe.headtable import to_jsonable
 from headprobe.provenance import headprobe_version
+from headprobe.resultset import LOCK_NAME, PUBLISH_LOCK_NAME, read_lock, result_set
 
 CHECKPOINT_DIR = ".checkpoints"
+CHECKPOINT_WAIT_S = 60.0  # another run's checkpoint save into the same folder takes ms
+LOCK_FILES = (LOCK_NAME, PUBLISH_LOCK_NAME)
 _LOG = logging.getLogger(__name__)
 
 Echo = Callable[[str], None]
@@ -192,11 +195,14 @@ class Checkpoint:
 
         ``progress``: one line saying how far the run is (shown when it resumes).
         """
-        self.folder.mkdir(parents=True, exist_ok=True)
         self._state = dict(state)
         record = {"key": self.key, "fields": json.dumps(self.fields, sort_keys=True),
                   "progress": progress, "state": dict(state)}
-        atomic_write(self.path, lambda tmp: torch.save(record, tmp))
+        # a set of one file through the one writer: whole or not at all; another run
+        # checkpointing into the same folder is waited for (a few ms), not failed
+        with result_set(self.folder, last=(), wait=CHECKPOINT_WAIT_S,
+                        what=f"the {self.name} checkpoint") as staged:
+            staged.write(self.path.name, lambda tmp: torch.save(record, tmp))
 
     def part(self, name: str) -> CheckpointPart:
         """A view of this checkpoint holding one part of its state under ``name`` (for a
@@ -206,8 +212,8 @@ class Checkpoint:
     def clear(self) -> None:
         """Delete the checkpoint file (and the checkpoint folder once it is empty)."""
         self.path.unlink(missing_ok=True)
-        if self.folder.is_dir() and not any(self.folder.iterdir()):
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder.is_dir() and all(p.name in LOCK_FILES for p in self.folder.iterdir()):
+            shutil.rmtree(self.folder, ignore_errors=True)  # only the writer's lock files left
 
     def finish(self) -> None:
         """The run is complete: remove its checkpoint."""
@@ -254,7 +260,8 @@ def saved_table_matches(folder: str | Path, key: str, *, name: str,
     if not meta_path.is_file():
         return False
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        with read_lock(folder):
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if meta.get("run_key") == key and meta.get("scorer") == name:

@@ -157,3 +157,13 @@ class RayNotInstalledError(HeadprobeError, ImportError):
 
 class ShardFailedError(HeadprobeError, RuntimeError):
     """A shard failed after its retries (the finished shards are checkpointed)."""
+
+
+class ResultWriteError(HeadprobeError, OSError):
+    """A result set could not be written (disk full, permission lost midway); the previous
+    set in the folder is unchanged (:func:`headprobe.resultset.result_set`)."""
+
+
+class ResultSetBusyError(ResultWriteError):
+    """Another run is writing results into the same folder; the message names it (pid, start
+    time, command line)."""

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from headprobe.arch import ModelSpec
-from headprobe.errors import HeadprobeError, OutputPathError
+from headprobe.errors import HeadprobeError
+from headprobe.resultset import StagedSet, ensure_folder, read_lock, result_set
 from headprobe.types import Head, KVHead
 
 REQUIRED_COLUMNS = ("layer", "head", "kv_head", "score")
@@ -195,44 +196,60 @@ class HeadTable:
         return figure
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``<scorer>.parquet``, ``.csv``, ``.html`` (heatmap) and ``meta.json``.
+    def save(self, directory: str | os.PathLike[str], *, wait: float = 0.0,
+             extra: Mapping[str, Callable[[str], Any]] | None = None) -> Path:
+        """Write ``<scorer>.parquet``, ``.csv``, ``.html`` (heatmap), the shared
+        ``plotly.min.js`` and ``meta.json`` as one result set.
 
-        Each file is written under a temporary name in the same folder and renamed into
-        place, so a run that dies never leaves a half-written result. An older ``meta.json``
-        is removed first and the new one written last, so a ``meta.json`` present means every
-        file beside it belongs to it (what a resumed atlas or recipe relies on,
-        :func:`headprobe.checkpoint.saved_table_matches`).
+        Through :func:`headprobe.resultset.result_set`: every file is written into a staging
+        folder and moved into place together under the folder's lock, ``meta.json`` removed
+        first and renamed in last, so a ``meta.json`` present means every file beside it
+        belongs to it (what a resumed atlas or recipe relies on,
+        :func:`headprobe.checkpoint.saved_table_matches`), and a failed save leaves the
+        previous set untouched. ``plotly.min.js`` is one copy per folder (the html loads it from
+        beside itself, so it works offline), rewritten only when plotly's bundle changed.
+
+        ``wait``: seconds to wait for another writer of ``directory`` (default 0: fail at
+        once with :class:`~headprobe.errors.ResultSetBusyError`). ``extra``: more files of the
+        same set, ``{file name: write(path)}`` (e.g. a recipe step's merged csv).
+
+        Raises:
+            ResultWriteError: disk full or permission lost midway (one line; nothing changed).
         """
-        folder = ensure_output_dir(directory)
         name = self.scorer
-        (folder / "meta.json").unlink(missing_ok=True)
         frame = self.to_frame()
         frame.attrs = {}  # parquet would embed attrs; meta.json is the one place for them
-        atomic_write(folder / f"{name}.parquet", lambda p: frame.to_parquet(p, index=False))
-        atomic_write(folder / f"{name}.csv", lambda p: frame.to_csv(p, index=False))
         figure = self.heatmap()
-        atomic_write(folder / f"{name}.html",
-                     lambda p: figure.write_html(p, include_plotlyjs="directory", full_html=True))
-        write_json(folder / "meta.json", self.meta)
-        return folder
+        with result_set(directory, wait=wait, run=self.meta.get("run_key"),
+                        what=f"the {name} table for {directory}") as staged:
+            staged.write(f"{name}.parquet", lambda p: frame.to_parquet(p, index=False))
+            staged.write(f"{name}.csv", lambda p: frame.to_csv(p, index=False))
+            stage_plotlyjs(staged)
+            staged.write(f"{name}.html", lambda p: figure.write_html(
+                p, include_plotlyjs="directory", full_html=True))
+            for extra_name, write in (extra or {}).items():
+                staged.write(extra_name, write)
+            staged.write_text("meta.json", json_text(self.meta))
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], scorer: str | None = None) -> HeadTable:
         """Read a table written by :meth:`save`."""
         folder = Path(directory)
-        meta_path = folder / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        name = scorer or meta.get("scorer")
-        if name is None:
-            found = sorted(folder.glob("*.parquet"))
-            if len(found) != 1:
-                raise FileNotFoundError(f"{folder}: say which scorer to load; found {found}")
-            name = found[0].stem
-        path = folder / f"{name}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
-        return cls(pd.read_parquet(path), meta)
+        with read_lock(folder):  # never between another writer's renames
+            meta_path = folder / "meta.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            name = scorer or meta.get("scorer")
+            if name is None:
+                found = sorted(folder.glob("*.parquet"))
+                if len(found) != 1:
+                    raise FileNotFoundError(f"{folder}: say which scorer to load; found {found}")
+                name = found[0].stem
+            path = folder / f"{name}.parquet"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist")
+            data = pd.read_parquet(path)
+        return cls(data, meta)
 
     # ------------------------------------------------------------------ combining
     @staticmethod
@@ -302,15 +319,17 @@ def _as_grid(values: Any, spec: ModelSpec, *, kv: bool = False) -> np.ndarray:
 
 
 def ensure_output_dir(directory: str | os.PathLike[str]) -> Path:
-    """Create ``directory`` if needed; :class:`OutputPathError` if it is a file or unusable."""
-    folder = Path(directory)
-    if folder.exists() and not folder.is_dir():
-        raise OutputPathError(f"output directory {folder} is a file; give a folder path")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputPathError(f"cannot create output directory {folder}: {error}") from error
-    return folder
+    """Create ``directory`` if needed; :class:`~headprobe.errors.OutputPathError` if it is a
+    file or unusable."""
+    return ensure_folder(directory)
+
+
+def stage_plotlyjs(staged: StagedSet) -> None:
+    """Stage the one shared ``plotly.min.js`` an html saved with
+    ``include_plotlyjs="directory"`` loads from beside itself (kept when unchanged)."""
+    from plotly.offline import get_plotlyjs
+
+    staged.share("plotly.min.js", get_plotlyjs().encode("utf-8"))
 
 
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
@@ -341,6 +360,13 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+def json_text(payload: Mapping[str, Any]) -> str:
+    """``payload`` as the indented, key-sorted JSON text every ``meta.json`` uses."""
+    return json.dumps(to_jsonable(payload), indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    text = json.dumps(to_jsonable(payload), indent=2, sort_keys=True)
-    atomic_write(path, lambda p: Path(p).write_text(text + "\n"))
+    """Write one JSON file atomically (a set of one file; use
+    :func:`headprobe.resultset.result_set` for a file that belongs to a set)."""
+    text = json_text(payload)
+    atomic_write(path, lambda p: Path(p).write_text(text))

@@ -140,7 +140,10 @@ def test_other_methods_run(tiny_llama, self_task, method):
 
 def test_save_writes_files(result, tmp_path):
     folder = result.save(tmp_path / "run")
-    assert {p.name for p in folder.iterdir()} == {"ablation.csv", "ablation.html", "meta.json"}
+    # plotly.js beside the html (works offline); the writer's lock files are hidden
+    assert {p.name for p in folder.iterdir() if not p.name.startswith(".")} == {
+        "ablation.csv", "ablation.html", "meta.json", "plotly.min.js"}
+    assert 'src="plotly.min.js"' in (folder / "ablation.html").read_text()
     frame = pd.read_csv(folder / "ablation.csv")
     assert list(frame["condition"]) == list(result.table["condition"])
     meta = json.loads((folder / "meta.json").read_text())

@@ -36,11 +36,12 @@ from headprobe.experiments.stats import (
     condition_row,
     no_bootstrap,
 )
-from headprobe.headtable import atomic_write, ensure_output_dir, write_json
+from headprobe.headtable import json_text, stage_plotlyjs
 from headprobe.inputs import encode_prompts, fingerprint
 from headprobe.interventions import normalize_heads
 from headprobe.models import describe_model
 from headprobe.provenance import Timer
+from headprobe.resultset import result_set
 from headprobe.tasks.base import Task
 from headprobe.types import Head
 
@@ -80,17 +81,23 @@ class ExperimentResult:
         return "\n".join(lines)
 
 
-def save_experiment(result: ExperimentResult, directory: str | Path) -> Path:
-    """Write ``<name>.csv``, ``<name>.html`` (the figure) and ``meta.json`` into ``directory``."""
-    folder = ensure_output_dir(directory)
+def save_experiment(result: ExperimentResult, directory: str | Path, *,
+                    wait: float = 0.0) -> Path:
+    """Write ``<name>.csv``, ``<name>.html`` (the figure, loading the shared
+    ``plotly.min.js`` beside it: works offline) and ``meta.json`` into ``directory`` as one
+    result set (:func:`headprobe.resultset.result_set`: whole or not at all, ``meta.json``
+    last; ``wait`` seconds for another writer, default 0: fail at once)."""
     table = result.table.copy()
     table.attrs = {}
-    atomic_write(folder / f"{result.name}.csv", lambda p: table.to_csv(p, index=False))
     figure = result.figure
-    atomic_write(folder / f"{result.name}.html",
-                 lambda p: figure.write_html(p, include_plotlyjs="cdn", full_html=True))
-    write_json(folder / "meta.json", {**result.meta, "summary": result.summary})
-    return folder
+    with result_set(directory, wait=wait, run=result.meta.get("run_key"),
+                    what=f"the {result.name} experiment for {directory}") as staged:
+        staged.write(f"{result.name}.csv", lambda p: table.to_csv(p, index=False))
+        stage_plotlyjs(staged)
+        staged.write(f"{result.name}.html", lambda p: figure.write_html(
+            p, include_plotlyjs="directory", full_html=True))
+        staged.write_text("meta.json", json_text({**result.meta, "summary": result.summary}))
+    return Path(directory)
 
 
 def ablation_experiment(

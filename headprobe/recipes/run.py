@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headprobe.headtable import HeadTable, ensure_output_dir, write_json
+from headprobe.headtable import HeadTable, ensure_output_dir, json_text
 from headprobe.recipes.format import Echo, Recipe
 from headprobe.recipes.steps import StepContext, step_kinds
+from headprobe.resultset import result_set
 
 # ---------------------------------------------------------------------------------------------
 # Running
@@ -63,5 +64,7 @@ def run_recipe(
         summary.setdefault(kind.section, {})[step.name] = output.entry
         echo(output.line)
         summary["steps"].append({"name": step.name, "kind": step.kind})
-        write_json(folder / "summary.json", summary)  # after every step: nothing lost
+        with result_set(folder, last=("summary.json",),  # after every step: nothing lost
+                        what=f"the {recipe.name} recipe summary for {folder}") as staged:
+            staged.write_text("summary.json", json_text(summary))
     return dict(ctx.results)

@@ -38,9 +38,10 @@ from typing import Any
 import pandas as pd
 
 from headprobe.errors import RecipeError
-from headprobe.headtable import HeadTable, atomic_write, ensure_output_dir, to_jsonable, write_json
+from headprobe.headtable import HeadTable, json_text, stage_plotlyjs, to_jsonable
 from headprobe.recipes.format import Step, check_int, check_source
 from headprobe.recipes.steps import StepContext, StepKind, StepOutput
+from headprobe.resultset import result_set
 
 CONTROLS = ("repeat", "facts")
 BEHAVIOUR_TASKS = ("increment", *CONTROLS)
@@ -121,8 +122,7 @@ def _run_behaviour(step: Step, ctx: StepContext) -> StepOutput:
     behaviour = behavioural_table(scans)
     merged = wframe.merge(behaviour, on=["layer", "head"])
     agreement, top_w, top_b = _agreement(merged, top)
-    saved = ensure_output_dir(ctx.folder / step.name)
-    atomic_write(saved / "heads.csv", lambda p: merged.to_csv(p, index=False))
+    saved = ctx.folder / step.name
     frame = merged[["layer", "head", "kv_head"]].copy()
     frame["score"] = merged["specific"]
     for column in behaviour.columns:
@@ -135,7 +135,7 @@ def _run_behaviour(step: Step, ctx: StepContext) -> StepOutput:
                                        "drop_facts)",
                               "sources": {k: options[k] for k in ("weights", *BEHAVIOUR_TASKS)},
                               "agreement": agreement})
-    table.save(saved)
+    table.save(saved, extra={"heads.csv": lambda p: merged.to_csv(p, index=False)})
     cols = ["layer", "head", "score", "strict"] + [c for c in merged if c.startswith("set_")]
     bcols = ["layer", "head", "specific", "drop_increment", "drop_repeat", "drop_facts", "score"]
     entry = {
@@ -214,17 +214,18 @@ def _run_mod10(step: Step, ctx: StepContext) -> StepOutput:
             raw = mod10_view(ctx.model, spec, sets=sets, center_sets=False, **params)
         except HeadprobeError as error:
             raise RecipeError(f"step {step.name!r}: {error}") from error
-        ensure_output_dir(saved)
-        (saved / "meta.json").unlink(missing_ok=True)
-        atomic_write(saved / "mod10.html",
-                     lambda p: view.figure.write_html(p, include_plotlyjs="cdn"))
         points = view.points.assign(pc1_uncentered=raw.points["pc1"],
                                     pc2_uncentered=raw.points["pc2"])
-        atomic_write(saved / "points.csv", lambda p: points.to_csv(p, index=False))
         entry = json.loads(json.dumps(to_jsonable(
             {"centered": _view_entry(view), "uncentered": _view_entry(raw)})))
-        write_json(saved / "meta.json", {"recipe_step": step.name, "run_key": key,
-                                         "run_key_fields": fields, "summary": entry})
+        with result_set(saved, run=key, what=f"recipe step {step.name!r}") as staged:
+            stage_plotlyjs(staged)  # the view works offline: plotly.js beside it
+            staged.write("mod10.html", lambda p: view.figure.write_html(
+                p, include_plotlyjs="directory"))
+            staged.write("points.csv", lambda p: points.to_csv(p, index=False))
+            staged.write_text("meta.json", json_text({"recipe_step": step.name, "run_key": key,
+                                                      "run_key_fields": fields,
+                                                      "summary": entry}))
     centered, uncentered = entry["centered"], entry["uncentered"]
     line = (f"{step.name}: value mod 10 from the top {centered['k']} PCs of "
             f"{centered['n_points']} numeric tokens: centred {centered['accuracy']:.2f} "

@@ -31,9 +31,10 @@ from typing import Any
 import pandas as pd
 
 from headprobe.errors import RecipeError
-from headprobe.headtable import atomic_write, ensure_output_dir, to_jsonable, write_json
+from headprobe.headtable import json_text, to_jsonable
 from headprobe.recipes.format import Step, check_int, check_number, check_source, check_task
 from headprobe.recipes.steps import StepContext, StepKind, StepOutput
+from headprobe.resultset import result_set
 
 KV_BUDGET_DEFAULTS: dict[str, Any] = {"aggregate": "max", "sink": 4, "window": 32,
                                        "n_random": 5, "n_bootstrap": 1000}
@@ -192,13 +193,7 @@ def run_kv_budget(step: Step, ctx: StepContext) -> StepOutput:
         entry = dict(meta["summary"])
         return StepOutput(KVBudgetStepResult(plan, accuracy, entry), entry,
                           describe_kv_budget(step, entry))
-    ensure_output_dir(saved)
-    (saved / "meta.json").unlink(missing_ok=True)  # a half-saved result never matches
-    headkv_skipped = _write_plan(plan, saved)
     entry: dict[str, Any] = {"kind": step.kind, "from": options["from"], **plan.summary()}
-    if headkv_skipped is not None:
-        ctx.echo(f"{step.name}: HeadKV file not written: {headkv_skipped}")
-        entry["headkv_not_written"] = headkv_skipped
     accuracy: pd.DataFrame | None = None
     if task is not None:
         try:
@@ -210,8 +205,6 @@ def run_kv_budget(step: Step, ctx: StepContext) -> StepOutput:
         except KVBudgetError as error:
             raise RecipeError(f"{label}: {error}") from error
         accuracy = measured.table
-        table = accuracy
-        atomic_write(saved / "accuracy.csv", lambda p: table.to_csv(p, index=False))
         entry.update(task=task.name, n_prompts=len(task), n_random=measured.summary["n_random"],
                      **_accuracy_entry(accuracy))
         length: int | None = int(measured.summary["context_length"])
@@ -221,9 +214,19 @@ def run_kv_budget(step: Step, ctx: StepContext) -> StepOutput:
         saved_there = plan.memory_saved(int(length))
         entry.update(context_length=int(length), memory_saved_at_context_length=saved_there)
         entry["memory_saved"] = {str(length): saved_there, **entry["memory_saved"]}
-    entry = json.loads(json.dumps(to_jsonable(entry)))  # as a skipped step would read it
-    write_json(saved / "meta.json", {"recipe_step": step.name, "run_key": key,
-                                     "run_key_fields": fields, "summary": entry})
+    # one result set (plan files, accuracy.csv, meta.json last): whole or not at all
+    with result_set(saved, run=key, remove=("headkv.json", "accuracy.csv"),
+                    what=f"recipe step {step.name!r}") as staged:
+        headkv_skipped = _write_plan(plan, staged.folder)
+        if headkv_skipped is not None:
+            ctx.echo(f"{step.name}: HeadKV file not written: {headkv_skipped}")
+            entry["headkv_not_written"] = headkv_skipped
+        if accuracy is not None:
+            table = accuracy
+            staged.write("accuracy.csv", lambda p: table.to_csv(p, index=False))
+        entry = json.loads(json.dumps(to_jsonable(entry)))  # as a skipped step would read it
+        staged.write_text("meta.json", json_text({"recipe_step": step.name, "run_key": key,
+                                                  "run_key_fields": fields, "summary": entry}))
     return StepOutput(KVBudgetStepResult(plan, accuracy, entry), entry,
                       describe_kv_budget(step, entry))
 
