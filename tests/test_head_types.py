@@ -19,10 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "headprobe"
 HEADS = PACKAGE / "heads"
 # Head types whose recipe is not shipped yet, and why (each is a TOML to add, not a waiver).
-NO_RECIPE_YET = {
-    "temporal": "its study is the script recipes/temporal_heads.py until the TOML recipe "
-                "(recipes/temporal_heads.toml) with the temporal step kinds is merged",
-}
 
 
 def _declared() -> dict[str, registry.HeadType]:
@@ -42,9 +38,10 @@ def test_folder_declares_a_complete_head_type(name):
         assert module.startswith(f"headprobe.heads.{name}."), module
         assert registry.task_modules()[task] == module
         assert callable(registry.task_maker(task))
-    for target in head_type.steps.values():
+    for kind, target in head_type.steps.items():
         assert target.startswith(f"headprobe.heads.{name}.")
-        assert callable(registry.resolve(target))
+        step_kind = registry.resolve(target)
+        assert step_kind.name == kind and callable(step_kind.run) and callable(step_kind.check)
     for model, target in head_type.models.items():
         assert target.startswith(f"headprobe.heads.{name}.")
         source = registry.resolve(target)
@@ -55,9 +52,7 @@ def test_folder_declares_a_complete_head_type(name):
 @pytest.mark.parametrize("name", registry.HEAD_TYPES)
 def test_recipes_scan_the_head_type(name):
     head_type = _declared()[name]
-    if not head_type.recipes:
-        assert name in NO_RECIPE_YET, f"{name} ships no recipe"
-        return
+    assert head_type.recipes, f"{name} ships no recipe"
     scanned = set()
     for path in head_type.recipes:
         assert path.endswith(".toml") and (ROOT / path).is_file(), path

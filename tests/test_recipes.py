@@ -620,7 +620,7 @@ def test_rank_by_selects_by_another_column(tmp_path):
 @pytest.fixture(scope="module")
 def recipe_models(smol):
     """The recipes' models, loaded once: SmolLM2 (the session's) and the two organisms."""
-    from headprobe.models import load_model
+    from headprobe.catalogue import load_model
 
     loaded = {"smollm2-135m-instruct": smol}
 
