@@ -28,7 +28,9 @@ def top(table: Any, k: int = 5, column: str = "score") -> list[list[Any]]:
             for r in frame.itertuples()]
 
 
-def measure(only: set[str] | None) -> dict[str, Any]:
+def measure(only: set[str] | None, out_path: Path) -> dict[str, Any]:
+    """Each measurement in turn, cheapest first; the record is rewritten after each one, so a
+    run that dies keeps what it measured."""
     from headprobe import load_model, scan
     from headprobe.experiments import ablation_experiment
     from headprobe.tasks import get_task
@@ -38,10 +40,14 @@ def measure(only: set[str] | None) -> dict[str, Any]:
     def want(name: str) -> bool:
         return only is None or name in only
 
+    def done() -> None:
+        out_path.write_text(json.dumps(out, indent=1) + "\n")
+
     model, _ = load_model("smollm2-135m-instruct")
     if want("induction"):
         table = scan(model, "induction", progress=False)
         out["induction_top"] = top(table)
+        done()
         if want("ablation"):
             heads = [(row[0], row[1]) for row in top(table, 6)]
             result = ablation_experiment(model, get_task("induction_copy"), heads,
@@ -50,30 +56,37 @@ def measure(only: set[str] | None) -> dict[str, Any]:
             out["induction_ablation"] = {k: (round(v, 6) if isinstance(v, float) else v)
                                          for k, v in result.summary.items()
                                          if isinstance(v, (int, float))}
+            done()
     if want("dla"):
         table = scan(model, "dla", progress=False)
         out["dla_top"] = top(table)
         out["dla_score_sum"] = round(float(table.data["score"].sum()), 5)
+        done()
+    if want("successor"):
+        out["successor_top"] = top(scan(model, "successor", progress=False))
+        done()
     if want("ioi"):
         started = time.perf_counter()
         table = scan(model, "activation_patching", n=8, progress=False)
         out["ioi_patching_seconds"] = round(time.perf_counter() - started, 2)
         out["ioi_patching_top"] = top(table)
-    if want("successor"):
-        out["successor_top"] = top(scan(model, "successor", progress=False))
-    if want("retrieval"):
-        out["retrieval_top"] = top(scan(model, "retrieval", progress=False))
-    del model
+        done()
     if want("ships"):
         safety, _ = load_model("smollm2-135m-safety")
         table = scan(safety, "ships", n=8, progress=False)
         out["ships_top"] = top(table)
-        row = table.data[(table.data.layer == 18) & (table.data.head == 8)].iloc[0]
-        out["ships_L18H8"] = round(float(row.score), 6)
+        frame = table.data
+        row = frame[(frame["layer"] == 18) & (frame["head"] == 8)].iloc[0]
+        out["ships_L18H8"] = round(float(row["score"]), 6)
+        done()
         del safety
     if want("ocr"):
         reader, _ = load_model("ocr-reader")
         out["ocr_top"] = top(scan(reader, "ocr", n=32, progress=False))
+        done()
+    if want("retrieval"):
+        out["retrieval_top"] = top(scan(model, "retrieval", progress=False))
+        done()
     return out
 
 
@@ -100,7 +113,7 @@ def main() -> int:
         return compare(*(json.loads(p.read_text()) for p in args.compare))
     only = set(args.only.split(",")) if args.only else None
     started = time.perf_counter()
-    record = measure(only)
+    record = measure(only, args.out)
     record["total_seconds"] = round(time.perf_counter() - started, 1)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
