@@ -29,9 +29,10 @@ SMALL: dict[str, dict[str, object]] = {
     "04_safety_heads": {"N_SCORE": 3, "N_JUDGED": 6, "N_RANDOM": 1, "N_BOOTSTRAP": 50},
     "05_successor_heads": {"N_SHUFFLES": 20, "N_SCANNED": 6, "N_JUDGED": 12, "N_RANDOM": 1,
                            "N_BOOTSTRAP": 50},
-    "06_temporal_and_conflict_heads": {"N_PAIRS": 3, "N_CONFLICT": 8, "N_HELD_OUT": 16,
-                                       "N_RANDOM": 1, "N_BOOTSTRAP": 50},
-    "07_ocr_heads": {"N_SCORED": 16, "N_JUDGED": 16, "N_RANDOM": 1, "N_BOOTSTRAP": 50},
+    # 06 and 07 run at the sizes their text describes (the sizes they were tested at before
+    # the parameters cells): their smaller settings are not yet checked to pass
+    "06_temporal_and_conflict_heads": {},
+    "07_ocr_heads": {},
 }
 
 
