@@ -7,9 +7,9 @@ import torch
 
 from headprobe import scan
 from headprobe.errors import ScorerNeedsError, ScorerParamError, TaskError, TokenSetError
+from headprobe.heads.successor.example import hand_weighted
 from headprobe.heads.successor.ordinal_sets import tokenize_set
 from headprobe.heads.successor.successor import mod10_view, set_logits
-from headprobe.tiny import tiny_model
 
 
 def _rms(x, module, offset):
@@ -66,27 +66,9 @@ def test_matches_independent_loop_on_tiny_models(fixture, request):
 
 
 def _hand_weighted(shift):
-    """Tiny Llama whose head (1, 0) maps digit i to digit i + shift (kv head 0) and head
-    (1, 2) maps it to itself (kv head 1); MLP0 silenced so E(t) = W_E[t]."""
-    model, spec = tiny_model("llama-gqa", seed=3)
-    hf = model.original_model
-    ids = tokenize_set(model, "digits").token_ids
-    d_head = spec.d_head
-    with torch.no_grad():
-        hf.model.layers[0].mlp.down_proj.weight.zero_()
-        hf.model.embed_tokens.weight[ids] = torch.eye(spec.d_model)[:10]
-        for norm in (hf.model.layers[1].input_layernorm, hf.model.norm):
-            norm.weight.fill_(1.0)
-        attn = hf.model.layers[1].self_attn
-        attn.v_proj.weight.zero_()
-        attn.o_proj.weight.zero_()
-        for i in range(10):
-            attn.v_proj.weight[i, i] = 1.0  # kv head 0 (query heads 0, 1)
-            attn.v_proj.weight[d_head + i, i] = 1.0  # kv head 1 (query heads 2, 3)
-            attn.o_proj.weight[10 + min(i + shift, 9), i] = 1.0  # head 0: successor
-            attn.o_proj.weight[10 + i, 2 * d_head + i] = 1.0  # head 2: copy
-        hf.lm_head.weight[ids] = torch.eye(spec.d_model)[10:20]
-    return model, spec
+    """The successor example's hand-weighted tiny Llama (head (1, 0) maps digit i to
+    i + shift, head (1, 2) copies)."""
+    return hand_weighted(shift)
 
 
 def test_hand_weighted_successor_and_copy_heads():

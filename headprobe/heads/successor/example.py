@@ -10,6 +10,8 @@ reads ``e_i`` and head ``L1H0``'s output writes ``f_{i+1}`` (``f_9`` for digit 9
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from headprobe.examples import Example
@@ -20,8 +22,9 @@ SUCCESSOR_HEAD = (1, 0)
 COPY_HEAD = (1, 2)
 
 
-def example() -> Example:
-    """The ``successor`` scorer on the digits set: ``L1H0`` scores 1, ``L1H2`` 0."""
+def hand_weighted(shift: int = 1) -> tuple[Any, Any]:
+    """Tiny Llama whose head L1H0 maps digit i to digit i + ``shift`` (kv head 0) and L1H2
+    maps it to itself (kv head 1); MLP0 silenced so E(t) = W_E[t]. ``(bridge, spec)``."""
     model, spec = tiny_model("llama-gqa", seed=3)
     hf = model.original_model
     ids = tokenize_set(model, "digits").token_ids
@@ -37,9 +40,15 @@ def example() -> Example:
         for i in range(10):
             attn.v_proj.weight[i, i] = 1.0  # kv head 0 (query heads 0, 1)
             attn.v_proj.weight[d_head + i, i] = 1.0  # kv head 1 (query heads 2, 3)
-            attn.o_proj.weight[10 + min(i + 1, 9), i] = 1.0  # head 0: successor
+            attn.o_proj.weight[10 + min(i + shift, 9), i] = 1.0  # head 0: successor
             attn.o_proj.weight[10 + i, 2 * d_head + i] = 1.0  # head 2: copy
         hf.lm_head.weight[ids] = torch.eye(spec.d_model)[10:20]
+    return model, spec
+
+
+def example() -> Example:
+    """The ``successor`` scorer on the digits set: ``L1H0`` scores 1, ``L1H2`` 0."""
+    model, _ = hand_weighted(1)
     return Example(
         head_type="successor", scorer="successor", model=model, kind="hand-set",
         description="tiny Llama whose head L1H0 maps digit i to i + 1 and L1H2 maps it to "
