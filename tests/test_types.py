@@ -99,13 +99,13 @@ def test_unknown_names_list_the_registered_ones():
 
 
 def test_unknown_recipe_step_kind(tmp_path):
-    from headprobe.recipes import STEP_KINDS, load_recipe
+    from headprobe.recipes import load_recipe, step_kinds
 
     path = tmp_path / "r.toml"
     path.write_text('[[step]]\nkind = "probe"\nscorer = "induction"\n')
     with pytest.raises(RecipeError) as error:
         load_recipe(path)
-    _check_unknown(error, "'probe'", *STEP_KINDS)
+    _check_unknown(error, "'probe'", *step_kinds())
 
 
 def test_no_private_names_cross_modules():
