@@ -68,6 +68,13 @@ class HeadType:
             that :func:`headprobe.catalogue.load_model` resolves the name through.
         steps: ``{recipe step kind: "module:ATTRIBUTE"}`` that the head type adds to recipes,
             each naming a :class:`headprobe.recipes.steps.StepKind`.
+        planters: ``{role: "module:function"}``: the heads of this type that
+            :func:`headprobe.planting.planted_model` can write into a model, each function
+            ``plant(planted, head, **options)`` (:mod:`headprobe.planting`).
+        ground_truth: ``"module:function"`` returning the head type's
+            :class:`headprobe.groundtruth.GroundTruthCase` s (``headprobe validate``).
+        known_heads: ``"module:ATTRIBUTE"``: a sequence of
+            :class:`headprobe.groundtruth.KnownHead` of real models found so far.
     """
 
     name: str
@@ -79,6 +86,9 @@ class HeadType:
     example: str = ""
     models: Mapping[str, str] = field(default_factory=dict)
     steps: Mapping[str, str] = field(default_factory=dict)
+    planters: Mapping[str, str] = field(default_factory=dict)
+    ground_truth: str = ""
+    known_heads: str = ""
 
 
 def head_types() -> dict[str, HeadType]:
