@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ def build_atlas(
     progress: bool = True,
     fresh: bool = False,
     echo: Callable[[str], None] | None = None,
+    beside: Mapping[str, Any] | None = None,
 ) -> AtlasResult:
     """Run ``scorers`` (names or :class:`Scorer` records; default: every cheap one) and write
     ``<out_dir>/atlas.html`` and ``meta.json``. Scorers whose needs the model cannot meet are
@@ -72,7 +73,8 @@ def build_atlas(
     version; :func:`headprobe.checkpoint.saved_table_matches`) is loaded instead of run, and a
     scorer that resumes per batch keeps its checkpoint under ``<out_dir>/.checkpoints/``.
     ``fresh`` recomputes everything; ``echo`` receives the resume lines (default: a log
-    record)."""
+    record); ``beside``: ``{scorer: plotly figure}`` drawn next to that scorer's heatmap
+    (e.g. its validation figure, :func:`headprobe.validate.report.scorer_figures`)."""
     folder = ensure_output_dir(out_dir)
     chosen = [get_scorer(s) if isinstance(s, str) else s
               for s in (scorers if scorers is not None else cheap_scorers())]
@@ -107,7 +109,7 @@ def build_atlas(
     timer.lap("scorers")
     report = folder / "atlas.html"
     page = render_atlas(tables, title=f"headprobe atlas — {spec.name}", seconds=seconds,
-                        model_facts=spec.to_dict(), skipped=skipped)
+                        model_facts=spec.to_dict(), skipped=skipped, beside=beside)
     meta = result_meta(
         kind="atlas", name="atlas", spec=spec, params={"scorers": names, "n": n},
         seed=seed, timer=timer, description="every cheap scorer on one model",
@@ -120,8 +122,10 @@ def build_atlas(
 
 
 def render_atlas(tables: Sequence[HeadTable], *, title: str, seconds: float,
-                 model_facts: dict[str, Any], skipped: dict[str, str] | None = None) -> str:
-    """The atlas HTML page (plotly.js embedded once)."""
+                 model_facts: dict[str, Any], skipped: dict[str, str] | None = None,
+                 beside: Mapping[str, Any] | None = None) -> str:
+    """The atlas HTML page (plotly.js embedded once); ``beside``: a figure per scorer drawn
+    next to its heatmap."""
     import plotly.express as px
 
     skipped_html = "".join(
@@ -136,6 +140,10 @@ def render_atlas(tables: Sequence[HeadTable], *, title: str, seconds: float,
         figure = table.heatmap()
         div = figure.to_html(full_html=False, include_plotlyjs=first)
         first = False
+        if beside and table.scorer in beside:
+            side = beside[table.scorer].to_html(full_html=False, include_plotlyjs=False)
+            div = (f"<div style='display:flex;gap:1em'><div style='flex:1'>{div}</div>"
+                   f"<div style='flex:1'>{side}</div></div>")
         top = table.top(10)
         keep = [c for c in top.columns if c in ("layer", "head", "kv_head", "score", "score_std",
                                                  "status")]

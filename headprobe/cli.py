@@ -2,7 +2,8 @@
 
 Subcommands: ``models`` (what can be loaded here), ``scorers``, ``scan``, ``atlas``,
 ``ablate`` (ablation experiment against random heads), ``dose`` (dose-response: the top-k heads
-for several k against random k-sets) and ``recipe``. Every command that
+for several k against random k-sets), ``validate`` (each scorer against heads of known
+function, :mod:`headprobe.validate.command`) and ``recipe``. Every command that
 loads a model takes ``--model``, ``--dtype`` and ``--device`` and says which dtype and
 device it ran with. ``scan``, ``atlas`` and ``recipe`` resume a run killed half-way when
 started again with the same arguments and ``--out`` (checkpoints in
@@ -250,11 +251,16 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.scorers.split(",")] if args.scorers else None
     for name in names or []:
         get_scorer(name)
+    beside = None
+    if args.validation is not None:
+        from headprobe.validate.report import scorer_figures
+
+        beside = scorer_figures(args.validation)
     out = ensure_output_dir(args.out)
     model, _ = _load_from(args, args.model)
     result = build_atlas(model, out, scorers=names, n=args.n, seed=args.seed,
                          batch_size=args.batch_size, progress=not args.quiet,
-                         fresh=args.fresh, echo=print)
+                         fresh=args.fresh, echo=print, beside=beside)
     for table in result.tables:
         best = table.top(3)
         heads = ", ".join(f"L{r.layer}H{r.head} {r.score:.2f}" for r in best.itertuples())
@@ -579,11 +585,18 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(atlas)
     atlas.add_argument("--out", required=True)
     atlas.add_argument("--scorers", default=None, help="comma-separated subset")
+    atlas.add_argument("--validation", default=None, metavar="DIR",
+                       help="a folder written by headprobe validate --out: show each scorer's "
+                       "precision-recall on its ground truth beside its heatmap")
     _run_options(atlas)
     _fresh_option(atlas)
     atlas.set_defaults(func=cmd_atlas)
 
     _add_ablate(sub)
+
+    from headprobe.validate.command import add_validate
+
+    add_validate(sub)
 
     recipe = sub.add_parser("recipe", help="run a head-discovery recipe (TOML)")
     recipe.add_argument("path")
