@@ -1,4 +1,5 @@
-"""``headprobe validate``: the subcommand's parser and its run (``headprobe.cli`` adds it).
+"""``headprobe validate``: the subcommand's parser and its run (``headprobe.cli`` adds it;
+building the parser imports nothing heavy).
 
 Exit status 0 when every case meets its floors, 1 when one falls below (each printed with
 why), 2 for bad input (an unknown ``--scorers`` name, one line listing them).
@@ -10,9 +11,6 @@ import argparse
 from typing import Any
 
 from headprobe.errors import UsageError
-from headprobe.registry import list_scorers
-from headprobe.validate.cases import case_id, collect_cases, parse_scorers, select_cases
-from headprobe.validate.run import DEFAULT_N_RANDOM, validate
 
 DEFAULT_OUT = "runs/validate"
 PRINTED = ["head_type", "scorer", "model", "source", "n_known", "auroc", "precision", "recall",
@@ -34,8 +32,9 @@ def add_validate(sub: Any) -> None:
     parser.add_argument("--causal", action="store_true",
                         help="also ablate each case's known heads vs random same-layer sets on "
                         "its causal task (cases that name one)")
-    parser.add_argument("--n-random", type=int, default=DEFAULT_N_RANDOM,
-                        help="random head sets of the causal check (default: %(default)s)")
+    parser.add_argument("--n-random", type=int, default=None,
+                        help="random head sets of the causal check (default: "
+                        "headprobe.validate.run.DEFAULT_N_RANDOM, 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help="write validation.csv|parquet|html, meta.json and each case's "
@@ -49,8 +48,13 @@ def add_validate(sub: Any) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Run the cases, print the table and every failure; 1 when a case failed."""
-    if args.n_random < 0:
-        raise UsageError(f"--n-random must be >= 0, got {args.n_random}")
+    from headprobe.registry import list_scorers
+    from headprobe.validate.cases import case_id, collect_cases, parse_scorers, select_cases
+    from headprobe.validate.run import DEFAULT_N_RANDOM, validate
+
+    n_random = DEFAULT_N_RANDOM if args.n_random is None else args.n_random
+    if n_random < 0:
+        raise UsageError(f"--n-random must be >= 0, got {n_random}")
     names = parse_scorers(args.scorers)
     skipped: dict[str, str] = {}
     cases = select_cases(collect_cases(args.fast, skipped=skipped), names)
@@ -58,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     wanted = names if names is not None else list_scorers()
     missing = [name for name in wanted if name not in with_cases]
     table = validate(cases, out=args.out, causal=args.causal, progress=not args.quiet,
-                     n_random=args.n_random, seed=args.seed, fresh=args.fresh, echo=print)
+                     n_random=n_random, seed=args.seed, fresh=args.fresh, echo=print)
     columns = PRINTED + (["separates"] if args.causal else [])
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if missing:
