@@ -13,7 +13,11 @@ scorers (:func:`causal_head_effects`): each head's output is zeroed in the plain
 model (a pre-hook on ``o_proj``) and the fraction of the in-context loss drop that is lost is
 measured. The heads whose ablation removes most of the drop are the known heads:
 :data:`INDUCTION_HEADS` in layer 1 and the :data:`PREVIOUS_TOKEN_HEADS` of layer 0 they
-read from, with the numbers measured on the shipped weights in :data:`CAUSAL_EFFECTS`.
+read from through their keys (a path-specific ablation), with the numbers measured on the
+shipped weights beside them (:data:`SINGLE_HEAD_REMOVED`, :data:`KEY_PATH_REMOVED`).
+
+The recipe is seed-sensitive: with seed 0 the induction heads form at about step 1000 of
+1500; seeds 1 and 2 had not left the plateau after 2000 steps (second-copy loss ~4.23).
 
 - :func:`train_induction_model` is the training recipe (``recipes/train_induction_model.py``
   runs it and rewrites the shipped file);
@@ -358,6 +362,68 @@ def path_effects(hf_model: Any, tokens: torch.Tensor,
     return effects
 
 
+def smallest_removing_set(candidates: Iterable[Head],
+                          removed: Callable[[tuple[Head, ...]], float],
+                          share: float) -> tuple[tuple[Head, ...], list[float]]:
+    """Greedily the smallest set of ``candidates`` whose ablation removes ``>= share`` of
+    the in-context loss drop: start empty, add the head whose addition removes the most,
+    stop once ``removed(set) >= share`` (or every candidate is in).
+
+    Returns ``(heads sorted, removed after each addition)``.
+    """
+    left = [tuple(head) for head in candidates]
+    chosen: list[Head] = []
+    trajectory: list[float] = []
+    while left and (not trajectory or trajectory[-1] < share):
+        gains = {head: removed(tuple(sorted([*chosen, head]))) for head in left}
+        best = max(gains, key=lambda head: gains[head])
+        chosen.append(best)
+        left.remove(best)
+        trajectory.append(gains[best])
+    return tuple(sorted(chosen)), trajectory
+
+
+def identify_heads(hf_model: Any, tokens: torch.Tensor, share: float = 0.8) -> dict[str, Any]:
+    """The causal test that names the known heads of an attention-only 2-layer model.
+
+    - induction heads: the smallest set of last-layer heads whose zero-ablation removes
+      ``>= share`` of the in-context loss drop (:func:`smallest_removing_set` over
+      :func:`causal_head_effects`);
+    - previous-token heads: the smallest set of layer-0 heads whose removal from the
+      last layer's *keys* only removes ``>= share`` of it (:func:`heads_removed_from_path`);
+    - also measured: every head's zero-ablation effect, and each layer-0 head's effect through
+      each of the last layer's q, k and v inputs.
+
+    Shares no code with the scorers: it reads only losses of the plain HF model.
+    """
+    last = hf_model.config.num_hidden_layers - 1
+    n_heads = hf_model.config.num_attention_heads
+    first, second = half_losses(hf_model, tokens)
+    singles = causal_head_effects(hf_model, tokens)
+
+    def ablated(heads: tuple[Head, ...]) -> float:
+        return causal_head_effects(hf_model, tokens, [heads])[heads]
+
+    def key_removed(heads: tuple[Head, ...]) -> float:
+        return path_effects(hf_model, tokens, [heads], last, paths=("k",))[(heads, "k")]
+
+    induction, induction_steps = smallest_removing_set(
+        [(last, h) for h in range(n_heads)], ablated, share)
+    previous, previous_steps = smallest_removing_set(
+        [(0, h) for h in range(n_heads)], key_removed, share)
+    paths = path_effects(hf_model, tokens, [[(0, h)] for h in range(n_heads)], last)
+    return {
+        "first_half_loss": first, "second_half_loss": second,
+        "single_head_removed": {heads[0]: value for heads, value in singles.items()},
+        "induction_heads": induction, "induction_removed": induction_steps[-1],
+        "induction_steps": induction_steps,
+        "previous_token_heads": previous, "previous_token_key_removed": previous_steps[-1],
+        "previous_token_steps": previous_steps,
+        "layer0_path_removed": {(heads[0], path): value
+                                for (heads, path), value in paths.items()},
+    }
+
+
 def save_weights(hf_model: Any, path: str) -> None:
     """Write the model's state dict (fp32) to a safetensors file at ``path``."""
     from safetensors.torch import save_file
@@ -392,6 +458,39 @@ def trained_induction_model(device: str | torch.device | None = "cpu",
                          device=device, dtype=dtype)
 
 
-INDUCTION_HEADS: frozenset[Head] = frozenset()
-PREVIOUS_TOKEN_HEADS: frozenset[Head] = frozenset()
-CAUSAL_EFFECTS: Mapping[tuple[Head, ...], float] = {}
+# The causal test on the shipped weights (identify_heads(model, eval_sequences(tokenizer)),
+# 64 held-out sequences of L = 30; recipes/train_induction_model.py prints them): first-copy
+# loss 4.642, second-copy loss 0.074 (the in-context loss drop: 4.568 nats).
+
+INDUCTION_HEADS: frozenset[Head] = frozenset({(1, 1), (1, 2), (1, 3)})
+"""The induction heads: zero-ablating these three layer-1 heads together removes 100.1% of
+the in-context loss drop (greedy: L1H3 alone 34.9%, + L1H1 70.9%, + L1H2 100.1%). L1H0 is
+not one: alone it removes 1.1%, and with the other three ablated it leaves none of the
+drop, although its attention follows the induction pattern (scorer score ~0.6)."""
+
+PREVIOUS_TOKEN_HEADS: frozenset[Head] = frozenset({(0, 0), (0, 3)})
+"""The previous-token heads the induction heads read through their keys (K-composition):
+taking L0H0 and L0H3 out of the layer-1 keys only removes 102.5% of the drop (L0H0 alone
+49.8%, L0H3 alone 23.0%); through the layer-1 queries and values they remove < 2%."""
+
+CURRENT_TOKEN_HEADS: frozenset[Head] = frozenset({(0, 2)})
+"""L0H2 attends to its own position (~0.88 of its attention) and feeds the layer-1 queries
+and values: out of the layer-1 queries only it removes 94.7% of the drop, out of the values
+85.7%, out of the keys -19.1%. Causally essential, but neither a previous-token nor an
+induction head (a negative for both scorers)."""
+
+SINGLE_HEAD_REMOVED: Mapping[Head, float] = {
+    (0, 0): 0.343, (0, 1): -0.092, (0, 2): 0.975, (0, 3): 0.074,
+    (1, 0): 0.011, (1, 1): -0.103, (1, 2): 0.011, (1, 3): 0.349,
+}
+"""Share of the in-context loss drop removed by zero-ablating each head alone (3 decimals)."""
+
+KEY_PATH_REMOVED: Mapping[Head, float] = {(0, 0): 0.498, (0, 1): -0.006, (0, 2): -0.191,
+                                          (0, 3): 0.230}
+"""Share removed by taking each layer-0 head out of the layer-1 keys only (3 decimals)."""
+
+FIRST_HALF_LOSS = 4.642
+SECOND_HALF_LOSS = 0.074
+TRAINING_SECONDS = 96.5
+"""Wall time of the shipped run (1500 steps, one torch thread, nice 10, on a shared 2-core
+CPU; the weights are bit-identical to an earlier run of the same recipe)."""
