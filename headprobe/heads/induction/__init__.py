@@ -25,4 +25,5 @@ HEAD_TYPE = HeadType(
         "duplicate_token": "headprobe.heads.induction.plant:plant_duplicate_token",
         "induction": "headprobe.heads.induction.plant:plant_induction",
     },
+    ground_truth="headprobe.heads.induction.ground_truth:cases",
 )
