@@ -15,7 +15,6 @@ head, which pushes the token ``x`` at every position (:func:`headprobe.planting.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from typing import Any
 
 from headprobe.groundtruth import GroundTruthCase
@@ -103,11 +102,6 @@ def generic_cases() -> list[GroundTruthCase]:
     return cases
 
 
-def case_models(cases: list[GroundTruthCase]) -> Mapping[str, Any]:
-    """``{model id: build}`` of ``cases`` (one builder per id)."""
-    return {case.model: case.build for case in cases}
-
-
 __all__ = ["ANSWER_DISTRACTOR", "ANSWER_TOKEN", "LAYOUT", "NEEDLE_ALPHABET", "PLANTED_MODELS",
-           "ROLE_OPTIONS", "answer_items", "bridge_builder", "build_planted", "case_models",
+           "ROLE_OPTIONS", "answer_items", "bridge_builder", "build_planted",
            "describe", "generic_cases", "known"]

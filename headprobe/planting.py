@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -698,16 +698,11 @@ def plant_answer(planted: PlantedModel, head: Head, *, token: str = "x",
     write_ov(planted, head, v, o)
 
 
-def planted_heads(roles: Iterable[str], planted: PlantedModel) -> frozenset[Head]:
-    """The heads planted as any of ``roles``."""
-    return frozenset(h for role in roles for h in planted.known(role))
-
-
 __all__ = [
     "CODE_DIM", "D_HEAD", "D_MODEL", "GENERIC_ROLES", "KINDS", "LOGIT_SCALE", "N_HEADS",
     "N_KV_HEADS", "N_LAYERS", "SLIDING_WINDOW", "Allocator", "PlantedModel", "Subspace",
     "best_offset_pairs", "bos_qk", "copy_head", "copy_ov", "list_roles", "match_qk",
-    "offset_qk", "plant_answer", "planted_heads", "planted_model", "planter_targets",
+    "offset_qk", "plant_answer", "planted_model", "planter_targets",
     "read_map", "require_earlier", "spread_codes", "token_codes", "uniform_qk", "write_map",
     "write_ov", "write_qk",
 ]

@@ -103,11 +103,12 @@ def test_induction_needs_an_earlier_previous_token_head():
         planted_model("llama", {(1, 0): "previous_token", (1, 2): "induction"})
 
 
-def test_spread_codes_are_unit_and_apart():
-    codes = spread_codes(90, 54, seed=0)
+def test_spread_codes_are_unit_and_apart(core):
+    codes = core.codes[[t for t in range(len(core.codes)) if t != core.tokenizer.bos_token_id]]
     cosines = (codes @ codes.T).fill_diagonal_(0.0)
-    assert torch.allclose(codes.norm(dim=1), torch.ones(90), atol=1e-5)
+    assert torch.allclose(codes.norm(dim=1), torch.ones(len(codes)), atol=1e-5)
     assert cosines.abs().max() < 0.3
+    assert torch.equal(spread_codes(5, 8, seed=0), torch.eye(8)[:5])  # one-hot when it fits
 
 
 # ---- the ground-truth models: every role of planted_cases.LAYOUT at once ------------------
