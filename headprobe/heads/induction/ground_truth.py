@@ -8,11 +8,15 @@ heads 1.00 (next: 0.07), induction heads 0.90 (next: 0.13, a retrieval head): th
 heads copy every token but the needle alphabet (digits), from which they attend evenly, so
 about a tenth of their rows score near zero. No scorer documents a threshold for these
 attention fractions; 0.5 (half of a row's attention on the predicted key) is chosen here.
+
+The trained attention-only model's causally identified heads
+(:mod:`headprobe.heads.induction.ground_truth_trained`) are cases of the same scorers.
 """
 
 from __future__ import annotations
 
 from headprobe.groundtruth import GroundTruthCase
+from headprobe.heads.induction.ground_truth_trained import trained_cases
 from headprobe.planted_cases import PLANTED_MODELS, bridge_builder, describe, known
 
 WHY = {
@@ -25,6 +29,12 @@ WHY = {
 
 
 def cases() -> list[GroundTruthCase]:
+    """Each of the three scorers on ``planted-llama`` and ``planted-gemma``, then the
+    ``induction`` and ``previous_token`` scorers on the trained model."""
+    return [*planted_cases(), *trained_cases()]
+
+
+def planted_cases() -> list[GroundTruthCase]:
     """Each of the three scorers on ``planted-llama`` and ``planted-gemma``."""
     return [GroundTruthCase(
         head_type="induction", scorer=scorer, model=model_id, source="planted",
