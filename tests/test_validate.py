@@ -20,7 +20,13 @@ from headprobe.handset import INDUCTION_HEAD, PREVIOUS_HEAD, copy_circuit
 from headprobe.headtable import HeadTable
 from headprobe.tasks.base import Task, TaskItem
 from headprobe.types import Head
-from headprobe.validate import collect_cases, example_case, load_validation, validate
+from headprobe.validate import (
+    collect_cases,
+    example_case,
+    example_cases,
+    load_validation,
+    validate,
+)
 from headprobe.validate.cases import parse_scorers
 from headprobe.validate.metrics import failed_floors, score_metrics, top_k_precision
 
@@ -77,24 +83,35 @@ def test_nan_known_head_counts_as_not_found_and_no_call_is_undefined():
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
-    """The fast validation (every fast case: the hand-set examples) saved in a folder."""
+    """The hand-set example cases validated and saved in a folder."""
     out = tmp_path_factory.mktemp("validate")
     skipped: dict[str, str] = {}
-    cases = collect_cases(fast=True, skipped=skipped)
+    cases = example_cases(skipped)
     return cases, validate(cases, out=out, progress=False), out, skipped
 
 
-def test_fast_validation_of_the_hand_set_examples_passes_at_auroc_1(fast_run):
+def test_the_hand_set_examples_pass_at_auroc_1(fast_run):
     cases, table, _, skipped = fast_run
-    examples = table[table["source"] == "hand-set"]
+    assert set(table["source"]) == {"hand-set"} and len(table) == len(cases)
     assert {"induction", "sink", "retrieval", "ships", "successor", "temporal"} <= set(
-        examples["scorer"])
-    assert (examples["auroc"] == 1.0).all() and (examples["top_k_precision"] == 1.0).all()
+        table["scorer"])
+    assert (table["auroc"] == 1.0).all() and (table["top_k_precision"] == 1.0).all()
     assert table["passed"].all(), table.loc[~table["passed"], "failed_floors"].tolist()
-    assert table["error"].isna().all()
+    assert table["error"].isna().all() and table.attrs["n_failed"] == 0
     # the examples that name no head of known function say why
     assert "computed" in skipped["ocr"] and "conflict" in skipped
-    assert len(table) == len(cases) and table.attrs["n_failed"] == 0
+
+
+@pytest.mark.slow
+def test_the_fast_setting_meets_every_floor():
+    """Every fast case (planted, trained, hand-set; what ``headprobe validate --fast`` runs)
+    meets its floors."""
+    cases = collect_cases(fast=True)
+    assert {case.source for case in cases} >= {"hand-set"}
+    table = validate(cases, progress=False)
+    assert table["error"].isna().all(), table["error"].dropna().tolist()
+    failed = table[~table["passed"]]
+    assert failed.empty, [f"{r.scorer}@{r.model}: {r.failed_floors}" for r in failed.itertuples()]
 
 
 def test_results_are_saved_and_the_page_is_written(fast_run):

@@ -224,14 +224,17 @@ def _run_one(case: GroundTruthCase, key: str, models: _Models, *, folder: Path |
             resumed = True
             echo(f"{case_id(case)}: scores already saved in {folder}; not run again")
         else:
-            grid = score_case(case, models.get(case))
+            model = models.get(case)
+            started = time.perf_counter()  # the scorer's time, not the model's build
+            grid = score_case(case, model)
             seconds = time.perf_counter() - started
             causal_result, resumed = None, False
         if want_causal and causal_result is None:
-            causal_result = {"key": ckey, **run_causal(models.get(case), case,
-                                                       n_random=n_random, seed=seed)}
-            if not resumed:
-                seconds = time.perf_counter() - started
+            model = models.get(case)
+            causal_started = time.perf_counter()
+            causal_result = {"key": ckey, **run_causal(model, case, n_random=n_random,
+                                                       seed=seed)}
+            causal_result["seconds"] = round(time.perf_counter() - causal_started, 3)
             resumed = False  # something new to save
         row, metrics = case_row(case, key, grid, seconds, causal_result if want_causal else None)
     except Exception as error:  # one case's failure is a failed row, not a lost run
