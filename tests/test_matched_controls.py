@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from conftest import register_task
 
 from headprobe.errors import InterventionError, RecipeError
 from headprobe.experiments import (
@@ -22,7 +23,6 @@ from headprobe.experiments import (
 from headprobe.headtable import HeadTable
 from headprobe.recipes import load_recipe, run_recipe
 from headprobe.tasks.base import Task, TaskItem
-from conftest import register_task
 
 
 def _grid(spec) -> np.ndarray:
@@ -102,7 +102,7 @@ def test_errors_name_the_closest_head_and_never_widen(tiny_llama):
     # two target heads whose only candidate is the same head
     grid = np.full((spec.n_layers, spec.n_heads), 5.0)
     grid[0, :3] = [0.0, 0.0, 0.01]
-    with pytest.raises(InterventionError, match="only 1 distinct heads are within 0.02"):
+    with pytest.raises(InterventionError, match=r"only 1 distinct heads are within 0\.02"):
         matched_head_sets(spec, [(0, 0), (0, 1)], 1, MatchOn(grid, 0.02), rng=rng)
     grid[1, 1] = np.nan
     with pytest.raises(InterventionError, match="L1H1 has no score \\(NaN\\)"):
@@ -261,7 +261,7 @@ def test_bad_matched_steps_are_recipe_errors(tmp_path, old, new, message):
 def test_cli_ablate_with_matched_controls(tiny_llama, monkeypatch, tmp_path, capsys):
     import headprobe.cli as cli
 
-    model, spec = tiny_llama
+    _, spec = tiny_llama
     monkeypatch.setattr(cli, "_load", lambda name, **kwargs: tiny_llama)
     monkeypatch.setattr(cli, "_make_task", lambda name, model, n, seed: _task(model, 6))
     monkeypatch.setattr(cli, "task_maker", lambda name: None)
