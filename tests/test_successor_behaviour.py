@@ -50,7 +50,7 @@ def test_scorer_equals_three_ablation_scans_and_silent_heads_score_zero(hand, be
     """The scorer is the drop of three independent mean-ablation scans (normalized logit
     difference) combined by the formula; heads that write nothing (o_proj columns zero) change
     nothing."""
-    model, spec, tasks = hand
+    model, _, tasks = hand
     nld = {kind: scan(model, "ablation_scan", tasks[kind], method="mean",
                       metric="normalized_logit_diff", progress=False).pivot().to_numpy()
            for kind in BEHAVIOUR_TASKS}
