@@ -153,6 +153,7 @@ def test_ablation_experiment_with_matched_controls(tiny_llama):
     assert summary["label"] == "layer+head/10" and summary["tolerance"] == 0.25
     assert summary["target_scores"] == {"L1H0": 1.0, "L2H3": 2.3}
     assert summary["max_gap"] == pytest.approx(random_rows["match_gap"].max())
+    assert 1 <= summary["n_distinct_sets"] <= 3
     assert result.meta["params"]["random_from"] == "matched"
     assert result.meta["params"]["match"]["digest"] == match.digest()
     assert "matched on layer+head/10 within 0.25" in result.meta["description"]

@@ -236,10 +236,12 @@ def with_match_columns(table: Any, match: MatchOn, heads: Sequence[Sequence[Head
 
 def match_summary(match: MatchOn, sets: Sequence[MatchedSet]) -> dict[str, Any]:
     """The match's headline for an experiment summary: what it matched on, the tolerance,
-    each target head's score and the largest score difference over all sets."""
+    each target head's score, how many of the sets differ (a narrow match may draw the same
+    set twice) and the largest and mean score difference over all sets."""
     targets = [t for t, _ in sets[0].pairs] if sets else []
     gaps = match_gaps(match, sets)
     return {**match.describe(),
             "target_scores": {_fmt(t): round(match.score(t), 6) for t in targets},
+            "n_distinct_sets": len({tuple(s.heads) for s in sets}),
             "max_gap": max(gaps) if gaps else None,
             "mean_gap": float(np.mean(gaps)) if gaps else None}
