@@ -93,7 +93,7 @@ def test_errors_name_the_closest_head_and_never_widen(tiny_llama):
     grid = _grid(spec)
     grid[2, 3] = 9.0
     rng = np.random.default_rng(0)
-    with pytest.raises(InterventionError, match=r"no non-target head has a score within 0.05 "
+    with pytest.raises(InterventionError, match=r"no non-target head has score within 0.05 "
                        r"of L2H3's 9.0000; the closest is L2H2 at 2.2000 \(difference "
                        r"6.8000\): widen the tolerance to at least 6.8"):
         matched_head_sets(spec, [(2, 3)], 2, MatchOn(grid, 0.05), rng=rng)

@@ -152,7 +152,7 @@ def candidates(spec: ModelSpec, target: Sequence[Head], match: MatchOn
                                     "on; score every head, or leave it out of the target")
         pool = [h for h in _pool(spec, match, head, others) if np.isfinite(match.score(h))]
         if not pool:
-            raise InterventionError(f"no other head{_where(match)} has a {match.label} "
+            raise InterventionError(f"no other head{_where(match)} has {match.label} "
                                     f"to stand in for {_fmt(head)}; match within a larger "
                                     "group (within = model)")
         gaps = np.array([abs(match.score(h) - value) for h in pool])
@@ -161,7 +161,7 @@ def candidates(spec: ModelSpec, target: Sequence[Head], match: MatchOn
         if not chosen:
             closest = pool[int(gaps.argmin())]
             raise InterventionError(
-                f"no non-target head{_where(match)} has a {match.label} within "
+                f"no non-target head{_where(match)} has {match.label} within "
                 f"{match.tolerance:g} of {_fmt(head)}'s {value:.4f}; the closest is "
                 f"{_fmt(closest)} at {match.score(closest):.4f} (difference "
                 f"{gaps.min():.4f}): widen the tolerance to at least {gaps.min():.4g}")
