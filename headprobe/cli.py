@@ -347,17 +347,22 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         judge = ray_conditions_judge(**ray_workers(args))
         if out is not None:  # each judged condition kept: a restarted run resumes
             resume = {"checkpoint_dir": out, "fresh": args.fresh, "echo": print}
+    match_source = _match_source(args)
     model, spec = _load_from(args, args.model)
     task = _make_task(args.task, model, args.n, args.seed)
     result = ablation_experiment(
         model, task, heads, method=args.method, batch_size=args.batch_size,
         progress=not args.quiet, method_options=options, judge=judge, **resume,
-        **control_options(args).kwargs(),
+        **control_options(args, _match_on(args, match_source, model)).kwargs(),
     )
     summary = result.summary
     print(f"{spec.name} · task {task.name} ({len(task)} prompts) · method {args.method}")
     print(f"heads ({source}): {result.meta['heads']}")
     columns = ["condition", "heads", "accuracy", "delta", "delta_ci_low", "delta_ci_high"]
+    if "match" in summary:  # matched controls: each row's scores on the matched score
+        columns.append("match_scores")
+        print(f"controls matched on {summary['match']['label']} within "
+              f"{summary['match']['tolerance']:g} ({summary['match']['within']})")
     print(result.table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     low, high = summary["target_delta_ci"]
     line = (f"baseline {summary['baseline_accuracy']:.3f} · target delta "
@@ -372,11 +377,44 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def control_options(args: argparse.Namespace) -> ControlOptions:
+def control_options(args: argparse.Namespace, match: Any = None) -> ControlOptions:
     """The random-set controls ``--n-random``, ``--random-from``, ``--n-bootstrap`` and
-    ``--seed`` ask for."""
+    ``--seed`` ask for (``match``: the MatchOn of matched controls)."""
     return ControlOptions(n_random=args.n_random, random_from=args.random_from,
-                          n_bootstrap=args.n_bootstrap, seed=args.seed)
+                          n_bootstrap=args.n_bootstrap, seed=args.seed, match=match)
+
+
+def _match_source(args: argparse.Namespace) -> Any:
+    """What ``--match-scorer`` names (a saved head table, or a registered scorer), checked
+    before the model loads; ``None`` unless ``--random-from matched``."""
+    from headprobe.headtable import HeadTable
+    from headprobe.registry import get_scorer
+
+    given = args.match_scorer is not None or args.match_tolerance is not None
+    if args.random_from != "matched":
+        if given:
+            raise UsageError("--match-scorer / --match-tolerance need --random-from matched")
+        return None
+    if args.match_scorer is None or args.match_tolerance is None:
+        raise UsageError("--random-from matched needs --match-scorer NAME (a scorer, or a "
+                         "folder written by HeadTable.save) and --match-tolerance X")
+    if Path(args.match_scorer).exists():
+        return HeadTable.load(args.match_scorer)
+    return get_scorer(args.match_scorer)  # an unknown scorer fails before the model loads
+
+
+def _match_on(args: argparse.Namespace, source: Any, model: Any) -> Any:
+    """The MatchOn of ``--random-from matched`` (the scorer run on its default data with
+    ``--seed``), or ``None``."""
+    from headprobe.experiments import MatchOn
+    from headprobe.headtable import HeadTable
+
+    if source is None:
+        return None
+    table = source if isinstance(source, HeadTable) else source(
+        model, seed=args.seed, progress=not args.quiet)
+    return MatchOn.from_table(table, args.match_column, tolerance=args.match_tolerance,
+                              within=args.match_within)
 
 
 def parse_ks(text: str) -> list[int]:
@@ -515,7 +553,15 @@ def _add_ablate(sub: Any) -> None:
     ablate.add_argument("--n-random", type=int, default=10,
                         help="random head sets (default: %(default)s)")
     ablate.add_argument("--random-from", default="same_layers",
-                        choices=("same_layers", "uniform"))
+                        choices=("same_layers", "uniform", "matched"))
+    ablate.add_argument("--match-scorer", default=None, help="with --random-from matched: "
+                        "the scorer (run on its default data) or saved head table whose "
+                        "scores the random heads match")
+    ablate.add_argument("--match-column", default="score", help="its column (default score)")
+    ablate.add_argument("--match-tolerance", type=float, default=None,
+                        help="largest score difference to the target head")
+    ablate.add_argument("--match-within", default="model", choices=("model", "layer",
+                                                                     "kv_group"))
     ablate.add_argument("--n-bootstrap", type=int, default=1000)
     ablate.add_argument("--out", default=None,
                         help="write ablation.csv, ablation.html and meta.json here")

@@ -92,13 +92,19 @@ class ControlOptions:
             (:data:`headprobe.experiments.controls.RandomFrom`).
         n_bootstrap: bootstrap resamples of the prompts for the confidence intervals.
         seed: seed of the random sets and the bootstrap.
+        match: with ``random_from = "matched"``, the
+            :class:`~headprobe.experiments.matching.MatchOn` the sets are matched on.
     """
 
     n_random: int = 10
     random_from: str = "same_layers"
     n_bootstrap: int = 1000
     seed: int = 0
+    match: Any = None
 
     def kwargs(self) -> dict[str, Any]:
-        """The four keywords, as the experiment functions take them."""
-        return dataclasses.asdict(self)
+        """The keywords as the experiment functions take them (``match`` only when set)."""
+        out = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        if out["match"] is None:
+            del out["match"]
+        return out

@@ -44,6 +44,7 @@ from headprobe.runtime.decode import generate
 from headprobe.runtime.forward import forward_batch
 from headprobe.scorers.base import HARD_NEEDS
 from headprobe.tasks.base import Task, TaskItem
+from headprobe.tasks.build import build_task
 from headprobe.tiny import tiny_model
 
 # HEADPROBE_TEST_DEVICE=cpu runs the same checks on the CPU (a dry run of this file on a
@@ -187,6 +188,10 @@ def _scorer_inputs(name: str, model: object) -> tuple[object, dict]:
                  for fact, other in zip(CONFLICT_FACTS, "KL", strict=True)
                  for framing in (1, 2)]
         return Task("knowledge_conflict", items, meta={"target": "context"}), {}
+    if name == "successor_behaviour":  # digit lists; the default facts need whole words
+        tasks = {kind: build_task("successor_increment", model, kind=kind, n=4, sets=["digits"])
+                 for kind in ("increment", "repeat")}
+        return {**tasks, "facts": Task("tiny_facts", DLA_ITEMS)}, {}
     if "task" in scorer.defaults or "pairs" in scorer.needs:
         params = {"metric": "logit_diff"} if "metric" in scorer.defaults else {}
         return Task("tiny_pairs", ITEMS), params
@@ -220,6 +225,9 @@ def test_scorer_on_device(pair, name):
     if hard:
         pytest.skip(f"the tiny {spec.name} cannot meet {name}'s needs: {hard}")
     prompts, params = _scorer_inputs(name, ref)
+    if name == "successor_behaviour" and tol != FP32_TOL:
+        pytest.skip("ratios to the random tiny models' near-zero clean logit diffs: bf16 "
+                    "rounding is amplified (fp32 is checked)")
     if name == "retrieval":  # trials whose answers are the CPU model's own greedy replies
         if tol != FP32_TOL:
             pytest.skip("retrieval's gate reads the greedy text, which bf16 may change")

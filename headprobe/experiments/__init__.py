@@ -7,7 +7,8 @@ with the target heads ablated and with random head sets of the same size ablated
 
 Modules: :mod:`~headprobe.experiments.judging` (is an output right: next-token and
 generation judges), :mod:`~headprobe.experiments.controls` (head syntax, random control
-sets), :mod:`~headprobe.experiments.stats` (accuracy, paired bootstrap, summaries),
+sets), :mod:`~headprobe.experiments.matching` (control sets matched on another per-head
+score), :mod:`~headprobe.experiments.stats` (accuracy, paired bootstrap, summaries),
 :mod:`~headprobe.experiments.runner` (conditions under one method, metadata),
 :mod:`~headprobe.experiments.ablation` and :mod:`~headprobe.experiments.dose`.
 """
@@ -33,10 +34,13 @@ from headprobe.experiments.judging import (
     greedy_continuations,
     judge_task,
 )
+from headprobe.experiments.matching import MatchedSet, MatchOn, matched_head_sets
 from headprobe.experiments.stats import bootstrap_indices, condition_row
 
 __all__ = [
     "ExperimentResult",
+    "MatchOn",
+    "MatchedSet",
     "RandomFrom",
     "ablation_experiment",
     "ablation_figure",
@@ -49,6 +53,7 @@ __all__ = [
     "format_heads",
     "greedy_continuations",
     "judge_task",
+    "matched_head_sets",
     "parse_heads",
     "random_head_sets",
     "save_experiment",

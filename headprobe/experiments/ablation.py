@@ -22,8 +22,21 @@ import pandas as pd
 
 from headprobe.arch import ModelSpec
 from headprobe.checkpoint import Checkpoint, run_key_fields
-from headprobe.experiments.controls import RandomFrom, format_heads, random_head_sets
+from headprobe.experiments.controls import (
+    RandomFrom,
+    check_match,
+    format_heads,
+    random_head_sets,
+)
 from headprobe.experiments.judging import check_task
+from headprobe.experiments.matching import (
+    MatchedSet,
+    MatchOn,
+    match_gaps,
+    match_summary,
+    matched_head_sets,
+    with_match_columns,
+)
 from headprobe.experiments.runner import (
     ConditionRunner,
     experiment_meta,
@@ -116,6 +129,7 @@ def ablation_experiment(
     checkpoint_dir: str | Path | None = None,
     fresh: bool = False,
     echo: Callable[[str], Any] | None = None,
+    match: MatchOn | None = None,
 ) -> ExperimentResult:
     """Ablate ``heads`` and ``n_random`` random head sets of the same size; judge ``task``.
 
@@ -129,7 +143,7 @@ def ablation_experiment(
             sources unless ``method_options`` says otherwise.
         n_random: random control sets (see :func:`random_head_sets`).
         seed: seeds the random sets, the bootstrap and resampling.
-        random_from: ``same_layers`` or ``uniform``.
+        random_from: ``same_layers``, ``uniform`` or ``matched`` (with ``match``).
         n_bootstrap: bootstrap resamples for the 95% intervals (0: no intervals).
         method_options: extra options of the method (e.g. ``{"factor": 1e-5}``).
         judge: judge the conditions elsewhere (a :data:`ConditionsJudge`, e.g.
@@ -138,6 +152,8 @@ def ablation_experiment(
         checkpoint_dir, fresh, echo: with ``judge``, keep each judged condition in a
             checkpoint under ``checkpoint_dir`` (a restarted experiment judges only the
             missing ones; ``fresh`` starts over, ``echo`` prints the checkpoint's messages).
+        match: with ``random_from = "matched"``: the per-head score and tolerance the random
+            sets are matched on (:class:`~headprobe.experiments.matching.MatchOn`).
 
     Returns:
         :class:`ExperimentResult` whose table has one row per condition (``baseline``,
@@ -145,7 +161,11 @@ def ablation_experiment(
         ``accuracy``, ``delta`` (accuracy - baseline), ``ci_low`` / ``ci_high`` (accuracy
         95% CI), ``delta_ci_low`` / ``delta_ci_high`` (paired 95% CI of delta), ``n``.
         The summary holds the target delta, the mean and lowest random delta and the share
-        of random sets whose delta is as low as the target's or lower.
+        of random sets whose delta is as low as the target's or lower. With matched sets the
+        table also has ``match_scores`` (each row's heads' scores, in sorted head order),
+        ``match_score_mean`` and ``match_gap`` (a set's largest difference to its target
+        head), and the summary a ``match`` entry (:func:`~headprobe.experiments.matching.
+        match_summary`).
     """
     check_task(task)
     if n_random < 0:
@@ -155,7 +175,14 @@ def ablation_experiment(
     spec = describe_model(model)
     target = normalize_heads(spec, heads)
     rng = np.random.default_rng(seed)
-    random_sets = random_head_sets(spec, target, n_random, random_from=random_from, rng=rng)
+    check_match(random_from, match)
+    matched: list[MatchedSet] = []
+    if match is not None:
+        matched = matched_head_sets(spec, target, n_random, match, rng=rng)
+        random_sets = [s.heads for s in matched]
+    else:
+        random_sets = random_head_sets(spec, target, n_random, random_from=random_from,
+                                       rng=rng)
     timer = Timer()
     options = dict(method_options or {})
     if method == "resample":
@@ -175,7 +202,8 @@ def ablation_experiment(
                 batch_size=batch_size,
                 params={"method": method, "method_options": jsonable_options(options),
                         "heads": format_heads(target), "random_from": random_from,
-                        "random_sets": [format_heads(s) for s in random_sets]})
+                        "random_sets": [format_heads(s) for s in random_sets],
+                        **({"match": match.describe()} if match is not None else {})})
         correct, extra["distributed"] = judge(
             task=task, conditions=conditions, method=method, options=runner.options,
             all_heads=[h for s in [target, *random_sets] for h in s], batch_size=batch_size,
@@ -194,10 +222,17 @@ def ablation_experiment(
     params = {"method": method, "method_options": jsonable_options(options),
               "heads": format_heads(target), "n_random": n_random, "random_from": random_from,
               "n_bootstrap": n_bootstrap, "batch_size": batch_size}
+    if match is not None:
+        table = with_match_columns(table, match, [h for _, h in conditions],
+                                   [None, None, *match_gaps(match, matched)])
+        summary["match"] = match_summary(match, matched)
+        params["match"] = match.describe()
     meta = experiment_meta(
         model, spec, task, name="ablation", params=params, seed=seed, timer=timer,
         description=f"{method} ablation of {format_heads(target)} vs {n_random} random "
-                    f"{random_from} head sets on {task.name}",
+                    f"{random_from} head sets on {task.name}"
+                    + (f" (matched on {match.label} within {match.tolerance:g})"
+                       if match is not None else ""),
         random_sets=[format_heads(s) for s in random_sets], **extra)
     figure = ablation_figure(table, title=f"{method} ablation on {task.name} — {spec.name}")
     if checkpoint is not None:

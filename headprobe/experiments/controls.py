@@ -1,9 +1,10 @@
 """Head-set syntax and the random control sets an ablation is compared against.
 
 :func:`random_head_sets` draws head sets of the target's size that share no head with it,
-either in the target's layers (``same_layers``: the same number of heads per layer) or
-anywhere in the model (``uniform``). Draws use the :class:`numpy.random.Generator` passed in,
-never a global seed.
+either in the target's layers (``same_layers``: the same number of heads per layer),
+anywhere in the model (``uniform``) or matched head by head on another per-head score
+(``matched``: :mod:`headprobe.experiments.matching`). Draws use the
+:class:`numpy.random.Generator` passed in, never a global seed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import numpy as np
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import InterventionError
+from headprobe.experiments.matching import MatchOn, matched_head_sets
 from headprobe.types import Head
 
-RandomFrom = Literal["same_layers", "uniform"]
+RandomFrom = Literal["same_layers", "uniform", "matched"]
+RANDOM_FROM: tuple[RandomFrom, ...] = ("same_layers", "uniform", "matched")
 
 
 def format_heads(heads: Sequence[Head]) -> str:
@@ -48,18 +51,25 @@ def random_head_sets(
     *,
     random_from: RandomFrom = "same_layers",
     rng: np.random.Generator,
+    match: MatchOn | None = None,
 ) -> list[list[Head]]:
     """``n_sets`` random head sets of ``len(target)`` heads, disjoint from ``target``.
 
     ``same_layers``: as many heads in each layer as the target has there, drawn from that
     layer's other heads; when a layer has too few other heads, the rest is drawn from the
     other heads of layers ``min(target layers)..max(target layers)``. ``uniform``: any
-    non-target head of the model.
+    non-target head of the model. ``matched``: for each target head a distinct non-target
+    head whose score in ``match`` is within its tolerance
+    (:func:`~headprobe.experiments.matching.matched_head_sets`, which also gives the pairs).
     """
     targets = set(target)
-    if random_from not in ("same_layers", "uniform"):
+    if random_from not in RANDOM_FROM:
         raise InterventionError(
-            f"random_from must be 'same_layers' or 'uniform', got {random_from!r}")
+            f"random_from must be one of {', '.join(RANDOM_FROM)}, got {random_from!r}")
+    check_match(random_from, match)
+    if random_from == "matched":
+        assert match is not None
+        return [s.heads for s in matched_head_sets(spec, list(target), n_sets, match, rng=rng)]
     others = [h for h in spec.all_heads() if h not in targets]
     if n_sets > 0 and len(others) < len(targets):
         raise InterventionError(
@@ -88,3 +98,15 @@ def random_head_sets(
             chosen += [pool[i] for i in rng.choice(len(pool), size=short, replace=False)]
         sets.append(sorted(chosen))
     return sets
+
+
+def check_match(random_from: str, match: MatchOn | None) -> None:
+    """:class:`InterventionError` unless ``match`` is given exactly when ``random_from`` is
+    ``matched``."""
+    if random_from == "matched" and match is None:
+        raise InterventionError("random_from = 'matched' needs match=MatchOn(scores, "
+                                "tolerance) (e.g. MatchOn.from_table(sink_table, "
+                                "tolerance=0.05))")
+    if random_from != "matched" and match is not None:
+        raise InterventionError(f"match is given but random_from is {random_from!r}; set "
+                                "random_from = 'matched' to use it")

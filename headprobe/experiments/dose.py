@@ -15,8 +15,21 @@ import pandas as pd
 
 from headprobe.errors import InterventionError
 from headprobe.experiments.ablation import ExperimentResult
-from headprobe.experiments.controls import RandomFrom, format_heads, random_head_sets
+from headprobe.experiments.controls import (
+    RandomFrom,
+    check_match,
+    format_heads,
+    random_head_sets,
+)
 from headprobe.experiments.judging import check_task
+from headprobe.experiments.matching import (
+    MatchedSet,
+    MatchOn,
+    match_gaps,
+    match_summary,
+    matched_head_sets,
+    with_match_columns,
+)
 from headprobe.experiments.runner import (
     ConditionRunner,
     experiment_meta,
@@ -50,12 +63,15 @@ def dose_response(
     progress: bool = True,
     n_bootstrap: int = 1000,
     method_options: dict[str, Any] | None = None,
+    match: MatchOn | None = None,
 ) -> ExperimentResult:
     """Accuracy as the top-k heads of ``head_table`` are ablated, vs random sets of k heads.
 
     Args:
         head_table: a :class:`HeadTable` (ranked by score) or an ordered list of heads.
         ks: the k values (each 1..number of ranked heads).
+        match: with ``random_from = "matched"``: the per-head score and tolerance each k's
+            random sets are matched on (to the top-k heads).
         Other arguments as in :func:`headprobe.experiments.ablation_experiment`.
 
     Returns:
@@ -64,6 +80,9 @@ def dose_response(
         ``accuracy``, ``delta``, ``ci_low``, ``ci_high``, ``delta_ci_low``,
         ``delta_ci_high``, ``n``; the baseline row has ``k = 0``. The figure plots accuracy
         against k for the top-k heads and the mean of the random sets (with their range).
+        With matched sets the table also has ``match_scores``, ``match_score_mean`` and
+        ``match_gap`` and the summary a ``match`` entry per k, as in
+        :func:`~headprobe.experiments.ablation_experiment`.
     """
     check_task(task)
     if n_random < 0:
@@ -80,12 +99,22 @@ def dose_response(
         raise InterventionError(
             f"every k must lie in 1..{len(ranking)} (ranked heads); got {ks}")
     rng = np.random.default_rng(seed)
+    check_match(random_from, match)
     plan: list[tuple[int, str, list[Head]]] = []
+    gaps: list[float | None] = []
+    matched: dict[int, list[MatchedSet]] = {}
     for k in ks:
         target = normalize_heads(spec, ranking[:k])
         plan.append((k, "top_k", target))
-        for i, heads in enumerate(random_head_sets(spec, target, n_random,
-                                                   random_from=random_from, rng=rng)):
+        gaps.append(None)
+        if match is not None:
+            matched[k] = matched_head_sets(spec, target, n_random, match, rng=rng)
+            sets = [s.heads for s in matched[k]]
+            gaps += match_gaps(match, matched[k])
+        else:
+            sets = random_head_sets(spec, target, n_random, random_from=random_from, rng=rng)
+            gaps += [None] * len(sets)
+        for i, heads in enumerate(sets):
             plan.append((k, f"random_{i}", heads))
     options = dict(method_options or {})
     if method == "resample":
@@ -111,12 +140,20 @@ def dose_response(
     params = {"method": method, "method_options": jsonable_options(options), "ks": ks,
               "n_random": n_random, "random_from": random_from, "n_bootstrap": n_bootstrap,
               "batch_size": batch_size, "ranking": format_heads(ranking[:ks[-1]])}
+    summary = dose_summary(table)
+    if match is not None:
+        table = with_match_columns(table, match, [[], *(h for _, _, h in plan)],
+                                   [None, *gaps])
+        summary["match"] = {int(k): match_summary(match, sets) for k, sets in matched.items()}
+        params["match"] = match.describe()
     meta = experiment_meta(
         model, spec, task, name="dose_response", params=params, seed=seed, timer=timer,
         description=f"{method} ablation of the top-k heads for k in {ks} vs {n_random} "
-                    f"random {random_from} sets each on {task.name}")
+                    f"random {random_from} sets each on {task.name}"
+                    + (f" (matched on {match.label} within {match.tolerance:g})"
+                       if match is not None else ""))
     figure = dose_figure(table, title=f"{method} dose-response on {task.name} — {spec.name}")
-    return ExperimentResult(table, figure, dose_summary(table), meta, correct,
+    return ExperimentResult(table, figure, summary, meta, correct,
                             name="dose_response")
 
 

@@ -59,8 +59,12 @@ type's table step; with ``top`` and/or ``threshold``, ranked by the column ``ran
 default ``score``; a dose step defaults to ``top = max(ks)``) or
 ``heads`` (``"18.6,17.3"`` or ``[[18, 6], [17, 3]]``),
 ``method`` (:data:`headprobe.interventions.METHODS`; default ``zero``), ``method_options``,
-``n_random`` (default 10 for ablate, 5 for dose), ``random_from`` (``same_layers`` or
-``uniform``), ``seed``, ``n_bootstrap`` (default 1000), ``batch_size`` and, for ``dose``,
+``n_random`` (default 10 for ablate, 5 for dose), ``random_from`` (``same_layers``,
+``uniform`` or ``matched``: random heads matched head by head on another score,
+:mod:`headprobe.experiments.matching`, with ``match_scorer`` = an earlier step with a head
+table or a scorer run on its default data, ``match_tolerance``, ``match_column`` (default
+``score``) and ``match_within`` (``model``, ``layer`` or ``kv_group``)), ``seed``, ``n_bootstrap``
+(default 1000), ``batch_size`` and, for ``dose``,
 ``ks`` (required). A task whose ``make_task`` takes a ``model`` (``niah``, ``ioi``,
 ``facts``) gets the recipe's model (so ``niah`` lengths count the model's tokens);
 ``task_options`` cannot name one. :func:`load_recipe` checks all of this (and each head-type

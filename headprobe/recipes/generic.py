@@ -27,7 +27,9 @@ DEFAULT_N_RANDOM = {"ablate": 10, "dose": 5}
 _SCAN_KEYS = frozenset({"scorer", "n", "seed", "batch_size", "params", "task", "task_options"})
 _CAUSAL_KEYS = frozenset({"task", "task_options", "heads_from", "top", "threshold", "rank_by",
                           "heads", "method", "method_options", "n_random", "random_from", "seed",
-                          "n_bootstrap", "batch_size"})
+                          "n_bootstrap", "batch_size", "match_scorer", "match_column",
+                          "match_tolerance", "match_within"})
+_MATCH_KEYS = ("match_scorer", "match_column", "match_tolerance", "match_within")
 
 # ---------------------------------------------------------------------------------------------
 # scan
@@ -113,10 +115,7 @@ def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
     for key in ("n_random", "n_bootstrap"):
         if key in options:
             check_int(options[key], key, 0, label)
-    random_from = options.get("random_from", "same_layers")
-    if random_from not in ("same_layers", "uniform"):
-        raise RecipeError(f"{label}: random_from must be 'same_layers' or 'uniform', got "
-                          f"{random_from!r}")
+    _check_match(options, earlier, label)
     n_heads = check_heads_choice(kind, options, earlier, label, need_rule=kind == "ablate")
     if kind == "dose":
         ks = options.get("ks")
@@ -128,6 +127,87 @@ def _check_causal(kind: str, options: dict[str, Any], earlier: Sequence[Step],
         if n_heads is not None and max(ks) > n_heads:
             raise RecipeError(f"{label}: k = {max(ks)} is more than the {n_heads} heads the "
                               "step takes; lower ks or raise top")
+
+
+def _check_match(options: dict[str, Any], earlier: Sequence[Step], label: str) -> None:
+    """Validate ``random_from`` and the ``match_*`` keys of matched controls: ``match_scorer``
+    (an earlier step with a head table, or a registered scorer run on its default data),
+    ``match_tolerance`` (a number >= 0; both required), ``match_column`` (default ``score``)
+    and ``match_within`` (``model``, ``layer`` or ``kv_group``)."""
+    from headprobe.experiments.controls import RANDOM_FROM
+    from headprobe.experiments.matching import MATCH_WITHIN
+    from headprobe.recipes.format import check_number, table_steps
+    from headprobe.registry import scorer_modules
+
+    random_from = options.get("random_from", "same_layers")
+    if random_from not in RANDOM_FROM:
+        raise RecipeError(f"{label}: random_from must be one of {', '.join(RANDOM_FROM)}, got "
+                          f"{random_from!r}")
+    given = [key for key in _MATCH_KEYS if key in options]
+    if random_from != "matched":
+        if given:
+            raise RecipeError(f"{label}: {', '.join(given)} only go with random_from = "
+                              "\"matched\"")
+        return
+    for key in ("match_scorer", "match_tolerance"):
+        if key not in options:
+            raise RecipeError(f"{label}: random_from = \"matched\" needs match_scorer = "
+                              "\"<earlier scan step or scorer>\" and match_tolerance = X")
+    source = options["match_scorer"]
+    tables = table_steps(earlier)
+    if not isinstance(source, str) or (source not in tables and source not in scorer_modules()):
+        raise RecipeError(f"{label}: match_scorer = {source!r} is neither an earlier step with "
+                          f"a head table ({', '.join(tables) or 'none'}) nor a registered "
+                          "scorer (headprobe scorers)")
+    check_number(options["match_tolerance"], "match_tolerance", label)
+    if options["match_tolerance"] < 0:
+        raise RecipeError(f"{label}: match_tolerance must be >= 0, got "
+                          f"{options['match_tolerance']!r}")
+    if not isinstance(options.get("match_column", "score"), str):
+        raise RecipeError(f"{label}: match_column must name a column, e.g. \"score\"")
+    if options.get("match_within", "model") not in MATCH_WITHIN:
+        raise RecipeError(f"{label}: match_within must be one of {', '.join(MATCH_WITHIN)}, "
+                          f"got {options['match_within']!r}")
+
+
+def _match(step: Step, ctx: StepContext, seed: int) -> tuple[Any, dict[str, Any]]:
+    """``(MatchOn or None, run-key parameters of the match)`` of a causal step: the match
+    scores come from an earlier step's table or from the scorer run here on its default data
+    (with the step's ``seed``); the key holds the source's run key, so the step reruns when
+    the scores would change, and the scorer runs only when the step does."""
+    from headprobe.experiments.matching import MatchOn
+
+    options = step.options
+    if options.get("random_from", "same_layers") != "matched":
+        return None, {}
+    source = options["match_scorer"]
+    column = options.get("match_column", "score")
+    params = {"match_scorer": source, "match_column": column,
+              "match_tolerance": float(options["match_tolerance"]),
+              "match_within": options.get("match_within", "model")}
+    if source in ctx.tables:
+        table = ctx.tables[source]
+        params["match_source_key"] = table.meta.get("run_key")
+
+        def load() -> Any:
+            return table
+    else:
+        run = get_scorer(source).plan(ctx.model, seed=seed)
+        params["match_source_key"] = run.key
+
+        def load() -> Any:
+            return run.run(progress=ctx.progress)
+
+    def build() -> MatchOn:
+        from headprobe.errors import InterventionError
+
+        table = load()
+        try:
+            return MatchOn.from_table(table, column, tolerance=params["match_tolerance"],
+                                      within=params["match_within"])
+        except InterventionError as error:
+            raise RecipeError(f"step {step.name!r}: {error}") from error
+    return build, params
 
 
 def _causal_params(step: Step, heads: Sequence[tuple[int, int]]) -> dict[str, Any]:
@@ -162,6 +242,8 @@ def _run_causal(step: Step, ctx: StepContext) -> StepOutput:
     spec = describe_model(ctx.model)
     params = _causal_params(step, heads)
     seed = int(options.get("seed", 0))
+    build_match, match_params = _match(step, ctx, seed)
+    params.update(match_params)
     batch_size = int(options.get("batch_size", 8))
     key, fields = ctx.run_key(step, params, task, seed=seed, batch_size=batch_size)
     saved: Path = ctx.folder / step.name
@@ -179,7 +261,8 @@ def _run_causal(step: Step, ctx: StepContext) -> StepOutput:
     else:
         controls = ControlOptions(n_random=params["n_random"],
                                   random_from=params["random_from"],
-                                  n_bootstrap=params["n_bootstrap"], seed=seed)
+                                  n_bootstrap=params["n_bootstrap"], seed=seed,
+                                  match=build_match() if build_match is not None else None)
         common: dict[str, Any] = {
             "method": params["method"], "batch_size": batch_size, "progress": ctx.progress,
             "method_options": dict(params["method_options"]), **controls.kwargs(),
@@ -204,6 +287,13 @@ def _describe_entry(step: Step, entry: Mapping[str, Any]) -> str:
     """One or two lines for ``echo`` about a finished ``ablate`` / ``dose`` step."""
     head = (f"{step.name}: {entry['method']} {step.kind} of {entry['heads']} "
             f"({entry['heads_source']}) on {entry['task']} ({entry['n_prompts']} prompts)")
+    match = entry.get("match")
+    if match and step.kind == "ablate":
+        scores = ", ".join(f"{h} {v:.3f}" for h, v in match["target_scores"].items())
+        head += (f"\ncontrols matched on {match['label']} within {match['tolerance']:g} "
+                 f"({match['within']}): target {scores}; largest gap {match['max_gap']:.3f}")
+    elif match:
+        head += f"\ncontrols matched on {next(iter(match.values()))['label']} per k"
     if step.kind == "ablate":
         low, high = entry["target_delta_ci"]
         ci = (f" [{low:+.3f}, {high:+.3f}]" if low is not None and high is not None

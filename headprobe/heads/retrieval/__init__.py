@@ -14,7 +14,7 @@ HEAD_TYPE = HeadType(
             "(Wu et al. 2024), and KV-cache budgets built from them",
     scorers={"retrieval": "headprobe.heads.retrieval.retrieval"},
     tasks={"niah": "headprobe.heads.retrieval.niah"},
-    recipes=("recipes/retrieval_heads.toml",),
+    recipes=("recipes/retrieval_heads.toml", "recipes/retrieval_matched_controls.toml"),
     notebook="notebooks/03_retrieval_heads.ipynb",
     example="headprobe.heads.retrieval.example:example",
     steps={"kv_budget": "headprobe.heads.retrieval.kv_budget.step:KV_BUDGET"},

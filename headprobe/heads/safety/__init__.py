@@ -19,7 +19,7 @@ HEAD_TYPE = HeadType(
         "harmful_refusal": "headprobe.heads.safety.harmful_refusal",
         "harmless_answer": "headprobe.heads.safety.harmless_answer",
     },
-    recipes=("recipes/safety_heads.toml",),
+    recipes=("recipes/safety_heads.toml", "recipes/safety_matched_controls.toml"),
     models={"smollm2-135m-safety": "headprobe.heads.safety.model:SAFETY_MODEL_SOURCE"},
     notebook="notebooks/04_safety_heads.ipynb",
     example="headprobe.heads.safety.example:example",

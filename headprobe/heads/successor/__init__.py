@@ -1,8 +1,9 @@
 """Successor heads: heads whose OV circuit maps an ordinal item to the next one.
 
 Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention Heads In The Wild".
-Holds the weights-only scorer, the ordinal token sets, the ``successor_increment`` task and
-the recipe steps ``successor_behaviour`` and ``mod10_view``.
+Holds the weights-only scorer ``successor``, the behavioural scorer ``successor_behaviour``
+(mean ablation on increment vs repeat / facts prompts), the ordinal token sets, the
+``successor_increment`` task and the recipe steps ``successor_behaviour`` and ``mod10_view``.
 """
 
 from headprobe.registry import HeadType
@@ -11,7 +12,8 @@ HEAD_TYPE = HeadType(
     name="successor",
     summary="successor heads: the effective OV circuit maps each ordinal item (numbers, days, "
             "months, letters, ...) to its successor (Gould et al. 2023)",
-    scorers={"successor": "headprobe.heads.successor.successor"},
+    scorers={"successor": "headprobe.heads.successor.successor",
+             "successor_behaviour": "headprobe.heads.successor.behaviour"},
     tasks={"successor_increment": "headprobe.heads.successor.successor_increment"},
     recipes=("recipes/successor_heads.toml",),
     notebook="notebooks/05_successor_heads.ipynb",

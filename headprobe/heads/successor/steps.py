@@ -1,24 +1,21 @@
 """The successor head type's recipe steps (declared in its ``HEAD_TYPE.steps``).
 
 ``successor_behaviour`` (Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention
-Heads In The Wild"; behavioural side): from three earlier ``ablation_scan`` steps (mean
-ablation, metric ``normalized_logit_diff`` = mean LD(ablated) / mean LD(clean),
-``LD = logit[answer] - logit[distractor]``) on ``successor_increment`` kinds ``increment``
-(distractor: the last item shown), ``repeat`` (distractor: the item's successor) and ``facts``,
-``drop_<kind> = 1 - nld_<kind>`` per head and the behavioural ranking
-``specific = drop_increment - max(0, drop_repeat, drop_facts)`` (the drop on increment that the
-controls do not share), compared with the weights-only ``successor`` scan: Spearman
-correlation over all heads of ``score`` with ``specific`` and with ``drop_increment``, overlap
-of the two top-``top`` sets, and the behavioural rank of each weights-only top head. Keys:
-``weights`` (the ``successor`` scan step), ``increment``, ``repeat``, ``facts`` (the three
-scans' step names; all required), ``top`` (default 5). Its result is a head table
-(``score`` = ``specific``, with the ``nld_*`` / ``drop_*`` columns and ``weights_score``),
-so later ``ablate`` steps may take ``heads_from`` it. Writes ``successor_behaviour.*``,
-``heads.csv`` (every head: the weights-only columns and the behavioural ones) and
-``meta.json``; its ``summary.json`` entry (under ``behaviour``) holds ``weights_only`` (top
-heads with per-set scores, chance, threshold, heads above it, max score, skipped sets),
-``behaviour`` (top heads by ``specific``) and ``agreement``. Computed from the scans' tables
-(no model pass), so it is recomputed on every run.
+Heads In The Wild"): compares the behavioural ranking, a ``successor_behaviour`` scan
+(:mod:`headprobe.heads.successor.behaviour`: per head ``nld_<kind>`` / ``drop_<kind>`` on
+``successor_increment`` kinds ``increment``, ``repeat`` and ``facts`` under mean ablation, and
+``specific = drop_increment - max(0, drop_repeat, drop_facts)``), with the weights-only
+``successor`` scan: Spearman correlation over all heads of ``score`` with ``specific`` and with
+``drop_increment``, overlap of the two top-``top`` sets, and the behavioural rank of each
+weights-only top head. Keys: ``weights`` (the ``successor`` scan step), ``behaviour`` (the
+``successor_behaviour`` scan step; both required), ``top`` (default 5). Its result is a head
+table (``score`` = ``specific``, with the ``nld_*`` / ``drop_*`` columns and
+``weights_score``), so later ``ablate`` steps may take ``heads_from`` it. Writes
+``successor_behaviour.*``, ``heads.csv`` (every head: the weights-only columns and the
+behavioural ones) and ``meta.json``; its ``summary.json`` entry (under ``behaviour``) holds
+``weights_only`` (top heads with per-set scores, chance, threshold, heads above it, max score,
+skipped sets), ``behaviour`` (top heads by ``specific``) and ``agreement``. Computed from the
+two scans' tables (no model pass), so it is recomputed on every run.
 
 ``mod10_view`` (Gould et al. 2023, section 4):
 :func:`headprobe.heads.successor.successor.mod10_view`
@@ -38,42 +35,22 @@ from typing import Any
 import pandas as pd
 
 from headprobe.errors import RecipeError
+from headprobe.heads.successor.behaviour import BEHAVIOUR_METRIC, DEFINITION, SPECIFIC
 from headprobe.headtable import HeadTable, json_text, stage_plotlyjs, to_jsonable
 from headprobe.recipes.format import Step, check_int, check_source
 from headprobe.recipes.steps import StepContext, StepKind, StepOutput
 from headprobe.resultset import result_set
-
-CONTROLS = ("repeat", "facts")
-BEHAVIOUR_TASKS = ("increment", *CONTROLS)
-BEHAVIOUR_METRIC = "mean ablation, normalized logit diff; drop = 1 - nld"
 
 # ---------------------------------------------------------------------------------------------
 # successor_behaviour
 
 
 def _check_behaviour(options: dict[str, Any], earlier: Sequence[Step], label: str) -> None:
-    """The four sources are earlier table steps; ``top`` an integer >= 1."""
-    for key in ("weights", *BEHAVIOUR_TASKS):
+    """The two sources are earlier table steps; ``top`` an integer >= 1."""
+    for key in ("weights", "behaviour"):
         check_source(options[key], key, earlier, label)
     if "top" in options:
         check_int(options["top"], "top", 1, label)
-
-
-def behavioural_table(scans: dict[str, HeadTable]) -> pd.DataFrame:
-    """One row per head: ``nld_<kind>`` and ``drop_<kind>`` for each of
-    :data:`BEHAVIOUR_TASKS` (``scans``: their normalized-LD mean-ablation tables) and
-    ``specific = drop_increment - max(0, drop_repeat, drop_facts)``."""
-    frames = []
-    for kind in BEHAVIOUR_TASKS:
-        frame = scans[kind].data[["layer", "head", "score"]].rename(
-            columns={"score": f"nld_{kind}"})
-        frame[f"drop_{kind}"] = 1.0 - frame[f"nld_{kind}"]
-        frame.attrs = {}
-        frames.append(frame.set_index(["layer", "head"]))
-    out = pd.concat(frames, axis=1).reset_index()
-    controls = out[[f"drop_{k}" for k in CONTROLS]].max(axis=1).clip(lower=0)
-    out["specific"] = out["drop_increment"] - controls
-    return out
 
 
 def _agreement(merged: pd.DataFrame, top: int) -> tuple[dict[str, Any], pd.DataFrame,
@@ -103,43 +80,44 @@ def _agreement(merged: pd.DataFrame, top: int) -> tuple[dict[str, Any], pd.DataF
 
 
 def _run_behaviour(step: Step, ctx: StepContext) -> StepOutput:
-    """Merge the weights-only scan with the three behavioural scans; rank, compare, save."""
+    """Merge the weights-only scan with the behavioural scan; rank, compare, save."""
     options = step.options
     top = int(options.get("top", 5))
     weights = ctx.tables[options["weights"]]
-    scans = {kind: ctx.tables[options[kind]] for kind in BEHAVIOUR_TASKS}
-    for kind, table in scans.items():
-        metric = table.meta.get("params", {}).get("metric")
-        if metric not in (None, "normalized_logit_diff"):
-            raise RecipeError(f"step {step.name!r}: {kind} = {options[kind]!r} must be an "
-                              "ablation scan with metric = \"normalized_logit_diff\", got "
-                              f"{metric!r}")
+    behaviour = ctx.tables[options["behaviour"]]
+    if behaviour.meta.get("definition") != DEFINITION:
+        raise RecipeError(f"step {step.name!r}: behaviour = {options['behaviour']!r} is not a "
+                          f"successor_behaviour scan (its table's definition is "
+                          f"{behaviour.meta.get('definition')!r})")
     wframe = weights.data.copy()
     wframe.attrs = {}
     if "strict" not in wframe.columns:
         raise RecipeError(f"step {step.name!r}: weights = {options['weights']!r} is not a "
                           "successor scan (no strict column)")
-    behaviour = behavioural_table(scans)
-    merged = wframe.merge(behaviour, on=["layer", "head"])
+    bframe = behaviour.data.drop(columns=["kv_head"]).rename(columns={"score": "specific"})
+    bframe.attrs = {}
+    merged = wframe.merge(bframe, on=["layer", "head"])
     agreement, top_w, top_b = _agreement(merged, top)
     saved = ctx.folder / step.name
     frame = merged[["layer", "head", "kv_head"]].copy()
     frame["score"] = merged["specific"]
-    for column in behaviour.columns:
+    for column in bframe.columns:
         if column not in ("layer", "head", "specific"):
             frame[column] = merged[column]
     frame["weights_score"] = merged["score"]
     attrs = weights.meta
-    table = HeadTable(frame, {"scorer": "successor_behaviour", "metric": BEHAVIOUR_METRIC,
-                              "score": "specific = drop_increment - max(0, drop_repeat, "
-                                       "drop_facts)",
-                              "sources": {k: options[k] for k in ("weights", *BEHAVIOUR_TASKS)},
+    columns = {**behaviour.meta.get("columns", {}),
+               "weights_score": "weights: the successor scan's score (effective OV circuit)"}
+    table = HeadTable(frame, {"scorer": "successor_behaviour", "definition": DEFINITION,
+                              "columns": columns, "metric": BEHAVIOUR_METRIC,
+                              "score": f"specific = {SPECIFIC}",
+                              "sources": {k: options[k] for k in ("weights", "behaviour")},
                               "agreement": agreement})
     table.save(saved, extra={"heads.csv": lambda p: merged.to_csv(p, index=False)})
     cols = ["layer", "head", "score", "strict"] + [c for c in merged if c.startswith("set_")]
     bcols = ["layer", "head", "specific", "drop_increment", "drop_repeat", "drop_facts", "score"]
     entry = {
-        "n_items": {kind: scans[kind].meta.get("n_prompts") for kind in BEHAVIOUR_TASKS},
+        "n_items": behaviour.meta.get("n_items"),
         "weights_only": {
             f"top{top}": top_w[cols].to_dict(orient="records"),
             **{key: attrs.get(key) for key in ("chance", "threshold", "n_above_threshold",
@@ -160,8 +138,8 @@ def _run_behaviour(step: Step, ctx: StepContext) -> StepOutput:
 
 SUCCESSOR_BEHAVIOUR = StepKind(
     name="successor_behaviour",
-    keys=frozenset({"weights", *BEHAVIOUR_TASKS, "top"}),
-    required=("weights", *BEHAVIOUR_TASKS),
+    keys=frozenset({"weights", "behaviour", "top"}),
+    required=("weights", "behaviour"),
     check=_check_behaviour, run=_run_behaviour, section="behaviour",
     saves=("successor_behaviour.csv", "heads.csv", "meta.json"), table=True,
     summary="behavioural successor ranking (increment drop not shared by the repeat / facts "

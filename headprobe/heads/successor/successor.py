@@ -298,6 +298,13 @@ def _compute(model: Any, spec: ModelSpec, data: ScorerData, params: dict[str, An
     flat = score.flatten()
     best = int(flat.argmax())
     meta = {
+        "definition": "weights",
+        "columns": {"score": "weights: share of all ordinal pairs whose successor has the "
+                             "largest logit of its set (effective OV circuit)",
+                    **{f"set_{name}": f"weights: that share on set {name!r}" for name in hits},
+                    **({"strict": "weights: share of all pairs whose successor is the "
+                                  "argmax over the whole vocabulary"}
+                       if params["strict"] else {})},
         "threshold": threshold,
         "n_above_threshold": int((score > threshold).sum()),
         "chance": chance,
