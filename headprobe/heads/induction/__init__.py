@@ -20,4 +20,5 @@ HEAD_TYPE = HeadType(
     recipes=("recipes/induction.toml",),
     notebook="notebooks/01_quickstart.ipynb",
     example="headprobe.heads.induction.example:example",
+    known_heads="headprobe.heads.induction.known_heads:KNOWN_HEADS",
 )

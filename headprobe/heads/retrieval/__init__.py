@@ -18,4 +18,5 @@ HEAD_TYPE = HeadType(
     notebook="notebooks/03_retrieval_heads.ipynb",
     example="headprobe.heads.retrieval.example:example",
     steps={"kv_budget": "headprobe.heads.retrieval.kv_budget.step:KV_BUDGET"},
+    known_heads="headprobe.heads.retrieval.known_heads:KNOWN_HEADS",
 )

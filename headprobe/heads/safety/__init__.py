@@ -23,4 +23,5 @@ HEAD_TYPE = HeadType(
     models={"smollm2-135m-safety": "headprobe.heads.safety.model:SAFETY_MODEL_SOURCE"},
     notebook="notebooks/04_safety_heads.ipynb",
     example="headprobe.heads.safety.example:example",
+    known_heads="headprobe.heads.safety.known_heads:KNOWN_HEADS",
 )

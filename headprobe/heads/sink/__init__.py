@@ -14,4 +14,5 @@ HEAD_TYPE = HeadType(
     recipes=("recipes/sink_heads.toml",),
     notebook="notebooks/01_quickstart.ipynb",
     example="headprobe.heads.sink.example:example",
+    known_heads="headprobe.heads.sink.known_heads:KNOWN_HEADS",
 )

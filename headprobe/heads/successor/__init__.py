@@ -18,4 +18,5 @@ HEAD_TYPE = HeadType(
     example="headprobe.heads.successor.example:example",
     steps={"successor_behaviour": "headprobe.heads.successor.steps:SUCCESSOR_BEHAVIOUR",
            "mod10_view": "headprobe.heads.successor.steps:MOD10_VIEW"},
+    known_heads="headprobe.heads.successor.known_heads:KNOWN_HEADS",
 )
