@@ -167,3 +167,9 @@ class ResultWriteError(HeadprobeError, OSError):
 class ResultSetBusyError(ResultWriteError):
     """Another run is writing results into the same folder; the message names it (pid, start
     time, command line)."""
+
+
+class PlantingError(HeadprobeError, ValueError):
+    """A planted model cannot be built as asked (two planted heads in one kv group, a role
+    whose prerequisite head is missing, a head outside the model); the message says what to
+    change (:func:`headprobe.planting.planted_model`)."""

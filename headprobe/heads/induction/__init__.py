@@ -20,5 +20,10 @@ HEAD_TYPE = HeadType(
     recipes=("recipes/induction.toml",),
     notebook="notebooks/01_quickstart.ipynb",
     example="headprobe.heads.induction.example:example",
+    planters={
+        "previous_token": "headprobe.heads.induction.plant:plant_previous_token",
+        "duplicate_token": "headprobe.heads.induction.plant:plant_duplicate_token",
+        "induction": "headprobe.heads.induction.plant:plant_induction",
+    },
     known_heads="headprobe.heads.induction.known_heads:KNOWN_HEADS",
 )
