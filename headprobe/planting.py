@@ -32,6 +32,7 @@ position, and the 64-dimensional token codes fit them.
 **Residual stream.** An :class:`Allocator` splits d_model into named subspaces:
 ``constant`` (1 dim, value :data:`CONSTANT` at every token: it keeps the RMS of the residual
 near 1, so the norms scale every planted signal alike), ``bos`` (1 at the first token),
+``anchor`` (Gemma's post-attention norm anchor, always 0 in the residual),
 ``token`` (the token's code), ``previous`` (the previous token's code, written by
 previous-token heads), ``copied`` (a code written by copying heads; the unembedding reads only
 this subspace: ``W_U[t] = UNEMBED * code(t)``), ``spare`` dims that planters may claim
@@ -44,8 +45,12 @@ vocabulary: induction heads copy the other tokens, retrieval heads the needle al
 **Random heads.** Every head not planted keeps its random weights (the tiny models' init:
 N(0, 0.08), q, k and v reading the whole residual) but its output projection writes only into
 ``noise`` (N(0, :data:`NOISE_STD`)), which no planted head reads; MLPs likewise (random
-gate/up, down projection into ``noise`` only). Gemma's sandwich norms pass ``noise`` with
-gain :data:`NOISE_GAIN` and the other dimensions with gain 1 / sqrt(d_model). A planted head's
+gate/up, down projection into ``noise`` only). Gemma's post-attention norm would rescale a
+layer's summed head outputs to a fixed RMS, making every planted write depend on the others
+and on the noise; so its attention has biases (``attention_bias``, all zero but the output
+bias's ``anchor`` dimension, :data:`CONSTANT`), the anchor dominates the RMS, and the norm's
+gain is 0 on the anchor and 1 elsewhere: the planted writes pass almost unscaled. The
+post-feed-forward norm (the MLP writes only noise) has gain :data:`NOISE_GAIN`. A planted head's
 kv head is written by its planter, so the other query head of that kv group attends with
 random queries over planted keys and values (still writing noise); two planted heads may
 not share a kv group.
@@ -61,7 +66,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -324,6 +329,7 @@ def _config(kind: str, vocab_size: int) -> Any:
         return tf.Gemma3TextConfig(
             sliding_window=SLIDING_WINDOW, layer_types=list(GEMMA_LAYER_TYPES),
             query_pre_attn_scalar=D_HEAD,  # logits scaled by 1 / sqrt(d_head), as Llama's
+            attention_bias=True,  # the output bias carries the post-attention norm's anchor
             rope_parameters={"sliding_attention": dict(rope), "full_attention": dict(rope)},
             architectures=["Gemma3ForCausalLM"], **common)
     raise UnknownNameError(registry.unknown_name_message("planted model kind", kind,
@@ -425,7 +431,7 @@ def planted_model(
     finally:
         torch.random.set_rng_state(state)
     codes = token_codes(len(tokenizer), bos, needle, seed)
-    allocator = Allocator(D_MODEL, {"constant": 1, "bos": 1, "token": CODE_DIM,
+    allocator = Allocator(D_MODEL, {"constant": 1, "bos": 1, "anchor": 1, "token": CODE_DIM,
                                     "previous": CODE_DIM, "copied": CODE_DIM}, SPARE_DIMS)
     _base_weights(hf, kind, allocator, codes, bos, set(roles), seed)
     bridge, spec = wrap_hf_model(hf.eval(), tokenizer, name=f"planted-{kind}",
@@ -471,9 +477,12 @@ def _base_weights(hf: Any, kind: str, allocator: Allocator, codes: torch.Tensor,
                                                  generator=generator)
             _fill_norm(layer.input_layernorm, 1.0, gemma)
             if gemma:
+                for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+                    proj.bias.zero_()
+                attn.o_proj.bias[allocator["anchor"].start] = CONSTANT
                 _fill_norm(layer.pre_feedforward_layernorm, 1.0, gemma)
-                gains = torch.full((D_MODEL,), D_MODEL ** -0.5)
-                gains[noise] = NOISE_GAIN
+                gains = torch.ones(D_MODEL)
+                gains[allocator["anchor"].start] = 0.0
                 _fill_norm(layer.post_attention_layernorm, gains, gemma)
                 _fill_norm(layer.post_feedforward_layernorm, NOISE_GAIN, gemma)
                 _fill_norm(attn.q_norm, LOGIT_SCALE / math.sqrt(D_HEAD), gemma)
@@ -539,8 +548,7 @@ def write_qk(planted: PlantedModel, head: Head, q: torch.Tensor, k: torch.Tensor
 
 def write_ov(planted: PlantedModel, head: Head, v: torch.Tensor, o: torch.Tensor) -> None:
     """Write ``head``'s kv head's value map ``v`` [d_head, d_model] and ``head``'s output map
-    ``o`` [d_model, d_head] (Gemma: the post-attention norm then rescales the layer's
-    summed output; see the module docstring)."""
+    ``o`` [d_model, d_head]."""
     attn = planted.attention(head.layer)
     attn.v_proj.weight[_rows(planted.kv_head(head))] = v
     attn.o_proj.weight[:, _rows(head.head)] = o
@@ -657,8 +665,6 @@ def copy_ov(planted: PlantedModel, head: Head, source: str, target: str, *,
     width = min(src.size, d_head)
     v = read_map(planted, source, range(width), torch.eye(width, src.size))
     o = write_map(planted, target, gain * matrix[:, :width], range(width))
-    if planted.kind == "gemma":
-        o = o * math.sqrt(D_MODEL)  # the post-attention norm's gain is 1 / sqrt(d_model)
     write_ov(planted, head, v, o)
 
 
@@ -677,32 +683,26 @@ def uniform_qk(planted: PlantedModel, head: Head) -> None:
 
 
 def plant_answer(planted: PlantedModel, head: Head, *, token: str = "x",
-                 gain: float = 1.0) -> None:
+                 gain: float = 0.5) -> None:
     """The generic ``answer`` role: a head that pushes one answer token at every position.
 
     It attends evenly (zero query and key: no sink, no positional pattern), its value reads
     the constant dimension (the same at every key, so the attention pattern does not matter)
     and its output writes ``gain`` times ``token``'s code into ``copied``: every logit gets
-    ``UNEMBED * gain * cos(code(token), code(t))``, the answer's the most. Direct logit
-    attribution must rank it first on ``logit(token) - logit(other)``."""
+    ``UNEMBED * gain * cos(code(token), code(t))``, the answer's the most (``gain`` 0.5: half a
+    copy head's push, so copies still win the next token). Direct logit attribution must rank
+    it first on ``logit(token) - logit(other)``."""
     uniform_qk(planted, head)
     v = read_map(planted, "constant", [0], torch.ones(1, 1))
     o = write_map(planted, "copied", gain * planted.code(token)[:, None], [0])
-    if planted.kind == "gemma":
-        o = o * math.sqrt(D_MODEL)
     write_ov(planted, head, v, o)
-
-
-def planted_heads(roles: Iterable[str], planted: PlantedModel) -> frozenset[Head]:
-    """The heads planted as any of ``roles``."""
-    return frozenset(h for role in roles for h in planted.known(role))
 
 
 __all__ = [
     "CODE_DIM", "D_HEAD", "D_MODEL", "GENERIC_ROLES", "KINDS", "LOGIT_SCALE", "N_HEADS",
     "N_KV_HEADS", "N_LAYERS", "SLIDING_WINDOW", "Allocator", "PlantedModel", "Subspace",
     "best_offset_pairs", "bos_qk", "copy_head", "copy_ov", "list_roles", "match_qk",
-    "offset_qk", "plant_answer", "planted_heads", "planted_model", "planter_targets",
+    "offset_qk", "plant_answer", "planted_model", "planter_targets",
     "read_map", "require_earlier", "spread_codes", "token_codes", "uniform_qk", "write_map",
     "write_ov", "write_qk",
 ]

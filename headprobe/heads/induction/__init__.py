@@ -25,5 +25,6 @@ HEAD_TYPE = HeadType(
         "duplicate_token": "headprobe.heads.induction.plant:plant_duplicate_token",
         "induction": "headprobe.heads.induction.plant:plant_induction",
     },
+    ground_truth="headprobe.heads.induction.ground_truth:cases",
     known_heads="headprobe.heads.induction.known_heads:KNOWN_HEADS",
 )

@@ -14,5 +14,7 @@ HEAD_TYPE = HeadType(
     recipes=("recipes/sink_heads.toml",),
     notebook="notebooks/01_quickstart.ipynb",
     example="headprobe.heads.sink.example:example",
+    planters={"sink": "headprobe.heads.sink.plant:plant_sink"},
+    ground_truth="headprobe.heads.sink.ground_truth:cases",
     known_heads="headprobe.heads.sink.known_heads:KNOWN_HEADS",
 )

@@ -18,5 +18,7 @@ HEAD_TYPE = HeadType(
     example="headprobe.heads.successor.example:example",
     steps={"successor_behaviour": "headprobe.heads.successor.steps:SUCCESSOR_BEHAVIOUR",
            "mod10_view": "headprobe.heads.successor.steps:MOD10_VIEW"},
+    planters={"successor": "headprobe.heads.successor.plant:plant_successor"},
+    ground_truth="headprobe.heads.successor.ground_truth:cases",
     known_heads="headprobe.heads.successor.known_heads:KNOWN_HEADS",
 )
