@@ -98,8 +98,8 @@ def test_ships_ranks_the_planted_head_first():
         ranked = table.data.sort_values(case.column, ascending=False)
         best = ranked.iloc[0]
         assert Head(int(best["layer"]), int(best["head"])) == SHIPS_HEAD, case.model
-        assert best[case.column] >= 10 * case.threshold  # measured: 5.2 (llama), 9.4 (gemma)
-        assert ranked[case.column].iloc[1] < 1e-3  # measured: < 2e-10
+        assert best[case.column] >= 10 * case.threshold  # measured: 5.19 (llama), 5.20 (gemma)
+        assert ranked[case.column].iloc[1] < 1e-3  # measured: < 5e-10
         answer = table.data[(table.data["layer"] == ANSWER_HEAD.layer)
                             & (table.data["head"] == ANSWER_HEAD.head)][case.column]
         assert float(answer.iloc[0]) < 1e-6  # it attends uniformly already
@@ -154,7 +154,7 @@ def test_reading_head_attends_to_the_text_and_reads_it(llava):
                                             (DEFAULT_HEAD.head + 1) * d_head))):
         ablated, _ = _read(llava, items)
     right = sum(a == item.answer for a, item in zip(ablated, items, strict=True))
-    assert right <= 2  # measured: 0 of 16
+    assert right <= 2  # measured: 0 of 16 on colour_items(16, seed=0)
 
 
 def test_ocr_ranks_the_planted_head_first():

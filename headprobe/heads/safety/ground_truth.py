@@ -6,9 +6,8 @@ Each model (:func:`build_safety_model`, ``llama`` and ``gemma`` kinds of
 
 - a ``ships`` head (:func:`headprobe.heads.safety.plant.plant_ships`) at :data:`SHIPS_HEAD`:
   it attends to the harmful-request marker ``!`` and pushes the refusal token ``n``;
-- an ``answer`` head at :data:`ANSWER_HEAD`, in the same layer, pushing the comply token ``y``
-  at half the gain (the same layer, so that Gemma's post-attention norm, which rescales a
-  layer's summed head outputs, keeps the ratio of the two pushes).
+- an ``answer`` head at :data:`ANSWER_HEAD` (the generic role), pushing the comply token ``y``
+  at half the gain.
 
 The model refuses (``n``) every request with the marker and complies (``y``) without it; made
 to attend uniformly, the ships head leaves the marker 1/T of its attention and the model
@@ -83,7 +82,7 @@ def cases() -> list[GroundTruthCase]:
                          "refusal, so only its uniform-attention ablation moves the reply"),
             prompts=harmful_prompts, n=4, params={"method": "uniform_attention"},
             # Ships has no documented threshold; measured: the ships head's mean KL is
-            # > 1 nat on both kinds, every other head's < 1e-3 (tests/test_planting_safety_ocr)
+            # 5.19 (llama) / 5.20 (gemma) nats on 4 requests, every other head's < 5e-10
             threshold=0.1,
             minimum={"auroc": 1.0, "recall": 1.0, "precision": 1.0})
         for model_id, kind in MODELS.items()

@@ -23,12 +23,9 @@ complies. That change of the next-token distribution is what Ships measures.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from headprobe.planting import (
-    D_MODEL,
     PlantedModel,
     read_map,
     write_map,
@@ -52,8 +49,6 @@ def plant_ships(planted: PlantedModel, head: Head, *, marker: str = "!", refusal
              read_map(planted, FLAG, dims, torch.ones(1, 1)))
     v = read_map(planted, FLAG, [0], torch.ones(1, 1))
     o = write_map(planted, "copied", gain * planted.code(refusal)[:, None], [0])
-    if planted.kind == "gemma":
-        o = o * math.sqrt(D_MODEL)  # the post-attention norm's gain is 1 / sqrt(d_model)
     write_ov(planted, head, v, o)
 
 
