@@ -112,6 +112,11 @@ class KnownHead:
         params: the scorer's parameters for the check.
         n: the scorer's ``n`` for the check (the smallest that still finds the head).
         prompts: ``prompts(model) -> prompts`` for the check, or ``None`` (default data).
+        ascending: rank ``column`` lowest first (e.g. an ablation scan's normalized logit
+            difference, where the head that matters most scores lowest, or a context head's
+            negative conflict score).
+        slow_check: the check is too slow for the test suite (why: in ``evidence``); the slow
+            test skips it unless ``HEADPROBE_KNOWN_HEADS=all`` is set.
     """
 
     model: str
@@ -124,6 +129,8 @@ class KnownHead:
     params: Mapping[str, Any] = field(default_factory=dict)
     n: int | None = None
     prompts: Callable[[Any], Any] | None = None
+    ascending: bool = False
+    slow_check: bool = False
 
 
 __all__ = ["GROUND_TRUTH_SOURCES", "GroundTruthCase", "GroundTruthSource", "KnownHead"]

@@ -26,4 +26,5 @@ HEAD_TYPE = HeadType(
         "induction": "headprobe.heads.induction.plant:plant_induction",
     },
     ground_truth="headprobe.heads.induction.ground_truth:cases",
+    known_heads="headprobe.heads.induction.known_heads:KNOWN_HEADS",
 )

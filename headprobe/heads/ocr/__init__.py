@@ -20,4 +20,6 @@ HEAD_TYPE = HeadType(
     models={"ocr-reader": "headprobe.heads.ocr.model:OCR_MODEL_SOURCE"},
     notebook="notebooks/07_ocr_heads.ipynb",
     example="headprobe.heads.ocr.example:example",
+    ground_truth="headprobe.heads.ocr.ground_truth:cases",
+    known_heads="headprobe.heads.ocr.known_heads:KNOWN_HEADS",
 )

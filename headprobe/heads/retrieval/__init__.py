@@ -20,4 +20,5 @@ HEAD_TYPE = HeadType(
     steps={"kv_budget": "headprobe.heads.retrieval.kv_budget.step:KV_BUDGET"},
     planters={"retrieval": "headprobe.heads.retrieval.plant:plant_retrieval"},
     ground_truth="headprobe.heads.retrieval.ground_truth:cases",
+    known_heads="headprobe.heads.retrieval.known_heads:KNOWN_HEADS",
 )

@@ -16,4 +16,5 @@ HEAD_TYPE = HeadType(
     example="headprobe.heads.sink.example:example",
     planters={"sink": "headprobe.heads.sink.plant:plant_sink"},
     ground_truth="headprobe.heads.sink.ground_truth:cases",
+    known_heads="headprobe.heads.sink.known_heads:KNOWN_HEADS",
 )

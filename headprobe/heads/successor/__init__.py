@@ -22,4 +22,5 @@ HEAD_TYPE = HeadType(
            "mod10_view": "headprobe.heads.successor.steps:MOD10_VIEW"},
     planters={"successor": "headprobe.heads.successor.plant:plant_successor"},
     ground_truth="headprobe.heads.successor.ground_truth:cases",
+    known_heads="headprobe.heads.successor.known_heads:KNOWN_HEADS",
 )

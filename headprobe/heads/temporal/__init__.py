@@ -18,4 +18,5 @@ HEAD_TYPE = HeadType(
     example="headprobe.heads.temporal.example:example",
     steps={"temporal_heads": "headprobe.heads.temporal.steps:TEMPORAL_HEADS",
            "temporal_edit": "headprobe.heads.temporal.steps:TEMPORAL_EDIT"},
+    known_heads="headprobe.heads.temporal.known_heads:KNOWN_HEADS",
 )
