@@ -23,4 +23,5 @@ HEAD_TYPE = HeadType(
     models={"smollm2-135m-safety": "headprobe.heads.safety.model:SAFETY_MODEL_SOURCE"},
     notebook="notebooks/04_safety_heads.ipynb",
     example="headprobe.heads.safety.example:example",
+    ground_truth="headprobe.heads.safety.ground_truth:cases",
 )
