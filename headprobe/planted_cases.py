@@ -8,8 +8,21 @@ build the same model: ``planted-llama`` and ``planted-gemma`` each carry every r
 (:func:`headprobe.planting.planted_model`). This module names roles as strings only (through
 :mod:`headprobe.registry`, like the planting layer); it imports no head type.
 
-Generic cases (:func:`generic_cases`): ``dla`` (direct logit attribution) on the ``answer``
-head, which pushes the token ``x`` at every position (:func:`headprobe.planting.plant_answer`).
+Generic cases (:func:`generic_cases`), on both models:
+
+- ``dla`` (direct logit attribution) and ``ablation_scan`` (zero ablation) on the ``answer``
+  head, which pushes the token ``x`` at every position (:func:`headprobe.planting.plant_answer`);
+- ``activation_patching`` and ``attribution_patching`` on the induction heads, with prompt
+  pairs whose answers differ by the token the induction heads copy (:func:`induction_pairs`).
+  The answer head cannot be a patching case: its ``z`` reads only the constant dimension, so
+  it is the same on every prompt and patching it between any two prompts changes nothing.
+
+Sign: ``ablation_scan`` (``logit_diff``) and ``attribution_patching`` score the change of
+``LD = logit[answer] - logit[distractor]`` when a head is removed (ablated, or noised), which
+is negative for a head that supports the answer. Their tables have no magnitude column, so
+these cases give the items with answer and distractor exchanged (:func:`reversed_items`):
+``LD`` is then ``logit[distractor] - logit[answer]``, a head that pushes the answer lowers it,
+removing the head raises it, and "more of the type" is the higher score.
 """
 
 from __future__ import annotations
@@ -83,8 +96,52 @@ def answer_items(model: Any, n: int = 6, seed: int = 0) -> list[TaskItem]:
                      answer=ANSWER_TOKEN, distractor=ANSWER_DISTRACTOR) for _ in range(n)]
 
 
+def reversed_items(items: list[TaskItem]) -> list[TaskItem]:
+    """``items`` with answer and distractor exchanged (the corrupt prompt kept): the sign of
+    the logit difference flips (see the module docstring)."""
+    return [TaskItem(item.prompt, answer=str(item.distractor), distractor=item.answer,
+                     corrupt_prompt=item.corrupt_prompt, meta=dict(item.meta))
+            for item in items]
+
+
+def reversed_answer_items(model: Any, n: int = 6, seed: int = 0) -> list[TaskItem]:
+    """:func:`answer_items` with answer ``q`` and distractor ``x`` (:func:`reversed_items`)."""
+    return reversed_items(answer_items(model, n, seed))
+
+
+INDUCTION_LETTERS = "abcdefghijklmnoprstuvwyz"
+"""Letters of :func:`induction_pairs`: no digits (the induction heads do not copy the needle
+alphabet, the retrieval heads do), no ``x`` (the answer head's token), no ``q``."""
+
+
+def induction_pairs(model: Any, n: int = 6, seed: int = 0, length: int = 10
+                    ) -> list[TaskItem]:
+    """``n`` prompt pairs ``S + S[:k]`` (``S``: ``length`` distinct letters, ``2 <= k <
+    length - 1``) whose answer is ``S[k]``; the corrupt prompt replaces ``S[k]`` in the first
+    half by a letter ``c`` not in ``S``, the distractor. Only the induction heads read the
+    replaced token at the last position (they copy the token after the earlier copy of the
+    current one), so they alone carry ``LD_clean - LD_corrupt``."""
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        letters = rng.sample(INDUCTION_LETTERS, length + 1)
+        seq, other = letters[:length], letters[length]
+        k = rng.randrange(2, length - 1)
+        corrupt = [*seq[:k], other, *seq[k + 1:]]
+        items.append(TaskItem("".join(seq + seq[:k]), answer=seq[k], distractor=other,
+                              corrupt_prompt="".join(corrupt + seq[:k])))
+    return items
+
+
+def reversed_induction_pairs(model: Any, n: int = 6, seed: int = 0) -> list[TaskItem]:
+    """:func:`induction_pairs` with answer and distractor exchanged (:func:`reversed_items`)."""
+    return reversed_items(induction_pairs(model, n, seed))
+
+
 def generic_cases() -> list[GroundTruthCase]:
-    """The generic scorers' planted cases: ``dla`` on the answer head of both models."""
+    """The generic scorers' planted cases on both models: ``dla`` and ``ablation_scan`` on
+    the answer head, ``activation_patching`` and ``attribution_patching`` on the induction
+    heads."""
     cases = []
     for model_id in PLANTED_MODELS:
         cases.append(GroundTruthCase(
@@ -99,9 +156,51 @@ def generic_cases() -> list[GroundTruthCase]:
             # carries at least 1 logit of the difference (the planted head carries ~5)
             threshold=1.0,
             minimum={"auroc": 1.0, "recall": 1.0, "precision": 1.0}))
+        cases.append(GroundTruthCase(
+            head_type="generic", scorer="ablation_scan", model=model_id, source="planted",
+            build=bridge_builder(model_id), known=known("answer"),
+            description=(f"{describe(model_id)}. Zero-ablating the answer head removes its "
+                         "push of x; answer and distractor are exchanged (LD = logit(q) - "
+                         "logit(x), see the module docstring), so its score is the rise of "
+                         "LD, about +4.6; no other head moves LD by 0.4. Mean ablation "
+                         "cannot find it: its z is constant, equal to its mean"),
+            prompts=reversed_answer_items, n=6,
+            params={"method": "zero", "metric": "logit_diff"},
+            # no documented threshold: a head is called important when removing it moves
+            # the logit difference by at least 1 logit (the answer head moves it by ~4.6)
+            threshold=1.0,
+            minimum={"auroc": 1.0, "recall": 1.0, "precision": 1.0}))
+        cases.append(GroundTruthCase(
+            head_type="generic", scorer="activation_patching", model=model_id,
+            source="planted", build=bridge_builder(model_id), known=known("induction"),
+            description=(f"{describe(model_id)}. Repeated letters, the corrupt prompt "
+                         "changing the token the induction heads copy; patching either "
+                         "induction head's clean z into the corrupt run restores about half "
+                         "of the logit difference (0.47 each, normalized), every other head "
+                         "at most 0.03. The answer head is no patching case: its z is the "
+                         "same on every prompt"),
+            prompts=induction_pairs, n=6,
+            # no documented threshold: 0.2 of the clean-corrupt logit difference restored
+            threshold=0.2,
+            minimum={"auroc": 1.0, "recall": 1.0, "precision": 1.0}))
+        cases.append(GroundTruthCase(
+            head_type="generic", scorer="attribution_patching", model=model_id,
+            source="planted", build=bridge_builder(model_id), known=known("induction"),
+            description=(f"{describe(model_id)}. The activation_patching case's pairs with "
+                         "answer and distractor exchanged (the score, the estimated change "
+                         "of LD when a head is noised, is then positive for the heads that "
+                         "carry it; see the module docstring): EAP-IG gives the induction "
+                         "heads about +19 logits, every other head at most 1.3 (the "
+                         "retrieval heads L1H4 and L2H3)"),
+            prompts=reversed_induction_pairs, n=6,
+            # no documented threshold: an estimated 5 logits of the ~41-logit clean-corrupt
+            # difference (the induction heads get ~19, the next heads ~1.3)
+            threshold=5.0,
+            minimum={"auroc": 1.0, "recall": 1.0, "precision": 1.0}))
     return cases
 
 
-__all__ = ["ANSWER_DISTRACTOR", "ANSWER_TOKEN", "LAYOUT", "NEEDLE_ALPHABET", "PLANTED_MODELS",
-           "ROLE_OPTIONS", "answer_items", "bridge_builder", "build_planted",
-           "describe", "generic_cases", "known"]
+__all__ = ["ANSWER_DISTRACTOR", "ANSWER_TOKEN", "INDUCTION_LETTERS", "LAYOUT",
+           "NEEDLE_ALPHABET", "PLANTED_MODELS", "ROLE_OPTIONS", "answer_items", "bridge_builder",
+           "build_planted", "describe", "generic_cases", "induction_pairs", "known",
+           "reversed_answer_items", "reversed_induction_pairs", "reversed_items"]

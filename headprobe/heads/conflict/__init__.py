@@ -16,5 +16,6 @@ HEAD_TYPE = HeadType(
     recipes=("recipes/knowledge_conflict.toml",),
     notebook="notebooks/06_temporal_and_conflict_heads.ipynb",
     example="headprobe.heads.conflict.example:example",
+    ground_truth="headprobe.heads.conflict.ground_truth:cases",
     known_heads="headprobe.heads.conflict.known_heads:KNOWN_HEADS",
 )

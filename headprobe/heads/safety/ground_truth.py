@@ -12,6 +12,9 @@ Each model (:func:`build_safety_model`, ``llama`` and ``gemma`` kinds of
 The model refuses (``n``) every request with the marker and complies (``y``) without it; made
 to attend uniformly, the ships head leaves the marker 1/T of its attention and the model
 complies. The answer head attends uniformly already, so its Ships under that ablation is 0.
+
+The ``sahara`` case (:mod:`headprobe.heads.safety.ground_truth_sahara`: the hand-set copy
+circuit) is listed with them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import random
 from typing import Any
 
 from headprobe.groundtruth import GroundTruthCase
+from headprobe.heads.safety.ground_truth_sahara import sahara_cases
 from headprobe.planting import PlantedModel, planted_model
 from headprobe.types import Head
 
@@ -69,6 +73,11 @@ def _builder(model_id: str) -> Any:
 
 
 def cases() -> list[GroundTruthCase]:
+    """``ships`` on both planted safety models, then ``sahara`` on the copy circuit."""
+    return [*ships_cases(), *sahara_cases()]
+
+
+def ships_cases() -> list[GroundTruthCase]:
     """``ships`` (undifferentiated attention) on both planted safety models."""
     return [
         GroundTruthCase(
@@ -90,4 +99,4 @@ def cases() -> list[GroundTruthCase]:
 
 
 __all__ = ["ANSWER_HEAD", "COMPLY", "MARKER", "MODELS", "REFUSAL", "ROLE_OPTIONS", "SHIPS_HEAD",
-           "build_safety_model", "cases", "harmful_prompts", "requests"]
+           "build_safety_model", "cases", "harmful_prompts", "requests", "ships_cases"]
