@@ -102,12 +102,20 @@ def test_the_hand_set_examples_pass_at_auroc_1(fast_run):
     assert "computed" in skipped["ocr"] and "conflict" in skipped
 
 
+def test_every_registered_scorer_has_a_fast_ground_truth_case():
+    """No scorer escapes validation: each registered scorer has at least one fast case."""
+    from headprobe.registry import list_scorers
+
+    covered = {case.scorer for case in collect_cases(fast=True)}
+    assert set(list_scorers()) <= covered, sorted(set(list_scorers()) - covered)
+
+
 @pytest.mark.slow
 def test_the_fast_setting_meets_every_floor():
     """Every fast case (planted, trained, hand-set; what ``headprobe validate --fast`` runs)
     meets its floors."""
     cases = collect_cases(fast=True)
-    assert {case.source for case in cases} >= {"hand-set"}
+    assert {case.source for case in cases} >= {"hand-set", "planted", "trained"}
     table = validate(cases, progress=False)
     assert table["error"].isna().all(), table["error"].dropna().tolist()
     failed = table[~table["passed"]]
