@@ -23,7 +23,7 @@ from headprobe.heads.safety.ground_truth import (
     build_safety_model,
     requests,
 )
-from headprobe.heads.safety.ground_truth import cases as safety_cases
+from headprobe.heads.safety.ground_truth import ships_cases as safety_cases
 from headprobe.planting import KINDS, planted_model
 from headprobe.types import Head
 
