@@ -24,17 +24,14 @@ from headprobe.arch import ModelSpec
 from headprobe.checkpoint import Checkpoint, run_key_fields
 from headprobe.experiments.controls import (
     RandomFrom,
-    check_match,
+    control_sets,
     format_heads,
-    random_head_sets,
 )
 from headprobe.experiments.judging import check_task
 from headprobe.experiments.matching import (
-    MatchedSet,
     MatchOn,
     match_gaps,
     match_summary,
-    matched_head_sets,
     with_match_columns,
 )
 from headprobe.experiments.runner import (
@@ -175,14 +172,8 @@ def ablation_experiment(
     spec = describe_model(model)
     target = normalize_heads(spec, heads)
     rng = np.random.default_rng(seed)
-    check_match(random_from, match)
-    matched: list[MatchedSet] = []
-    if match is not None:
-        matched = matched_head_sets(spec, target, n_random, match, rng=rng)
-        random_sets = [s.heads for s in matched]
-    else:
-        random_sets = random_head_sets(spec, target, n_random, random_from=random_from,
-                                       rng=rng)
+    random_sets, matched = control_sets(spec, target, n_random, random_from=random_from,
+                                        match=match, rng=rng)
     timer = Timer()
     options = dict(method_options or {})
     if method == "resample":

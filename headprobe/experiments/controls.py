@@ -16,7 +16,7 @@ import numpy as np
 
 from headprobe.arch import ModelSpec
 from headprobe.errors import InterventionError
-from headprobe.experiments.matching import MatchOn, matched_head_sets
+from headprobe.experiments.matching import MatchedSet, MatchOn, matched_head_sets
 from headprobe.types import Head
 
 RandomFrom = Literal["same_layers", "uniform", "matched"]
@@ -110,3 +110,15 @@ def check_match(random_from: str, match: MatchOn | None) -> None:
     if random_from != "matched" and match is not None:
         raise InterventionError(f"match is given but random_from is {random_from!r}; set "
                                 "random_from = 'matched' to use it")
+
+def control_sets(spec: ModelSpec, target: Sequence[Head], n_sets: int, *,
+                 random_from: RandomFrom, match: MatchOn | None, rng: np.random.Generator
+                 ) -> tuple[list[list[Head]], list[MatchedSet]]:
+    """The control sets of one target, as the ablation and dose harnesses draw them:
+    ``(sets, matched)``, where ``matched`` holds each set's (target, control) pairs when
+    ``random_from`` is ``matched`` and is empty otherwise (:func:`check_match` first)."""
+    check_match(random_from, match)
+    if match is not None:
+        matched = matched_head_sets(spec, list(target), n_sets, match, rng=rng)
+        return [s.heads for s in matched], matched
+    return random_head_sets(spec, target, n_sets, random_from=random_from, rng=rng), []

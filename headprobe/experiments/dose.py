@@ -18,8 +18,8 @@ from headprobe.experiments.ablation import ExperimentResult
 from headprobe.experiments.controls import (
     RandomFrom,
     check_match,
+    control_sets,
     format_heads,
-    random_head_sets,
 )
 from headprobe.experiments.judging import check_task
 from headprobe.experiments.matching import (
@@ -27,7 +27,6 @@ from headprobe.experiments.matching import (
     MatchOn,
     match_gaps,
     match_summary,
-    matched_head_sets,
     with_match_columns,
 )
 from headprobe.experiments.runner import (
@@ -107,12 +106,12 @@ def dose_response(
         target = normalize_heads(spec, ranking[:k])
         plan.append((k, "top_k", target))
         gaps.append(None)
+        sets, pairs = control_sets(spec, target, n_random, random_from=random_from,
+                                   match=match, rng=rng)
         if match is not None:
-            matched[k] = matched_head_sets(spec, target, n_random, match, rng=rng)
-            sets = [s.heads for s in matched[k]]
-            gaps += match_gaps(match, matched[k])
+            matched[k] = pairs
+            gaps += match_gaps(match, pairs)
         else:
-            sets = random_head_sets(spec, target, n_random, random_from=random_from, rng=rng)
             gaps += [None] * len(sets)
         for i, heads in enumerate(sets):
             plan.append((k, f"random_{i}", heads))
